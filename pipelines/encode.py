@@ -1,0 +1,241 @@
+"""The per-chunk work of the tokenize stage, as pure functions (no Ray): sample, count, encode.
+
+Each function takes one :class:`~pipelines.ingest.Chunk` and a :class:`ChunkJob` (everything a worker
+needs, picklable), and returns a small result for the driver.  The Ray wrapper in ``pipelines.ray_stages``
+only calls these, so they are tested directly on chunks without a cluster.
+
+Passes of the stage::
+
+    sample (sentencepiece only)  chunk -> bottom-k lines by hash          -> driver trains the model
+    count  (word tokenizers)     chunk -> partial token counts (train)    -> driver builds the vocabulary
+    encode                       chunk -> shards written by the worker    -> driver gathers the stats
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.ingest import Chunk, InputError, LineBatch, read_chunk, splitmix64
+from pipelines.schemas import SPECIALS, TOKENS, UNK_ID
+from pipelines.shards import ShardWriter
+from pipelines.spec import CorpusSpec, NormalizeSpec, TokenizerSpec
+from pipelines.tokenizers import (
+    RENAMED_SPECIALS,
+    SentencePieceTokenizer,
+    handle_literal_specials,
+    list_parts,
+    make_tokenizer,
+)
+from pipelines.vocab import count_tokens, merge_token_counts
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkJob:
+    """Everything a worker needs to process chunks; shipped once per actor."""
+
+    corpus: CorpusSpec
+    normalize: NormalizeSpec
+    tokenizer: TokenizerSpec
+    sp_model: bytes | None = None
+    vocab_tokens: pa.Array | None = None
+    out_dir: str | None = None  # the stage's temporary directory (shared storage on a cluster)
+    shard_bytes: int = 64 << 20
+    compression: str = "zstd"
+
+
+@dataclass(slots=True)
+class Encoded:
+    """Tokenized lines of one split of one batch."""
+
+    tokens: pa.ListArray  # list<string>, or list<uint32> for sentencepiece
+    positions: np.ndarray
+    docs: np.ndarray
+
+
+@dataclass(slots=True)
+class ChunkStats:
+    chunk: int
+    counts: Counter = field(default_factory=Counter)
+    shards: dict[str, list[dict]] = field(default_factory=dict)
+    piece_counts: np.ndarray | None = None  # sentencepiece: train counts per id
+
+
+def _split_of(chunk: Chunk, positions: np.ndarray, docs: np.ndarray, corpus: CorpusSpec) -> np.ndarray:
+    """0/1/2 = train/valid/test for each line: the source's split, or a hash bucket of doc or line."""
+    if corpus.split is None:
+        return np.full(len(positions), SPLITS.index(chunk.source.split), np.int8)
+    frac = corpus.split
+    if frac.unit == "document":
+        keys = docs
+    else:
+        keys = splitmix64(np.full(len(positions), chunk.source.doc_hash, np.uint64) ^ positions)
+    u = (splitmix64(keys ^ np.uint64(frac.seed)) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    out = np.zeros(len(positions), np.int8)
+    out[u < frac.valid + frac.test] = 2
+    out[u < frac.valid] = 1
+    return out
+
+
+def _text_level_specials(text: pa.StringArray, policy: str) -> tuple[pa.StringArray, Counter, int | None]:
+    """Literal specials for sentencepiece, which would otherwise cut ``<unk>`` into pieces."""
+    pattern = r"(^|\s)(<unk>|<s>|</s>)(\s|$)"
+    hit = np.asarray(pc.match_substring_regex(text, pattern), dtype=bool)
+    if not hit.any():
+        return text, Counter(), None
+    if policy == "error":
+        return text, Counter(), int(np.flatnonzero(hit)[0])
+    counts: Counter = Counter()
+    lines = text.to_pylist()
+    for i in np.flatnonzero(hit):
+        words = lines[i].split()
+        if policy == "rename":
+            counts["specials_renamed"] += sum(w in SPECIALS for w in words)
+            words = [RENAMED_SPECIALS.get(w, w) for w in words]
+        else:
+            counts["specials_dropped"] += sum(w in SPECIALS[1:] for w in words)
+            counts["specials_mapped_unk"] += sum(w == SPECIALS[0] for w in words)
+            words = [w for w in words if w not in SPECIALS[1:]]  # sentencepiece maps <unk> text itself poorly
+        lines[i] = " ".join(words)
+    return pa.array(lines, pa.string()), counts, None
+
+
+def _special_error(chunk: Chunk, position: int) -> InputError:
+    what = "row" if chunk.source.format == "parquet" else "byte offset"
+    return InputError(
+        f"{chunk.source.uri}: {what} {position}: the text holds a literal <s>, </s> or <unk>; set "
+        "normalize.literal_specials to 'map' (make <unk> the unknown word) or 'rename' (keep them as ordinary words)"
+    )
+
+
+def encode_batch(batch: LineBatch, chunk: Chunk, job: ChunkJob, tokenizer) -> dict[str, Encoded]:
+    """Tokenize one batch of lines and route them to their splits; lines left empty are rejected."""
+    text = batch.text
+    is_sp = isinstance(tokenizer, SentencePieceTokenizer)
+    if is_sp:
+        text, special_counts, bad = _text_level_specials(text, job.normalize.literal_specials)
+        tokens = tokenizer.ids(text)
+    else:
+        tokens = tokenizer.tokens(text)
+        tokens, special_counts, bad = handle_literal_specials(tokens, job.normalize.literal_specials)
+    if bad is not None:
+        raise _special_error(chunk, int(batch.positions[bad]))
+    batch.counts.update(special_counts)
+    lengths = np.asarray(pc.list_value_length(tokens), dtype=np.int64)
+    empty = lengths == 0
+    if empty.any():
+        batch.counts["rejected_empty_after_tokenization"] += int(empty.sum())
+        keep = pa.array(~empty)
+        tokens = tokens.filter(keep)
+        positions = batch.positions[~empty]
+    else:
+        positions = batch.positions
+    if job.corpus.documents == "file":
+        docs = np.full(len(positions), chunk.source.doc_hash, np.uint64)
+    else:
+        docs = splitmix64(np.full(len(positions), chunk.source.doc_hash, np.uint64) ^ positions)
+    splits = _split_of(chunk, positions, docs, job.corpus)
+    out = {}
+    for k, name in enumerate(SPLITS):
+        mask = splits == k
+        if mask.any():
+            sel = pa.array(mask)
+            out[name] = Encoded(tokens.filter(sel), positions[mask], docs[mask])
+    batch.counts["lines_kept"] += len(positions)
+    return out
+
+
+def sample_chunk(chunk: Chunk, job: ChunkJob, k: int) -> list[tuple[int, str]]:
+    """The k training lines of a chunk with the smallest content hashes: a deterministic sample whose
+    union over chunks, cut to the k smallest again, is the bottom-k sample of the whole corpus."""
+    heap: list[tuple[int, str]] = []
+    tokenizer_free = make_tokenizer(TokenizerSpec(kind="whitespace"))
+    for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
+        routed = encode_batch(LineBatch(batch.text, batch.positions, Counter()), chunk, job, tokenizer_free)
+        if "train" not in routed:
+            continue
+        lines = pc.binary_join(routed["train"].tokens, " ").to_pylist()
+        hashes = splitmix64(np.asarray([hash_text(s) for s in lines], np.uint64) ^ np.uint64(job.tokenizer.seed))
+        for h, line in zip(hashes.tolist(), lines, strict=True):
+            if len(heap) < k:
+                heapq.heappush(heap, (-h, line))
+            elif -heap[0][0] > h:
+                heapq.heapreplace(heap, (-h, line))
+    return [(-h, line) for h, line in heap]
+
+
+def hash_text(text: str) -> int:
+    """A stable 64-bit content hash (Python's ``hash`` is salted per process)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def count_chunk(chunk: Chunk, job: ChunkJob) -> tuple[pa.Table, int]:
+    """Partial token counts of the chunk's training lines and the number of such lines."""
+    tokenizer = make_tokenizer(job.tokenizer, job.sp_model)
+    partial, sentences = [], 0
+    for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
+        routed = encode_batch(batch, chunk, job, tokenizer)
+        if "train" in routed:
+            partial.append(count_tokens(routed["train"].tokens))
+            sentences += len(routed["train"].positions)
+    return merge_token_counts(partial), sentences
+
+
+def encode_chunk(chunk: Chunk, job: ChunkJob, tokenizer=None) -> ChunkStats:
+    """Tokenize a chunk to ids and write its shards into ``job.out_dir/<split>/``."""
+    assert job.out_dir is not None
+    tokenizer = tokenizer or make_tokenizer(job.tokenizer, job.sp_model)
+    is_sp = isinstance(tokenizer, SentencePieceTokenizer)
+    stage_dir = Path(job.out_dir)
+    writers = {
+        s: ShardWriter(stage_dir / s, chunk.index, max_bytes=job.shard_bytes, compression=job.compression, stage_dir=stage_dir)
+        for s in SPLITS
+    }
+    stats = ChunkStats(chunk.index)
+    if is_sp:
+        stats.piece_counts = np.zeros(len(job.vocab_tokens), np.uint64)
+    for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
+        routed = encode_batch(batch, chunk, job, tokenizer)
+        stats.counts.update(batch.counts)
+        for split, enc in routed.items():
+            if is_sp:
+                ids = enc.tokens.cast(pa.list_(TOKENS.field("ids").type.value_type))
+                if split == "train":
+                    flat, _ = list_parts(ids)
+                    stats.piece_counts += np.bincount(np.asarray(flat), minlength=len(stats.piece_counts)).astype(np.uint64)
+            else:
+                flat, offsets = list_parts(enc.tokens)
+                flat_ids = pc.index_in(flat, value_set=job.vocab_tokens)
+                oov = flat_ids.null_count
+                ids = pa.ListArray.from_arrays(
+                    pa.array(offsets.astype(np.int32)), flat_ids.fill_null(UNK_ID).cast(pa.uint32())
+                )
+                stats.counts[f"{split}_oov_tokens"] += oov
+            flat, _ = list_parts(ids)
+            stats.counts[f"{split}_sentences"] += len(ids)
+            stats.counts[f"{split}_tokens"] += len(flat)
+            table = pa.table(
+                {
+                    "source": pa.array(np.full(len(ids), chunk.source.index, np.uint32)),
+                    "position": pa.array(enc.positions, pa.uint64()),
+                    "doc": pa.array(enc.docs, pa.uint64()),
+                    "ids": ids,
+                },
+                schema=TOKENS,
+            )
+            writers[split].write(table)
+    for split, writer in writers.items():
+        shards = writer.close()
+        if shards:
+            stats.shards[split] = [s.to_dict() for s in shards]
+    return stats

@@ -1,0 +1,106 @@
+"""Thin Ray Data wrappers: run the pure per-chunk functions of ``pipelines.encode`` on an actor pool.
+
+    chunks (driver) -> ray.data.from_items -> map_batches(ChunkActor, ActorPoolStrategy(size=workers))
+                    -> small result tables streamed back to the driver, one chunk at a time
+
+The actor loads the tokenizer (and vocabulary) once in ``__init__``; each call handles one chunk and
+returns a small table, so the driver holds vocabularies and statistics, never the corpus.  Only this
+module, the stage orchestration and ``cluster/`` import ``ray``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.encode import ChunkJob, count_chunk, encode_chunk, sample_chunk
+from pipelines.ingest import Chunk
+from pipelines.tokenizers import make_tokenizer
+
+logger = logging.getLogger(__name__)
+
+SAMPLE = pa.schema([("chunk", pa.int64()), ("hash", pa.uint64()), ("line", pa.string())])
+COUNTS = pa.schema([("chunk", pa.int64()), ("token", pa.string()), ("count", pa.uint64())])
+STATS = pa.schema([("chunk", pa.int64()), ("stats", pa.string()), ("piece_counts", pa.binary())])
+
+
+def _node() -> dict[str, str]:
+    import ray
+
+    try:
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (direct tests)
+        node_id = "local"
+    return {"node_id": node_id, "hostname": socket.gethostname()}
+
+
+class ChunkActor:
+    """One worker of a tokenize pass.  Mode ``sample``, ``count`` or ``encode``."""
+
+    def __init__(self, job: ChunkJob, chunks: Sequence[Chunk], mode: str, sample_k: int = 0) -> None:
+        self.job, self.chunks, self.mode, self.sample_k = job, list(chunks), mode, sample_k
+        self.tokenizer = make_tokenizer(job.tokenizer, job.sp_model)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        (index,) = batch.column("chunk").to_pylist()
+        chunk = self.chunks[index]
+        if self.mode == "sample":
+            rows = sample_chunk(chunk, self.job, self.sample_k)
+            return pa.table(
+                {"chunk": [index] * len(rows), "hash": [h for h, _ in rows], "line": [s for _, s in rows]}, schema=SAMPLE
+            )
+        if self.mode == "count":
+            counts, _ = count_chunk(chunk, self.job)
+            return pa.table(
+                {"chunk": np.full(counts.num_rows, index, np.int64), "token": counts["token"], "count": counts["count"]},
+                schema=COUNTS,
+            )
+        stats = encode_chunk(chunk, self.job, self.tokenizer)
+        payload = {"counts": dict(stats.counts), "shards": stats.shards, "node": _node()}
+        pieces = b"" if stats.piece_counts is None else stats.piece_counts.astype("<u8").tobytes()
+        return pa.table({"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces]}, schema=STATS)
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """The user-facing error inside Ray's wrappers (RayTaskError, UserCodeException), if there is one."""
+    from pipelines.ingest import InputError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, InputError):
+            return current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else (current.__cause__ or current.__context__)
+    return exc
+
+
+def map_chunks(chunks: Sequence[Chunk], job: ChunkJob, mode: str, *, workers: int, sample_k: int = 0) -> Iterator[pa.Table]:
+    """Run one pass over all chunks on ``workers`` actors; yields each chunk's result table."""
+    import ray.data
+
+    if not chunks:
+        return
+    ds = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=len(chunks))
+    ds = ds.map_batches(
+        ChunkActor,
+        fn_constructor_kwargs={"job": job, "chunks": list(chunks), "mode": mode, "sample_k": sample_k},
+        batch_size=1,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(chunks)))),
+        num_cpus=1,
+    )
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield batch
+    except Exception as exc:  # re-raise the user-facing error without Ray's wrapping
+        inner = unwrap_error(exc)
+        if inner is not exc:
+            raise inner from None
+        raise

@@ -1,0 +1,142 @@
+"""The run directory: one folder per stage, each finished by an atomic rename and a ``manifest.json``.
+
+::
+
+    RUN/
+      spec.yaml                   the resolved spec of the last run
+      tokenize/manifest.json      written last, inside the temporary folder, before the rename
+      .tokenize.tmp-<id>/         a stage in progress (or one that crashed: never mistaken for done)
+
+A stage is skipped when ``RUN/<stage>/manifest.json`` exists, says ``complete`` and carries the same
+fingerprint: a hash of the stage's settings and of its inputs (file size/mtime, or the upstream stage's
+fingerprint).  ``--force`` reruns it.  Stage names are fixed identifiers, so nothing a spec says can make
+a stage write outside the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.spec import STAGE_ORDER
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def fingerprint(payload: Any) -> str:
+    """A stable sha256 of JSON-able settings and input identities."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of what shaped the outputs, recorded in every manifest."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("lmpipe", "ray", "pyarrow", "numpy", "torch", "sentencepiece", "kenlm"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def host_info() -> dict[str, Any]:
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv}
+
+
+@dataclass
+class StageRun:
+    """A stage being computed into a temporary folder; ``commit`` makes it the stage's output."""
+
+    run_dir: Path
+    stage: str
+    fingerprint: str
+    settings: dict[str, Any]
+    inputs: dict[str, Any]
+    tmp_dir: Path = field(init=False)
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_ORDER:
+            raise ValueError(f"unknown stage {self.stage!r}; stages: {list(STAGE_ORDER)}")
+        self.tmp_dir = self.run_dir / f".{self.stage}.tmp-{uuid.uuid4().hex[:12]}"
+        self.tmp_dir.mkdir(parents=True)
+
+    def commit(self, outputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """Write the manifest into the temporary folder, then swap it in for ``RUN/<stage>``."""
+        finished = time.time()
+        manifest = {
+            "stage": self.stage,
+            "status": "complete",
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "inputs": self.inputs,
+            "outputs": outputs,
+            **extra,
+            "timings": {"started": self.started, "finished": finished, "seconds": round(finished - self.started, 3)},
+            "versions": package_versions(),
+            "host": host_info(),
+        }
+        write_json_atomic(self.tmp_dir / MANIFEST, manifest)
+        final = self.run_dir / self.stage
+        old = None
+        if final.exists():
+            old = self.run_dir / f".{self.stage}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(final, old)
+        os.replace(self.tmp_dir, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    """The manifest of a finished stage, or None if the stage has not completed."""
+    path = Path(run_dir) / stage / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return manifest if manifest.get("status") == "complete" else None
+
+
+def is_current(run_dir: Path, stage: str, fp: str) -> dict[str, Any] | None:
+    """The manifest if the stage finished with exactly this fingerprint (so it can be skipped)."""
+    manifest = read_manifest(run_dir, stage)
+    return manifest if manifest is not None and manifest.get("fingerprint") == fp else None
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Remove temporary folders left by crashed stages (they are never read)."""
+    for path in Path(run_dir).glob(".*.tmp-*"):
+        if path.is_dir():
+            logger.info("removing unfinished stage folder %s", path)
+            shutil.rmtree(path, ignore_errors=True)

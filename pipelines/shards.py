@@ -1,0 +1,139 @@
+"""Token shards: Arrow IPC files of the TOKENS schema, written atomically, read back as a stream.
+
+Layout of a tokenize output::
+
+    RUN/tokenize/
+      vocab.tsv                     id, token, count
+      train/part-00000-000.arrow    chunk 0, first shard (a large gzip chunk may roll over to -001 ...)
+      train/part-00001-000.arrow
+      valid/part-00002-000.arrow
+      manifest.json
+
+Shard names carry the chunk index, so sorting names gives the input order.  IPC files (not Parquet)
+because readers memory-map them and take record batches without a decode step; zstd keeps them small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.schemas import TOKENS
+
+#: Rows per record batch inside a shard: small enough to stream, large enough to amortise overhead.
+BATCH_ROWS = 65_536
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ShardInfo:
+    """What a manifest records of each output file."""
+
+    path: str  # relative to the stage directory
+    rows: int
+    tokens: int
+    bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "rows": self.rows, "tokens": self.tokens, "bytes": self.bytes, "sha256": self.sha256}
+
+
+class ShardWriter:
+    """Writes TOKENS batches to ``<dir>/part-<chunk>-<k>.arrow``, rolling over at ``max_bytes``.
+
+    Each file is written as ``.tmp`` and renamed when closed, so a half-written shard never looks done."""
+
+    def __init__(self, directory: Path, chunk_index: int, *, max_bytes: int, compression: str, stage_dir: Path) -> None:
+        self._dir = directory
+        self._chunk = chunk_index
+        self._max_bytes = max_bytes
+        self._options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+        self._stage_dir = stage_dir
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+        self._sink: pa.OSFile | None = None
+        self._path: Path | None = None
+        self._rows = self._tokens = self._bytes = 0
+        self._k = 0
+        self.shards: list[ShardInfo] = []
+
+    def _open(self) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._path = self._dir / f"part-{self._chunk:05d}-{self._k:03d}.arrow"
+        self._sink = pa.OSFile(str(self._path) + ".tmp", "wb")
+        self._writer = pa.ipc.new_file(self._sink, TOKENS, options=self._options)
+        self._rows = self._tokens = self._bytes = 0
+
+    def write(self, table: pa.Table) -> None:
+        for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+            if batch.num_rows == 0:
+                continue
+            if self._writer is None:
+                self._open()
+            assert self._writer is not None
+            self._writer.write_batch(batch)
+            self._rows += batch.num_rows
+            ids = batch.column("ids")
+            self._tokens += int(ids.offsets[-1].as_py() - ids.offsets[0].as_py())
+            self._bytes += batch.nbytes
+            if self._bytes >= self._max_bytes:
+                self._finish()
+
+    def _finish(self) -> None:
+        if self._writer is None:
+            return
+        assert self._sink is not None and self._path is not None
+        self._writer.close()
+        self._sink.close()
+        tmp = Path(str(self._path) + ".tmp")
+        os.replace(tmp, self._path)
+        size = self._path.stat().st_size
+        rel = str(self._path.relative_to(self._stage_dir))
+        self.shards.append(ShardInfo(rel, self._rows, self._tokens, size, sha256_file(self._path)))
+        self._writer = None
+        self._k += 1
+
+    def close(self) -> list[ShardInfo]:
+        self._finish()
+        return self.shards
+
+
+def split_shards(stage_dir: Path, split: str) -> list[Path]:
+    """The shard files of one split, in input order."""
+    return sorted((Path(stage_dir) / split).glob("part-*.arrow"))
+
+
+def iter_batches(stage_dir: Path, split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream a split's sentences as record batches (memory-mapped; nothing is held beyond a batch)."""
+    for path in split_shards(stage_dir, split):
+        with pa.memory_map(str(path), "r") as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                yield batch.select(columns) if columns else batch
+
+
+def read_ids(stage_dir: Path, split: str) -> list[np.ndarray]:
+    """All sentences of a split as uint32 arrays (for small splits and tests)."""
+    out: list[np.ndarray] = []
+    for batch in iter_batches(stage_dir, split, ["ids"]):
+        ids = batch.column(0)
+        flat = np.asarray(pc.list_flatten(ids), dtype=np.uint32)
+        offsets = np.asarray(ids.offsets, dtype=np.int64)
+        offsets = offsets - offsets[0]
+        out.extend(np.split(flat, offsets[1:-1]))
+    return out

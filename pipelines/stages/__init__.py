@@ -1,0 +1,41 @@
+"""Stage registry.  A stage module provides three functions:
+
+``check(ctx)``
+    validate settings that need the environment (binaries, upstream stages, input paths) before any
+    stage runs, raising an error that names the problem and the fix.
+``plan(ctx) -> (settings, inputs)``
+    the JSON-able settings that shape the output and the identities of its inputs; their hash is the
+    stage's fingerprint (same fingerprint + complete manifest = skip).
+``execute(ctx, tmp_dir) -> dict``
+    compute into ``tmp_dir`` and return manifest fields (``outputs`` required; anything else is added).
+``summary(manifest) -> list[str]``
+    lines printed after the stage (also for a skipped stage).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from pipelines.spec import RunSpec
+
+#: Stage name -> module implementing it.  A new stage adds one line here and a section to RunSpec.
+STAGE_MODULES: dict[str, str] = {
+    "tokenize": "pipelines.stages.tokenize",
+    "ngram": "pipelines.stages.ngram",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StageContext:
+    spec: RunSpec
+    run_dir: Path
+    mirror: str | None = None
+
+
+def stage_module(name: str) -> ModuleType:
+    if name not in STAGE_MODULES:
+        raise ValueError(f"stage {name!r} is not implemented; implemented stages: {sorted(STAGE_MODULES)}")
+    return importlib.import_module(STAGE_MODULES[name])

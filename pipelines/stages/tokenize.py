@@ -1,0 +1,202 @@
+"""The tokenize stage: raw text -> vocabulary + token shards per split, on a Ray actor pool.
+
+Input: ``corpus.train/valid/test`` (files, directories, globs, URIs, ``data:`` references).
+Output (``RUN/tokenize/``): ``vocab.tsv`` (schemas.VOCAB order), ``tokenizer.model`` (sentencepiece
+only), ``<split>/part-<chunk>-<k>.arrow`` shards (schemas.TOKENS, input order), ``manifest.json`` with
+line accounting ``lines_read = lines_kept + sum(rejected_*)`` for every split together.
+
+Passes (each a Ray Data ``map_batches`` over chunks, see ``pipelines.encode``):
+
+    === 1/3 vocabulary ===   count tokens per chunk (or sample + train sentencepiece)
+    === 2/3 encode ===       tokenize again, map to ids, write shards from the workers
+    === 3/3 summary ===      gather per-chunk statistics, write vocab.tsv
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+from tqdm import tqdm
+
+from pipelines.encode import ChunkJob
+from pipelines.ingest import InputError, find_sources, plan_chunks
+from pipelines.ray_stages import map_chunks
+from pipelines.schemas import EOS_ID
+from pipelines.shards import sha256_file
+from pipelines.stages import StageContext
+from pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from pipelines.vocab import TokenCountAccumulator, Vocab, build_vocab
+
+logger = logging.getLogger(__name__)
+
+
+def _sources(ctx: StageContext):
+    return find_sources(ctx.spec.corpus, mirror=ctx.mirror)
+
+
+def check(ctx: StageContext) -> None:
+    sources = _sources(ctx)
+    if all(s.size == 0 for s in sources["train"]):
+        raise InputError(f"corpus.train: every input is empty: {[s.uri for s in sources['train']]}")
+
+
+def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = ctx.spec
+    tokenize = spec.to_dict()["tokenize"]
+    tokenize.pop("workers")  # the output does not depend on the number of workers
+    settings = {
+        "corpus": spec.to_dict()["corpus"],
+        "normalize": spec.to_dict()["normalize"],
+        "tokenizer": spec.to_dict()["tokenizer"],
+        "vocab": spec.to_dict()["vocab"],
+        "tokenize": tokenize,
+    }
+    sources = _sources(ctx)
+    inputs = {split: [s.fingerprint() for s in items] for split, items in sources.items()}
+    return settings, inputs
+
+
+def _banner(step: int, total: int, text: str) -> None:
+    logger.info("=== %d/%d %s ===", step, total, text)
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=f"tokenize: {desc}", unit="chunk", disable=None, leave=False)
+
+
+def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+    spec = ctx.spec
+    sources = _sources(ctx)
+    all_sources = [s for split in ("train", "valid", "test") for s in sources[split]]
+    shard_bytes = max(1, int(spec.tokenize.shard_mb * (1 << 20)))
+    chunks = plan_chunks(all_sources, shard_bytes)
+    train_chunks = [c for c in chunks if c.source.split == "train"]
+    workers = spec.tokenize.workers
+    job = ChunkJob(
+        corpus=spec.corpus,
+        normalize=spec.normalize,
+        tokenizer=spec.tokenizer,
+        shard_bytes=shard_bytes,
+        compression=spec.tokenize.compression,
+        out_dir=str(tmp_dir),
+    )
+    logger.info("tokenize: %d source(s), %d chunk(s), %d worker(s)", len(all_sources), len(chunks), workers)
+
+    # --- 1/3 vocabulary
+    sp_model = None
+    if spec.tokenizer.kind == "sentencepiece":
+        _banner(1, 3, f"Sampling {spec.tokenizer.sp_sample_lines} lines and training sentencepiece")
+        sample: list[tuple[int, str]] = []
+        with _progress(len(train_chunks), "sample") as bar:
+            for table in map_chunks(train_chunks, job, "sample", workers=workers, sample_k=spec.tokenizer.sp_sample_lines):
+                sample.extend(zip(table["hash"].to_pylist(), table["line"].to_pylist(), strict=True))
+                bar.update(1)
+        if not sample:
+            raise InputError("corpus.train: no usable lines to train sentencepiece on")
+        lines = [line for _, line in sorted(sample)[: spec.tokenizer.sp_sample_lines]]
+        sp_model = ray.get(ray.remote(num_cpus=1)(train_sentencepiece).remote(lines, spec.tokenizer))
+        (tmp_dir / "tokenizer.model").write_bytes(sp_model)
+        pieces = SentencePieceTokenizer(sp_model).pieces()
+        vocab_tokens = pa.array(pieces, pa.string())
+        logger.info("sentencepiece: %d pieces trained on %d lines", len(pieces), len(lines))
+    else:
+        _banner(1, 3, "Counting tokens for the vocabulary")
+        acc = TokenCountAccumulator()
+        with _progress(len(train_chunks), "count") as bar:
+            for table in map_chunks(train_chunks, job, "count", workers=workers):
+                acc.add(table.drop_columns(["chunk"]))
+                bar.update(1)
+        counts = acc.result()
+        if counts.num_rows == 0:
+            raise InputError(f"corpus.train: no tokens in the training input {[s.uri for s in sources['train']]}")
+        vocab = build_vocab(counts, spec.vocab, sentences=0)
+        vocab_tokens = vocab.tokens
+        logger.info("vocabulary: %d types (%d distinct in train)", len(vocab), counts.num_rows)
+
+    # --- 2/3 encode
+    _banner(2, 3, "Tokenizing and writing shards")
+    job = dataclasses.replace(job, sp_model=sp_model, vocab_tokens=vocab_tokens)
+    per_chunk: dict[int, dict[str, Any]] = {}
+    piece_counts = np.zeros(len(vocab_tokens), np.uint64)
+    with _progress(len(chunks), "encode") as bar:
+        for table in map_chunks(chunks, job, "encode", workers=workers):
+            for row in table.to_pylist():
+                per_chunk[row["chunk"]] = json.loads(row["stats"])
+                if row["piece_counts"]:
+                    piece_counts += np.frombuffer(row["piece_counts"], dtype="<u8")
+            bar.update(1)
+
+    # --- 3/3 summary
+    _banner(3, 3, "Writing the vocabulary and the manifest")
+    accounting: Counter = Counter()
+    shards: dict[str, list[dict]] = {"train": [], "valid": [], "test": []}
+    nodes: dict[str, dict[str, Any]] = {}
+    for index in sorted(per_chunk):
+        stats = per_chunk[index]
+        accounting.update(stats["counts"])
+        for split, items in stats["shards"].items():
+            shards[split].extend(items)
+        node = stats["node"]
+        entry = nodes.setdefault(node["node_id"], {**node, "chunks": 0})
+        entry["chunks"] += 1
+    if accounting["train_sentences"] == 0:
+        raise InputError(f"corpus.train: no sentence survived normalisation and tokenization (accounting: {dict(accounting)})")
+    rejected = {k: v for k, v in accounting.items() if k.startswith("rejected_")}
+    if accounting["lines_read"] != accounting["lines_kept"] + sum(rejected.values()):
+        raise RuntimeError(f"line accounting does not balance: {dict(accounting)}")  # a bug, never user error
+    if sp_model is not None:
+        piece_counts[EOS_ID] = accounting["train_sentences"]
+        vocab = Vocab(vocab_tokens, piece_counts)
+    else:
+        counts_arr = vocab.counts.copy()
+        counts_arr[EOS_ID] = accounting["train_sentences"]
+        vocab = Vocab(vocab.tokens, counts_arr)
+    vocab.save(tmp_dir / "vocab.tsv")
+    splits = {
+        split: {
+            "sentences": accounting[f"{split}_sentences"],
+            "tokens": accounting[f"{split}_tokens"],
+            "oov_tokens": accounting[f"{split}_oov_tokens"],
+            "shards": len(shards[split]),
+        }
+        for split in ("train", "valid", "test")
+    }
+    files = [{"path": "vocab.tsv", "rows": len(vocab), "sha256": sha256_file(tmp_dir / "vocab.tsv")}]
+    if sp_model is not None:
+        files.append({"path": "tokenizer.model", "sha256": sha256_file(tmp_dir / "tokenizer.model")})
+    lines = {
+        "lines_read": accounting["lines_read"],
+        "lines_kept": accounting["lines_kept"],
+        "lines_rejected": {k.removeprefix("rejected_"): v for k, v in sorted(rejected.items())},
+        "lines_utf8_replaced": accounting["lines_utf8_replaced"],
+        "specials": {k: v for k, v in sorted(accounting.items()) if k.startswith("specials_")},
+    }
+    return {
+        "outputs": {"files": files, "shards": shards, "vocab_size": len(vocab), "splits": splits},
+        "lines": lines,
+        "sources": [{"index": s.index, "split": s.split, "uri": s.uri, "format": s.format, "bytes": s.size} for s in all_sources],
+        "nodes": list(nodes.values()),
+    }
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    out = manifest["outputs"]
+    lines = manifest["lines"]
+    rows = [f"vocabulary {out['vocab_size']:,} types"]
+    for split, s in out["splits"].items():
+        if s["sentences"]:
+            rows.append(
+                f"{split:<5} {s['sentences']:>10,} sentences {s['tokens']:>12,} tokens "
+                f"{s['oov_tokens']:>9,} OOV  {s['shards']} shard(s)"
+            )
+    rej = ", ".join(f"{k} {v:,}" for k, v in lines["lines_rejected"].items()) or "none"
+    rows.append(f"lines read {lines['lines_read']:,}, kept {lines['lines_kept']:,}, rejected: {rej}")
+    return rows
