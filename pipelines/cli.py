@@ -137,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from pipelines.datasets import DatasetError
     from pipelines.ingest import InputError
     from pipelines.spec import SpecError
 
     try:
         return int(args.func(args) or 0)
-    except (SpecError, InputError, FileNotFoundError) as exc:
+    except (SpecError, InputError, DatasetError, FileNotFoundError) as exc:
         print(f"lmpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

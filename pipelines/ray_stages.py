@@ -19,14 +19,18 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.encode import ChunkJob, count_chunk, encode_chunk, sample_chunk
-from pipelines.ingest import Chunk
+from pipelines.ingest import Chunk, InputError
 from pipelines.tokenizers import make_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SAMPLE = pa.schema([("chunk", pa.int64()), ("hash", pa.uint64()), ("line", pa.string())])
-COUNTS = pa.schema([("chunk", pa.int64()), ("token", pa.string()), ("count", pa.uint64())])
-STATS = pa.schema([("chunk", pa.int64()), ("stats", pa.string()), ("piece_counts", pa.binary())])
+# Every result carries an ``error`` column: Ray serialises a worker's exception without its cause, so a
+# bad-input error travels as data and the driver raises it with its own message (file, byte offset).
+_ERROR = ("error", pa.string())
+SAMPLE = pa.schema([("chunk", pa.int64()), ("hash", pa.uint64()), ("line", pa.string()), _ERROR])
+COUNTS = pa.schema([("chunk", pa.int64()), ("token", pa.string()), ("count", pa.uint64()), _ERROR])
+STATS = pa.schema([("chunk", pa.int64()), ("stats", pa.string()), ("piece_counts", pa.binary()), _ERROR])
+SCHEMAS = {"sample": SAMPLE, "count": COUNTS, "encode": STATS}
 
 
 def _node() -> dict[str, str]:
@@ -44,26 +48,44 @@ class ChunkActor:
 
     def __init__(self, job: ChunkJob, chunks: Sequence[Chunk], mode: str, sample_k: int = 0) -> None:
         self.job, self.chunks, self.mode, self.sample_k = job, list(chunks), mode, sample_k
-        self.tokenizer = make_tokenizer(job.tokenizer, job.sp_model)
+        # Loaded once per actor; the sample pass runs before a sentencepiece model exists.
+        self.tokenizer = make_tokenizer(job.tokenizer, job.sp_model) if mode == "encode" else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         (index,) = batch.column("chunk").to_pylist()
-        chunk = self.chunks[index]
+        try:
+            return self._process(self.chunks[index])
+        except InputError as exc:
+            schema = SCHEMAS[self.mode]
+            row = {f.name: [None] for f in schema}
+            row.update(chunk=[index], error=[str(exc)])
+            return pa.table(row, schema=schema)
+
+    def _process(self, chunk: Chunk) -> pa.Table:
+        index = chunk.index
         if self.mode == "sample":
             rows = sample_chunk(chunk, self.job, self.sample_k)
             return pa.table(
-                {"chunk": [index] * len(rows), "hash": [h for h, _ in rows], "line": [s for _, s in rows]}, schema=SAMPLE
+                {"chunk": [index] * len(rows), "hash": [h for h, _ in rows], "line": [s for _, s in rows], "error": [None] * len(rows)},
+                schema=SAMPLE,
             )
         if self.mode == "count":
             counts, _ = count_chunk(chunk, self.job)
             return pa.table(
-                {"chunk": np.full(counts.num_rows, index, np.int64), "token": counts["token"], "count": counts["count"]},
+                {
+                    "chunk": np.full(counts.num_rows, index, np.int64),
+                    "token": counts["token"],
+                    "count": counts["count"],
+                    "error": pa.nulls(counts.num_rows, pa.string()),
+                },
                 schema=COUNTS,
             )
         stats = encode_chunk(chunk, self.job, self.tokenizer)
         payload = {"counts": dict(stats.counts), "shards": stats.shards, "node": _node()}
         pieces = b"" if stats.piece_counts is None else stats.piece_counts.astype("<u8").tobytes()
-        return pa.table({"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces]}, schema=STATS)
+        return pa.table(
+            {"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces], "error": [None]}, schema=STATS
+        )
 
 
 def unwrap_error(exc: BaseException) -> BaseException:
@@ -98,7 +120,12 @@ def map_chunks(chunks: Sequence[Chunk], job: ChunkJob, mode: str, *, workers: in
     )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            yield batch
+            errors = batch.column("error").drop_null()
+            if len(errors):
+                raise InputError(errors[0].as_py())
+            yield batch.drop_columns(["error"])
+    except InputError:
+        raise
     except Exception as exc:  # re-raise the user-facing error without Ray's wrapping
         inner = unwrap_error(exc)
         if inner is not exc:

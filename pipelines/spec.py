@@ -16,6 +16,7 @@ is read as YAML (``null``, ``3``, ``[0, 0, 1]``, ``true``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -121,13 +122,10 @@ class TokenizerSpec:
         _check_range("tokenizer.sp_vocab_size", self.sp_vocab_size, 8, 1 << 24)
         _check_range("tokenizer.sp_sample_lines", self.sp_sample_lines, 1, None)
         _check_range("tokenizer.sp_character_coverage", self.sp_character_coverage, 0.9, 1.0)
-        if self.kind == "regex":
-            import re
-
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                _fail("tokenizer.pattern", self.pattern, f"a valid Python regular expression ({exc})")
+        try:
+            re.compile(self.pattern)
+        except re.error as exc:
+            _fail("tokenizer.pattern", self.pattern, f"a valid Python regular expression ({exc})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -264,6 +262,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own error is the precise one
+            return _convert(real[0], value, path)
         errors = []
         for arg in args:
             if arg is type(None):

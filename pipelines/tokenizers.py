@@ -149,7 +149,6 @@ def train_sentencepiece(lines: Sequence[str], spec: TokenizerSpec) -> bytes:
         shuffle_input_sentence=False,
         input_sentence_size=0,
         hard_vocab_limit=False,
-        random_seed=spec.seed,
         minloglevel=2,
     )
     return model.getvalue()

@@ -1,0 +1,49 @@
+"""Shared fixtures: one local Ray instance per test session (2 CPUs, as the CI machine has), the dataset
+mirror from ``LMPIPE_DATA_MIRROR`` (CI points it at ../shared/data), and small corpora."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "pipelines" / "specs"
+
+
+def mirror_dir() -> Path | None:
+    value = os.environ.get("LMPIPE_DATA_MIRROR")
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    path = mirror_dir()
+    if path is None:
+        pytest.skip("LMPIPE_DATA_MIRROR is not set to the dataset mirror (e.g. ../shared/data)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance shared by the session's integration tests."""
+    from cluster.connect import connect, shutdown
+
+    info = connect(num_cpus=2)
+    yield info
+    shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,129 @@
+"""Ingest: chunks own every line exactly once; each kind of bad input is reported or counted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.ingest import InputError, find_sources, plan_chunks, read_chunk
+from pipelines.spec import CorpusSpec, NormalizeSpec
+
+
+def _read_all(path, chunk_bytes, normalize=None, **corpus_kw):
+    sources = find_sources(CorpusSpec(train=(str(path),), **corpus_kw))["train"]
+    lines, positions, counts = [], [], {}
+    for chunk in plan_chunks(sources, chunk_bytes):
+        for batch in read_chunk(chunk, normalize or NormalizeSpec(), corpus_kw.get("text_field", "text")):
+            lines += batch.text.to_pylist()
+            positions += batch.positions.tolist()
+            for k, v in batch.counts.items():
+                counts[k] = counts.get(k, 0) + v
+    return lines, positions, counts
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 5, 7, 11, 64, 1000])
+def test_every_line_is_read_once_whatever_the_chunk_size(tmp_path, chunk_bytes):
+    text = "the cat sat\non the mat\n\na dog\nx\nlast line without newline"
+    path = tmp_path / "c.txt"
+    path.write_text(text)
+    lines, positions, counts = _read_all(path, chunk_bytes)
+    expected = [ln for ln in text.split("\n") if ln.strip()]
+    assert lines == expected
+    raw = text.encode()
+    assert [raw[p:].split(b"\n")[0].decode() for p in positions] == expected  # positions are byte offsets
+    assert counts["lines_read"] == 6 and counts["rejected_blank"] == 1
+
+
+def test_gzip_is_streamed_and_matches_plain(tmp_path):
+    text = "".join(f"line {i} é\n" for i in range(5000))
+    (tmp_path / "a.txt").write_text(text)
+    with gzip.open(tmp_path / "a.txt.gz", "wt") as fh:
+        fh.write(text)
+    assert _read_all(tmp_path / "a.txt.gz", 100)[:2] == _read_all(tmp_path / "a.txt", 100)[:2]
+
+
+def test_truncated_gzip_names_the_file(tmp_path):
+    data = gzip.compress(("word " * 100_000 + "\n").encode())
+    bad = tmp_path / "cut.txt.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"cut\.txt\.gz: truncated gzip"):
+        _read_all(bad, 1 << 20)
+
+
+def test_invalid_utf8_replace_counts_and_strict_names_the_byte(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good line\nbad \xff\xfe line\nfine\n")
+    lines, _, counts = _read_all(path, 1 << 20)
+    assert lines == ["good line", "bad \ufffd\ufffd line", "fine"]
+    assert counts["lines_utf8_replaced"] == 1
+    with pytest.raises(InputError, match=r"bad\.txt: invalid UTF-8 at byte offset 14"):
+        _read_all(path, 1 << 20, NormalizeSpec(encoding_errors="strict"))
+
+
+def test_long_lines_are_rejected_and_counted(tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text("short\n" + "x" * 500 + "\nok\n")
+    for chunk_bytes in (16, 1 << 20):
+        lines, _, counts = _read_all(path, chunk_bytes, NormalizeSpec(max_line_bytes=100))
+        assert lines == ["short", "ok"]
+        assert counts["rejected_too_long"] == 1 and counts["lines_read"] == 3
+
+
+def test_normalisation_nfkc_and_lowercase(tmp_path):
+    path = tmp_path / "n.txt"
+    path.write_text("Ｆｕｌｌｗｉｄｔｈ ﬁne CAPS\n")
+    lines, _, _ = _read_all(path, 1 << 20, NormalizeSpec(nfkc=True, lowercase=True))
+    assert lines == ["fullwidth fine caps"]
+
+
+def test_jsonl_records_fields_and_bad_records(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"body": "first line\nsecond line"}, {"other": 1}, "not an object", {"body": "third"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken json\n\n")
+    lines, positions, counts = _read_all(path, 1 << 20, text_field="body")
+    assert lines == ["first line", "second line", "third"]
+    assert counts["rejected_bad_record"] == 3  # missing field, not an object, broken JSON
+    assert counts["rejected_blank"] == 1
+    assert counts["lines_read"] == 2 + 3 + 1 + 1
+    assert positions[0] == positions[1] == 0
+
+
+def test_parquet_row_groups_are_chunks(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(10)]}), path, row_group_size=3)
+    sources = find_sources(CorpusSpec(train=(str(path),)))["train"]
+    assert len(plan_chunks(sources, 1)) == 4
+    lines, positions, _ = _read_all(path, 1)
+    assert lines == [f"row {i}" for i in range(10)] and positions == list(range(10))
+    with pytest.raises(InputError, match="no column 'body'"):
+        _read_all(path, 1, text_field="body")
+
+
+def test_missing_paths_globs_and_directories(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.txt: no such file"):
+        find_sources(CorpusSpec(train=(str(tmp_path / "nope.txt"),)))
+    with pytest.raises(InputError, match="no file matches"):
+        find_sources(CorpusSpec(train=(str(tmp_path / "*.txt"),)))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(InputError, match="directory holds no files"):
+        find_sources(CorpusSpec(train=(str(tmp_path / "d"),)))
+    for name in ("b.txt", "a.txt", ".hidden"):
+        (tmp_path / "d" / name).write_text("x\n")
+    found = find_sources(CorpusSpec(train=(str(tmp_path / "d"),), valid=(str(tmp_path / "d" / "*.txt"),)))
+    assert [s.uri.rsplit("/", 1)[1] for s in found["train"]] == ["a.txt", "b.txt"]
+    assert [s.index for s in found["train"] + found["valid"]] == [0, 1, 2, 3]
+
+
+def test_unreadable_file_is_named(tmp_path, monkeypatch):
+    """Permissions are not enforced for root (CI), so the access check itself is made to say no."""
+    import pipelines.ingest as ingest
+
+    path = tmp_path / "secret.txt"
+    path.write_text("x\n")
+    monkeypatch.setattr(ingest.os, "access", lambda p, mode: not str(p).endswith("secret.txt"))
+    with pytest.raises(InputError, match="secret.txt: file is not readable"):
+        find_sources(CorpusSpec(train=(str(path),)))
