@@ -6,14 +6,18 @@ only calls these, so they are tested directly on chunks without a cluster.
 
 Passes of the stage::
 
-    sample (sentencepiece only)  chunk -> bottom-k lines by hash          -> driver trains the model
-    count  (word tokenizers)     chunk -> partial token counts (train)    -> driver builds the vocabulary
-    encode                       chunk -> shards written by the worker    -> driver gathers the stats
+    word tokenizers
+      prepare   chunk -> tokenized once, dictionary-encoded to _chunks/  -> partial train counts -> vocabulary
+      finalize  _chunks/ local ids -> global ids, shards written          -> per-chunk statistics
+    sentencepiece
+      sample    chunk -> bottom-k lines by hash                          -> driver trains the model
+      encode    chunk -> piece ids, shards written                       -> per-chunk statistics
 """
 
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,7 @@ from pipelines.tokenizers import (
     list_parts,
     make_tokenizer,
 )
-from pipelines.vocab import count_tokens, merge_token_counts
+from pipelines.vocab import merge_token_counts
 
 SPLITS = ("train", "valid", "test")
 
@@ -179,63 +183,154 @@ def hash_text(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
-def count_chunk(chunk: Chunk, job: ChunkJob) -> tuple[pa.Table, int]:
-    """Partial token counts of the chunk's training lines and the number of such lines."""
-    tokenizer = make_tokenizer(job.tokenizer, job.sp_model)
-    partial, sentences = [], 0
+#: Per-chunk intermediate of word tokenizers (between the two passes): lines with chunk-local ids.
+LOCAL = pa.schema(
+    [
+        pa.field("split", pa.int8(), nullable=False),
+        pa.field("position", pa.uint64(), nullable=False),
+        pa.field("doc", pa.uint64(), nullable=False),
+        pa.field("ids", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+LOCAL_DIR = "_chunks"
+
+
+def _local_paths(job: ChunkJob, chunk: Chunk) -> tuple[Path, Path]:
+    base = Path(job.out_dir) / LOCAL_DIR / f"chunk-{chunk.index:05d}"
+    return base.with_suffix(".arrow"), base.with_suffix(".dict.arrow")
+
+
+def prepare_chunk(chunk: Chunk, job: ChunkJob) -> pa.Table:
+    """Pass 1 of word tokenizers: tokenize the chunk once, dictionary-encode its tokens, keep the result.
+
+    Writes ``_chunks/chunk-<i>.arrow`` (LOCAL schema: chunk-local int32 ids per line; accounting in the
+    schema metadata) and ``chunk-<i>.dict.arrow`` (the local dictionaries, one per batch).  Returns the
+    counts of the chunk's training tokens (TOKEN_COUNTS), the map side of the vocabulary.  Pass 2 then
+    only remaps local ids to global ids -- text is read and split once, not twice."""
+    tokenizer = make_tokenizer(job.tokenizer)
+    data_path, dict_path = _local_paths(job, chunk)
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    partial: list[pa.Table] = []
+    batches, dictionaries = [], []
     for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
         routed = encode_batch(batch, chunk, job, tokenizer)
+        counts.update(batch.counts)
+        parts = [(SPLITS.index(name), enc) for name, enc in routed.items()]
+        if not parts:
+            continue
+        tokens = pa.concat_arrays([enc.tokens for _, enc in parts])
+        flat, offsets = list_parts(tokens)
+        encoded = pc.dictionary_encode(flat)
+        local = encoded.indices
         if "train" in routed:
-            partial.append(count_tokens(routed["train"].tokens))
-            sentences += len(routed["train"].positions)
-    return merge_token_counts(partial), sentences
+            n_train = int(offsets[len(routed["train"].positions)]) if parts[0][0] == 0 else 0
+            hist = np.bincount(np.asarray(local[:n_train]), minlength=len(encoded.dictionary))
+            nz = np.flatnonzero(hist)
+            partial.append(pa.table({"token": encoded.dictionary.take(pa.array(nz)), "count": pa.array(hist[nz], pa.uint64())}))
+        split_col = np.concatenate([np.full(len(enc.positions), k, np.int8) for k, enc in parts])
+        batches.append(
+            pa.record_batch(
+                [
+                    pa.array(split_col),
+                    pa.array(np.concatenate([enc.positions for _, enc in parts]), pa.uint64()),
+                    pa.array(np.concatenate([enc.docs for _, enc in parts]), pa.uint64()),
+                    pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), local),
+                ],
+                schema=LOCAL,
+            )
+        )
+        dictionaries.append(pa.record_batch([encoded.dictionary], names=["token"]))
+    schema = LOCAL.with_metadata({"counts": json.dumps(dict(counts))})
+    with pa.OSFile(str(data_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        for b in batches:
+            writer.write_batch(b)
+    with pa.OSFile(str(dict_path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("token", pa.string())])) as writer:
+        for d in dictionaries:
+            writer.write_batch(d)
+    if not partial:
+        return merge_token_counts([])
+    return merge_token_counts(partial)
 
 
-def encode_chunk(chunk: Chunk, job: ChunkJob, tokenizer=None) -> ChunkStats:
-    """Tokenize a chunk to ids and write its shards into ``job.out_dir/<split>/``."""
-    assert job.out_dir is not None
-    tokenizer = tokenizer or make_tokenizer(job.tokenizer, job.sp_model)
-    is_sp = isinstance(tokenizer, SentencePieceTokenizer)
+def finalize_chunk(chunk: Chunk, job: ChunkJob) -> ChunkStats:
+    """Pass 2 of word tokenizers: local ids -> global ids through the vocabulary; write the shards."""
+    data_path, dict_path = _local_paths(job, chunk)
+    stats = ChunkStats(chunk.index)
+    writers = _writers(job, chunk)
+    with pa.memory_map(str(data_path)) as data_src, pa.memory_map(str(dict_path)) as dict_src:
+        data, dicts = pa.ipc.open_file(data_src), pa.ipc.open_file(dict_src)
+        stats.counts.update(json.loads(data.schema.metadata[b"counts"]))
+        for i in range(data.num_record_batches):
+            batch, dictionary = data.get_batch(i), dicts.get_batch(i).column(0)
+            mapping = pc.index_in(dictionary, value_set=job.vocab_tokens)
+            oov_local = np.asarray(mapping.is_null())
+            mapping = np.asarray(mapping.fill_null(UNK_ID).cast(pa.uint32()))
+            split_col = np.asarray(batch.column("split"))
+            lists = batch.column("ids")
+            for k, split in enumerate(SPLITS):
+                mask = split_col == k
+                if not mask.any():
+                    continue
+                sub = lists.filter(pa.array(mask))
+                flat, offsets = list_parts(sub)
+                local = np.asarray(flat)
+                stats.counts[f"{split}_oov_tokens"] += int(oov_local[local].sum())
+                ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(mapping[local]))
+                positions = np.asarray(batch.column("position"))[mask]
+                docs = np.asarray(batch.column("doc"))[mask]
+                _write_split(writers[split], stats, split, chunk, ids, positions, docs)
+    data_path.unlink()
+    dict_path.unlink()
+    _close(writers, stats)
+    return stats
+
+
+def _writers(job: ChunkJob, chunk: Chunk) -> dict[str, ShardWriter]:
     stage_dir = Path(job.out_dir)
-    writers = {
+    return {
         s: ShardWriter(stage_dir / s, chunk.index, max_bytes=job.shard_bytes, compression=job.compression, stage_dir=stage_dir)
         for s in SPLITS
     }
-    stats = ChunkStats(chunk.index)
-    if is_sp:
-        stats.piece_counts = np.zeros(len(job.vocab_tokens), np.uint64)
-    for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
-        routed = encode_batch(batch, chunk, job, tokenizer)
-        stats.counts.update(batch.counts)
-        for split, enc in routed.items():
-            if is_sp:
-                ids = enc.tokens.cast(pa.list_(TOKENS.field("ids").type.value_type))
-                if split == "train":
-                    flat, _ = list_parts(ids)
-                    stats.piece_counts += np.bincount(np.asarray(flat), minlength=len(stats.piece_counts)).astype(np.uint64)
-            else:
-                flat, offsets = list_parts(enc.tokens)
-                flat_ids = pc.index_in(flat, value_set=job.vocab_tokens)
-                oov = flat_ids.null_count
-                ids = pa.ListArray.from_arrays(
-                    pa.array(offsets.astype(np.int32)), flat_ids.fill_null(UNK_ID).cast(pa.uint32())
-                )
-                stats.counts[f"{split}_oov_tokens"] += oov
-            flat, _ = list_parts(ids)
-            stats.counts[f"{split}_sentences"] += len(ids)
-            stats.counts[f"{split}_tokens"] += len(flat)
-            table = pa.table(
-                {
-                    "source": pa.array(np.full(len(ids), chunk.source.index, np.uint32)),
-                    "position": pa.array(enc.positions, pa.uint64()),
-                    "doc": pa.array(enc.docs, pa.uint64()),
-                    "ids": ids,
-                },
-                schema=TOKENS,
-            )
-            writers[split].write(table)
+
+
+def _write_split(writer: ShardWriter, stats: ChunkStats, split: str, chunk: Chunk, ids: pa.ListArray, positions, docs) -> None:
+    stats.counts[f"{split}_sentences"] += len(ids)
+    stats.counts[f"{split}_tokens"] += int(ids.offsets[-1].as_py() - ids.offsets[0].as_py())
+    table = pa.table(
+        {
+            "source": pa.array(np.full(len(ids), chunk.source.index, np.uint32)),
+            "position": pa.array(positions, pa.uint64()),
+            "doc": pa.array(docs, pa.uint64()),
+            "ids": ids,
+        },
+        schema=TOKENS,
+    )
+    writer.write(table)
+
+
+def _close(writers: dict[str, ShardWriter], stats: ChunkStats) -> None:
     for split, writer in writers.items():
         shards = writer.close()
         if shards:
             stats.shards[split] = [s.to_dict() for s in shards]
+
+
+def encode_chunk(chunk: Chunk, job: ChunkJob, tokenizer: SentencePieceTokenizer | None = None) -> ChunkStats:
+    """Sentencepiece: encode a chunk straight to piece ids (the model is the vocabulary) and write shards."""
+    tokenizer = tokenizer or make_tokenizer(job.tokenizer, job.sp_model)
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    writers = _writers(job, chunk)
+    stats = ChunkStats(chunk.index)
+    stats.piece_counts = np.zeros(len(job.vocab_tokens), np.uint64)
+    for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
+        routed = encode_batch(batch, chunk, job, tokenizer)
+        stats.counts.update(batch.counts)
+        for split, enc in routed.items():
+            ids = enc.tokens
+            if split == "train":
+                flat, _ = list_parts(ids)
+                stats.piece_counts += np.bincount(np.asarray(flat), minlength=len(stats.piece_counts)).astype(np.uint64)
+            _write_split(writers[split], stats, split, chunk, ids, enc.positions, enc.docs)
+    _close(writers, stats)
     return stats

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import socket
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from pipelines.encode import ChunkJob, count_chunk, encode_chunk, sample_chunk
+from pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from pipelines.ingest import Chunk, InputError
 from pipelines.tokenizers import make_tokenizer
 
@@ -30,7 +32,7 @@ _ERROR = ("error", pa.string())
 SAMPLE = pa.schema([("chunk", pa.int64()), ("hash", pa.uint64()), ("line", pa.string()), _ERROR])
 COUNTS = pa.schema([("chunk", pa.int64()), ("token", pa.string()), ("count", pa.uint64()), _ERROR])
 STATS = pa.schema([("chunk", pa.int64()), ("stats", pa.string()), ("piece_counts", pa.binary()), _ERROR])
-SCHEMAS = {"sample": SAMPLE, "count": COUNTS, "encode": STATS}
+SCHEMAS = {"sample": SAMPLE, "prepare": COUNTS, "finalize": STATS, "encode": STATS}
 
 
 def _node() -> dict[str, str]:
@@ -40,11 +42,13 @@ def _node() -> dict[str, str]:
         node_id = ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (direct tests)
         node_id = "local"
-    return {"node_id": node_id, "hostname": socket.gethostname()}
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
 class ChunkActor:
-    """One worker of a tokenize pass.  Mode ``sample``, ``count`` or ``encode``."""
+    """One worker of a tokenize pass: mode ``prepare``/``finalize`` (word tokenizers) or ``sample``/``encode``
+    (sentencepiece); see ``pipelines.encode``."""
 
     def __init__(self, job: ChunkJob, chunks: Sequence[Chunk], mode: str, sample_k: int = 0) -> None:
         self.job, self.chunks, self.mode, self.sample_k = job, list(chunks), mode, sample_k
@@ -69,8 +73,8 @@ class ChunkActor:
                 {"chunk": [index] * len(rows), "hash": [h for h, _ in rows], "line": [s for _, s in rows], "error": [None] * len(rows)},
                 schema=SAMPLE,
             )
-        if self.mode == "count":
-            counts, _ = count_chunk(chunk, self.job)
+        if self.mode == "prepare":
+            counts = prepare_chunk(chunk, self.job)
             return pa.table(
                 {
                     "chunk": np.full(counts.num_rows, index, np.int64),
@@ -80,7 +84,10 @@ class ChunkActor:
                 },
                 schema=COUNTS,
             )
-        stats = encode_chunk(chunk, self.job, self.tokenizer)
+        if self.mode == "finalize":
+            stats = finalize_chunk(chunk, self.job)
+        else:
+            stats = encode_chunk(chunk, self.job, self.tokenizer)
         payload = {"counts": dict(stats.counts), "shards": stats.shards, "node": _node()}
         pieces = b"" if stats.piece_counts is None else stats.piece_counts.astype("<u8").tobytes()
         return pa.table(

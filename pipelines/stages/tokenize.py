@@ -7,8 +7,9 @@ line accounting ``lines_read = lines_kept + sum(rejected_*)`` for every split to
 
 Passes (each a Ray Data ``map_batches`` over chunks, see ``pipelines.encode``):
 
-    === 1/3 vocabulary ===   count tokens per chunk (or sample + train sentencepiece)
-    === 2/3 encode ===       tokenize again, map to ids, write shards from the workers
+    === 1/3 vocabulary ===   tokenize each chunk once to chunk-local ids + partial counts -> vocabulary
+                             (sentencepiece: sample lines, train the model in a Ray task)
+    === 2/3 encode ===       local ids -> global ids (sentencepiece: encode), shards written by workers
     === 3/3 summary ===      gather per-chunk statistics, write vocab.tsv
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import pyarrow as pa
 import ray
 from tqdm import tqdm
 
-from pipelines.encode import ChunkJob
+from pipelines.encode import LOCAL_DIR, ChunkJob
 from pipelines.ingest import InputError, find_sources, plan_chunks
 from pipelines.ray_stages import map_chunks
 from pipelines.schemas import EOS_ID
@@ -108,10 +110,10 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         vocab_tokens = pa.array(pieces, pa.string())
         logger.info("sentencepiece: %d pieces trained on %d lines", len(pieces), len(lines))
     else:
-        _banner(1, 3, "Counting tokens for the vocabulary")
+        _banner(1, 3, "Tokenizing and counting tokens for the vocabulary")
         acc = TokenCountAccumulator()
-        with _progress(len(train_chunks), "count") as bar:
-            for table in map_chunks(train_chunks, job, "count", workers=workers):
+        with _progress(len(chunks), "prepare") as bar:
+            for table in map_chunks(chunks, job, "prepare", workers=workers):
                 acc.add(table.drop_columns(["chunk"]))
                 bar.update(1)
         counts = acc.result()
@@ -122,17 +124,19 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         logger.info("vocabulary: %d types (%d distinct in train)", len(vocab), counts.num_rows)
 
     # --- 2/3 encode
-    _banner(2, 3, "Tokenizing and writing shards")
+    _banner(2, 3, "Mapping to vocabulary ids and writing shards")
     job = dataclasses.replace(job, sp_model=sp_model, vocab_tokens=vocab_tokens)
     per_chunk: dict[int, dict[str, Any]] = {}
     piece_counts = np.zeros(len(vocab_tokens), np.uint64)
     with _progress(len(chunks), "encode") as bar:
-        for table in map_chunks(chunks, job, "encode", workers=workers):
+        for table in map_chunks(chunks, job, "encode" if sp_model is not None else "finalize", workers=workers):
             for row in table.to_pylist():
                 per_chunk[row["chunk"]] = json.loads(row["stats"])
                 if row["piece_counts"]:
                     piece_counts += np.frombuffer(row["piece_counts"], dtype="<u8")
             bar.update(1)
+
+    shutil.rmtree(tmp_dir / LOCAL_DIR, ignore_errors=True)
 
     # --- 3/3 summary
     _banner(3, 3, "Writing the vocabulary and the manifest")
@@ -145,8 +149,9 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         for split, items in stats["shards"].items():
             shards[split].extend(items)
         node = stats["node"]
-        entry = nodes.setdefault(node["node_id"], {**node, "chunks": 0})
+        entry = nodes.setdefault(f"{node['node_id']}:{node['pid']}", {**node, "chunks": 0})
         entry["chunks"] += 1
+        entry["peak_rss_mb"] = max(entry["peak_rss_mb"], node["peak_rss_mb"])
     if accounting["train_sentences"] == 0:
         raise InputError(f"corpus.train: no sentence survived normalisation and tokenization (accounting: {dict(accounting)})")
     rejected = {k: v for k, v in accounting.items() if k.startswith("rejected_")}
@@ -183,7 +188,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         "outputs": {"files": files, "shards": shards, "vocab_size": len(vocab), "splits": splits},
         "lines": lines,
         "sources": [{"index": s.index, "split": s.split, "uri": s.uri, "format": s.format, "bytes": s.size} for s in all_sources],
-        "nodes": list(nodes.values()),
+        "workers": list(nodes.values()),
     }
 
 
