@@ -107,6 +107,23 @@ def baseline(path: Path, out: Path) -> dict[str, float]:
     return {"seconds": seconds, "tokens": n_tokens, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def baseline_sp(path: Path, model: Path, out: Path) -> dict[str, float]:
+    """Single process sentencepiece encoding with the model the stage trained (one thread), same output."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    start = time.perf_counter()
+    n_tokens = 0
+    schema = pa.schema([("ids", pa.list_(pa.uint32()))])
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_file(sink, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        for lines in blocks(path):
+            ids = pa.array(sp.encode(lines.to_pylist(), num_threads=1), pa.list_(pa.uint32()))
+            n_tokens += len(pc.list_flatten(ids))
+            w.write_table(pa.table({"ids": ids}, schema=schema))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "tokens": n_tokens, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def run_lmpipe(path: Path, run_dir: Path, kind: str, workers: int, shard_mb: float) -> dict[str, float]:
     spec = {
         "name": "bench",
@@ -170,7 +187,11 @@ def main() -> None:
             if kind == "sentencepiece" and args.skip_sp:
                 continue
             res = run_lmpipe(path, work / f"run-{kind}-{path.stem}", kind, args.workers, shard_mb)
-            base = baseline(path, work / "baseline.arrow") if kind == "whitespace" else None
+            if kind == "whitespace":
+                base = baseline(path, work / "baseline.arrow")
+            else:
+                model = work / f"run-{kind}-{path.stem}" / "tokenize" / "tokenizer.model"
+                base = baseline_sp(path, model, work / "baseline.arrow")
             row = {
                 "corpus": name,
                 "MB": round(size_mb, 1),
@@ -217,7 +238,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"Command: `python bench/tokenize.py --workers {args.workers} --big-tokens {args.big_tokens:.0f}`  \n"
         f"Machine: {machine}  \n"
         "lmpipe wall = the whole `lmpipe run` process (Ray start included); stage = the stage's own timing. "
-        "Tokens = training tokens (no `</s>`). Baseline = one process, pyarrow compute, same two passes and output.\n\n"
+        "Tokens = training tokens (no `</s>`; sentencepiece: pieces). Baseline = one process: pyarrow compute with the "
+        "same two passes and output (whitespace), or sentencepiece encoding with the model the stage trained (its "
+        "training time is in lmpipe's column only).\n\n"
         f"{table}\n"
     )
     with open(HERE / "RESULTS.md", "a", encoding="utf-8") as fh:

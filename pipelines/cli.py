@@ -81,10 +81,16 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lm.perplexity_cli import evaluate_run
+    from lm.evaluate import evaluate_ngram
 
-    result = evaluate_run(Path(args.run), split=args.split)
-    print(json.dumps(result, indent=2))
+    result = evaluate_ngram(Path(args.run), split=args.split)
+    print(
+        f"{args.split}: perplexity {result['perplexity']:.2f} including OOVs, "
+        f"{result['perplexity_excluding_oov']:.2f} excluding; OOVs {result['oov']:,} "
+        f"({100 * result['oov_rate']:.2f}%); tokens {result['tokens']:,} in {result['sentences']:,} sentences"
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -125,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="perplexity of a run's n-gram model with KenLM's accounting")
     ev.add_argument("run", help="run directory")
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--json", action="store_true", help="also print all figures as JSON")
     ev.set_defaults(func=cmd_eval)
     return parser
 

@@ -47,3 +47,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def kenlm_bin() -> Path:
+    """The folder holding KenLM's lmplz/build_binary/query (built by `make kenlm`), or skip."""
+    from lm.kenlm_tools import find_kenlm_binary
+
+    try:
+        return find_kenlm_binary("lmplz").parent
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))

@@ -1,0 +1,385 @@
+"""The ngram stage: n-gram counts and an interpolated modified Kneser-Ney model, lmplz-exact, on Ray.
+
+Input: ``RUN/tokenize`` (train shards, ``vocab.tsv``).  Output (``RUN/ngram/``): ``model.arpa`` (or
+``.arpa.gz``), ``model.binary`` when ``build_binary`` is found, ``counts/order-<k>/part-<p>/`` raw counts
+per order (``schemas.ngram_schema``), and ``manifest.json`` with counts-of-counts, discounts and the valid
+and test perplexities (KenLM's accounting).
+
+Each step is a set of Ray tasks over hash partitions, exchanging data through partition files
+(``pipelines.partitions``), so a task holds one shard or one partition, never the whole model::
+
+    === 1/6 count ===        task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
+                             task per (order, partition): merge the pieces -> counts/order-k/part-p
+    === 2/6 adjust ===       order k+1 re-split by suffix; task per (k, p): continuation counts + prune marks
+    === 3/6 discounts ===    counts-of-counts summed on the driver (a few integers per order) -> D1, D2, D3+
+    === 4/6 probabilities === order k re-split by context; task per (k, p): u(w|h) and gamma(h)
+    === 5/6 interpolate ===  order by order, task per p: p(w|h) = u(w|h) + gamma(h) p(w|h')
+    === 6/6 backoff + ARPA === task per (k, p): log10 p and backoff; the driver streams parts into the ARPA
+
+``estimator: lmplz`` streams the tokenized training text into an installed KenLM ``lmplz`` instead.
+The step functions are ``lm.kneser_ney``'s, the same ones its single-process ``estimate`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from lm import kneser_ney as kn
+from lm.ngram_counts import count_ngrams, key_columns, merge_counts
+from pipelines.partitions import LazyPartitions, read_partition, read_table, write_partitioned, write_table
+from pipelines.rundir import read_manifest
+from pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
+from pipelines.shards import sha256_file, split_shards
+from pipelines.spec import NgramSpec
+from pipelines.stages import StageContext
+from pipelines.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+#: Bytes one n-gram occupies while a task groups it (ids + count + sort/hash scratch), for memory planning.
+_BYTES_PER_NGRAM_ID = 4
+_GROUP_OVERHEAD = 3.0
+
+
+# ------------------------------------------------------------------------------------------ contract
+def check(ctx: StageContext) -> None:
+    spec: NgramSpec = ctx.spec.ngram
+    import kenlm
+
+    max_order = getattr(kenlm, "KENLM_MAX_ORDER", None) or _kenlm_max_order()
+    if spec.order > max_order:
+        raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module was built with maximum order {max_order}")
+    if spec.estimator == "lmplz" or spec.build_binary:
+        from lm.kenlm_tools import find_kenlm_binary
+
+        if spec.estimator == "lmplz":
+            find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
+    if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
+        raise FileNotFoundError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
+    if "tokenize" not in ctx.spec.stages and read_manifest(ctx.run_dir, "tokenize") is None:
+        raise FileNotFoundError(f"{ctx.run_dir / 'tokenize'}: the ngram stage needs the tokenize stage; run it first")
+
+
+def _kenlm_max_order() -> int:
+    return 6  # the PyPI kenlm module's default KENLM_MAX_ORDER
+
+
+def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = ctx.spec.to_dict()["ngram"]
+    settings.pop("workers")
+    tokenize = read_manifest(ctx.run_dir, "tokenize")
+    inputs = {"tokenize": tokenize["fingerprint"] if tokenize else None}
+    if ctx.spec.ngram.limit_vocab:
+        inputs["limit_vocab"] = sha256_file(Path(ctx.spec.ngram.limit_vocab))
+    return settings, inputs
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    out = manifest["outputs"]
+    rows = [", ".join(f"{k}-grams {n:,}" for k, n in out["ngrams"].items()) + f" -> {out['model']}"]
+    for split, ev in manifest.get("perplexity", {}).items():
+        rows.append(
+            f"{split} perplexity {ev['perplexity']:.2f} (excl. OOV {ev['perplexity_excluding_oov']:.2f}), "
+            f"{ev['tokens']:,} tokens, {ev['oov']:,} OOV"
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _count_task(shard: str, order: int, work: str, partitions: int, index: int) -> dict[str, Any]:
+    """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""
+    table = read_table(Path(shard))
+    counts = count_ngrams(table, order, unk="word")
+    for k, t in counts.items():
+        write_partitioned(t, Path(work) / f"raw{k}", key_columns(k), partitions, f"{index:05d}")
+    flat = np.asarray(table.column("ids").combine_chunks().flatten() if table.num_rows else [], dtype=np.uint32)
+    words = flat[flat >= FIRST_WORD_ID]
+    ids, first = np.unique(words, return_index=True)
+    return {"tokens": int(len(flat)), "sentences": table.num_rows, "words": len(words), "ids": ids, "first": first}
+
+
+def _merge_task(work: str, out: str, order: int, p: int) -> int:
+    table = read_partition(Path(work) / f"raw{order}", p, ngram_schema(order))
+    merged = merge_counts([table])
+    write_table(Path(out) / f"order-{order}" / f"part-{p:04d}" / "piece-0.arrow", merged)
+    return merged.num_rows
+
+
+def _resplit_task(src: str, p: int, dst: str, keys: list[str], partitions: int, schema: pa.Schema | None) -> None:
+    table = read_partition(Path(src), p, schema)
+    if table is not None and table.num_rows:
+        write_partitioned(table, Path(dst), keys, partitions, f"{p:04d}")
+
+
+def _adjust_task(counts: str, suffix: str | None, order: int, p: int, work: str, threshold: int, prune_words) -> kn.OrderStats:
+    lower = read_partition(Path(counts) / f"order-{order}", p, ngram_schema(order))
+    higher = read_partition(Path(suffix), p, ngram_schema(order + 1)) if suffix else None
+    adjusted = kn.adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
+    write_table(Path(work) / f"adj{order}" / f"part-{p:04d}" / "piece-0.arrow", adjusted)
+    return kn.count_stats_step(adjusted)
+
+
+def _last_entry_task(work: str, order: int, partitions: int, word_rank) -> dict[int, kn.OrderStats]:
+    adjusted = {k: LazyPartitions(Path(work) / f"adj{k}", partitions) for k in range(1, order + 1)}
+    return kn.last_entry_correction(adjusted, order, word_rank)
+
+
+def _unigram_task(work: str, partitions: int, discount: kn.Discount, interpolate: bool, pad: int) -> int:
+    parts = [t for t in LazyPartitions(Path(work) / "adj1", partitions) if t.num_rows]
+    unigrams, vocab_size = kn.unigram_step(pa.concat_tables(parts), discount, interpolate_unigrams=interpolate, vocab_pad=pad)
+    write_partitioned(unigrams, Path(work) / "interp1", key_columns(1), partitions, "0000")
+    return vocab_size
+
+
+def _initial_task(work: str, order: int, p: int, discount: kn.Discount, partitions: int) -> None:
+    adjusted = read_partition(Path(work) / f"adjctx{order}", p)
+    if adjusted is None or adjusted.num_rows == 0:
+        return
+    uninterp, gammas = kn.initial_probabilities_step(adjusted, discount)
+    # Written straight into the partitioning their consumers join on: u by suffix, gamma by its own key.
+    write_partitioned(uninterp, Path(work) / f"uninterp{order}", key_columns(order, 1), partitions, f"{p:04d}")
+    write_partitioned(gammas, Path(work) / f"gamma{order - 1}", key_columns(order - 1), partitions, f"{p:04d}")
+
+
+def _interpolate_task(work: str, order: int, p: int, partitions: int) -> None:
+    uninterp = read_partition(Path(work) / f"uninterp{order}", p)
+    if uninterp is None or uninterp.num_rows == 0:
+        return
+    lower = read_partition(Path(work) / f"interp{order - 1}", p)
+    interp = kn.interpolate_step(uninterp, lower if lower is not None else pa.table({f"w{i}": pa.array([], pa.uint32()) for i in range(order - 1)} | {"prob": pa.array([], pa.float32())}))
+    write_partitioned(interp, Path(work) / f"interp{order}", key_columns(order), partitions, f"{p:04d}")
+
+
+def _backoff_task(work: str, order: int, top: int, p: int, out: str) -> int:
+    interp = read_partition(Path(work) / f"interp{order}", p)
+    if interp is None or interp.num_rows == 0:
+        return 0
+    gammas = None
+    if order < top:
+        gammas = read_partition(Path(work) / f"gamma{order}", p)
+        if gammas is None:
+            gammas = pa.table({**{f"w{i}": pa.array([], pa.uint32()) for i in range(order)}, "gamma": pa.array([], pa.float32())})
+    model = kn.backoff_step(interp, gammas)
+    write_table(Path(out) / f"order-{order}" / f"part-{p:04d}.arrow", model)
+    return model.num_rows
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, workers: int, desc: str) -> list[Any]:
+    """Run ``fn(*args)`` for every tuple as Ray tasks, at most ``workers`` in flight; results in order."""
+    import ray
+
+    remote = ray.remote(num_cpus=1, max_retries=2)(fn)
+    results: list[Any] = [None] * len(calls)
+    pending: dict[Any, int] = {}
+    todo = list(enumerate(calls))
+    with tqdm(total=len(calls), desc=f"ngram: {desc}", unit="task", disable=None, leave=False) as bar:
+        while todo or pending:
+            while todo and len(pending) < workers:
+                i, args = todo.pop(0)
+                pending[remote.remote(*args)] = i
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            try:
+                results[pending.pop(ref)] = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                raise (cause or exc) from None
+            bar.update(1)
+    return results
+
+
+def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
+    """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a shard cannot."""
+    budget = spec.memory_mb * (1 << 20)
+    per_token = sum(_BYTES_PER_NGRAM_ID * k + 8 for k in range(1, spec.order + 1)) * _GROUP_OVERHEAD
+    if shard_tokens * per_token > budget:
+        need = math.ceil(shard_tokens * per_token / (1 << 20))
+        raise ValueError(
+            f"ngram.memory_mb: bad value {spec.memory_mb}; counting one token shard ({shard_tokens:,} tokens, "
+            f"orders 1..{spec.order}) needs about {need} MB: increase ngram.memory_mb to {need} or lower tokenize.shard_mb"
+        )
+    return max(spec.partitions, math.ceil(train_tokens * per_token / budget))
+
+
+def _word_rank(results: list[dict[str, Any]], vocab_size: int) -> np.ndarray:
+    """lmplz's word numbering (first appearance in corpus order) from per-shard first positions."""
+    best = np.full(vocab_size, np.iinfo(np.int64).max, dtype=np.int64)
+    offset = 0
+    for r in results:
+        np.minimum.at(best, r["ids"].astype(np.int64), r["first"].astype(np.int64) + offset)
+        offset += r["words"]
+    rank = np.full(vocab_size, np.iinfo(np.int64).max, dtype=np.int64)
+    rank[:FIRST_WORD_ID] = np.arange(FIRST_WORD_ID)
+    seen = np.flatnonzero(best[FIRST_WORD_ID:] < np.iinfo(np.int64).max) + FIRST_WORD_ID
+    by_first = seen[np.argsort(best[seen], kind="stable")]
+    rank[by_first] = np.arange(FIRST_WORD_ID, FIRST_WORD_ID + len(by_first))
+    unseen = rank == np.iinfo(np.int64).max
+    rank[unseen] = FIRST_WORD_ID + len(by_first) + np.arange(int(unseen.sum()))
+    return rank
+
+
+def _finish_discounts(stats, corrections, adjusted_unigrams, config: kn.KneserNeyConfig) -> dict[int, kn.Discount]:
+    """Discounts from summed counts-of-counts, exactly as ``kn.estimate`` finishes them (shared below)."""
+    for k, delta in corrections.items():
+        stats[k] = stats[k] + delta
+    has_unk = any(np.any(np.asarray(t.column("w0")) == UNK_ID) for t in adjusted_unigrams if t.num_rows)
+    n_specials = 2 - int(has_unk)  # <unk>, <s> are added by the unigram step when absent
+    stats[1] = stats[1] + kn.OrderStats(n_specials, n_specials, (0, 0, 0, 0))
+    fallback = config.fallback() if config.discount_fallback is not None else None
+    return kn.compute_discounts(stats, fallback)
+
+
+def _estimate(spec: NgramSpec, shards: list[Path], vocab: Vocab, tmp_dir: Path, work: Path, workers: int) -> dict[str, Any]:
+    n = spec.order
+    tokens_per_shard = [pa.ipc.open_file(pa.memory_map(str(s))).read_all().column("ids").combine_chunks().flatten().__len__() for s in shards]
+    parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
+    counts_dir = tmp_dir / "counts"
+    logger.info("=== 1/6 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
+    results = run_tasks(_count_task, [(str(s), n, str(work), parts, i) for i, s in enumerate(shards)], workers=workers, desc="count")
+    rows = run_tasks(_merge_task, [(str(work), str(counts_dir), k, p) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="merge")
+    ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
+    for k in range(1, n + 1):
+        shutil.rmtree(work / f"raw{k}", ignore_errors=True)
+
+    logger.info("=== 2/6 Adjusting counts ===")
+    config = kn.KneserNeyConfig(
+        order=n, prune=spec.prune, discount_fallback=spec.discount_fallback,
+        interpolate_unigrams=spec.interpolate_unigrams, vocab_pad=spec.vocab_pad,
+    )
+    thresholds = config.thresholds()
+    limit = set(Path(spec.limit_vocab).read_text(encoding="utf-8").split()) if spec.limit_vocab else None
+    prune_words = kn.prune_words_mask(vocab.tokens.to_pylist(), limit)
+    resplit = [(str(counts_dir / f"order-{k}"), p, str(work / f"suffix{k}"), key_columns(k, 1), parts, ngram_schema(k)) for k in range(2, n + 1) for p in range(parts)]
+    run_tasks(_resplit_task, resplit, workers=workers, desc="split by suffix")
+    calls = [
+        (str(counts_dir), str(work / f"suffix{k + 1}") if k < n else None, k, p, str(work), thresholds[k - 1], prune_words)
+        for k in range(1, n + 1) for p in range(parts)
+    ]
+    part_stats = run_tasks(_adjust_task, calls, workers=workers, desc="adjust")
+    for k in range(2, n + 1):
+        shutil.rmtree(work / f"suffix{k}", ignore_errors=True)
+
+    logger.info("=== 3/6 Counts-of-counts and discounts ===")
+    stats = {k: sum(part_stats[(k - 1) * parts : k * parts], kn.OrderStats()) for k in range(1, n + 1)}
+    word_rank = _word_rank(results, len(vocab))
+    (corrections,) = run_tasks(_last_entry_task, [(str(work), n, parts, word_rank)], workers=1, desc="last entry")
+    discounts = _finish_discounts(stats, corrections, LazyPartitions(work / "adj1", parts), config)
+    for k in range(1, n + 1):
+        d = discounts[k]
+        logger.info("order %d: D1=%g D2=%g D3+=%g n1..n4=%s", k, d.d1, d.d2, d.d3, stats[k].n)
+
+    logger.info("=== 4/6 Initial probabilities ===")
+    (vocab_size,) = run_tasks(
+        _unigram_task, [(str(work), parts, discounts[1], spec.interpolate_unigrams, spec.vocab_pad)], workers=1, desc="unigrams"
+    )
+    resplit = [(str(work / f"adj{k}"), p, str(work / f"adjctx{k}"), key_columns(k - 1), parts, None) for k in range(2, n + 1) for p in range(parts)]
+    run_tasks(_resplit_task, resplit, workers=workers, desc="split by context")
+    run_tasks(_initial_task, [(str(work), k, p, discounts[k], parts) for k in range(2, n + 1) for p in range(parts)], workers=workers, desc="probabilities")
+
+    logger.info("=== 5/6 Interpolating ===")
+    for k in range(2, n + 1):
+        run_tasks(_interpolate_task, [(str(work), k, p, parts) for p in range(parts)], workers=workers, desc=f"interpolate {k}")
+
+    logger.info("=== 6/6 Backoffs and ARPA ===")
+    model_dir = work / "model"
+    sizes = run_tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
+    ngrams = {k: sum(sizes[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
+    from lm.arpa_stream import write_arpa_parts
+
+    arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
+    write_arpa_parts({k: sorted((model_dir / f"order-{k}").glob("part-*.arrow")) for k in range(1, n + 1)}, ngrams, vocab.tokens, arpa)
+    return {
+        "arpa": arpa,
+        "partitions": parts,
+        "raw_ngrams": ngram_counts,
+        "ngrams": ngrams,
+        "vocab_size_uniform": vocab_size,
+        "discounts": {k: [d.d1, d.d2, d.d3] for k, d in discounts.items()},
+        "counts_of_counts": {k: list(s.n) for k, s in stats.items()},
+    }
+
+
+def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path) -> dict[str, Any]:
+    """Stream the training text (ids back to words) into KenLM's lmplz."""
+    from lm.evaluate import split_sentences
+    from lm.kenlm_tools import run_lmplz
+
+    if vocab.counts[UNK_ID] > 0:
+        raise ValueError(
+            "ngram.estimator: lmplz refuses <unk> in its input, and the training shards hold <unk> "
+            f"({int(vocab.counts[UNK_ID]):,} tokens cut by vocab.min_count/max_size); use estimator: lmpipe, "
+            "or vocab.min_count: 1 and vocab.max_size: null"
+        )
+    args: list[str] = []
+    if spec.prune:
+        args += ["--prune", *map(str, spec.prune)]
+    if spec.discount_fallback is not None:
+        args += ["--discount_fallback", *map(str, spec.discount_fallback)]
+    if not spec.interpolate_unigrams:
+        args += ["--interpolate_unigrams", "0"]
+    if spec.vocab_pad:
+        args += ["--vocab_pad", str(spec.vocab_pad)]
+    if spec.limit_vocab:
+        args += ["--limit_vocab_file", spec.limit_vocab]
+    arpa = tmp_dir / "model.arpa"
+    log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=tmp_dir)
+    (tmp_dir / "lmplz.log").write_text(log, encoding="utf-8")
+    from lm.arpa_stream import read_arpa_counts
+
+    ngrams = read_arpa_counts(arpa)
+    if spec.arpa_gzip:
+        import gzip
+
+        with open(arpa, "rb") as src, gzip.open(tmp_dir / "model.arpa.gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        arpa.unlink()
+        arpa = tmp_dir / "model.arpa.gz"
+    return {"arpa": arpa, "ngrams": ngrams}
+
+
+def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+    spec = ctx.spec.ngram
+    tokenize_dir = ctx.run_dir / "tokenize"
+    vocab = Vocab.load(tokenize_dir / "vocab.tsv")
+    shards = split_shards(tokenize_dir, "train")
+    if not shards:
+        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
+    work = tmp_dir / "_work"
+    if spec.estimator == "lmplz":
+        result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir)
+    else:
+        result = _estimate(spec, shards, vocab, tmp_dir, work, spec.workers)
+    shutil.rmtree(work, ignore_errors=True)
+    arpa: Path = result.pop("arpa")
+    files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
+    model_file = arpa
+    if spec.build_binary:
+        from lm.arpa import maybe_build_binary
+
+        binary = maybe_build_binary(arpa, tmp_dir / "model.binary")
+        if binary is not None:
+            files.append({"path": binary.name, "sha256": sha256_file(binary), "bytes": binary.stat().st_size})
+            model_file = binary
+    perplexity = {}
+    from lm.evaluate import evaluate_ngram
+
+    staged = ctx.run_dir  # the tokenize stage is already final; the model is still in tmp_dir
+    for split in ("valid", "test"):
+        if split_shards(tokenize_dir, split):
+            perplexity[split] = evaluate_ngram(staged, split, model_file=model_file)
+            perplexity[split]["model"] = model_file.name
+    return {
+        "outputs": {"files": files, "model": arpa.name, "ngrams": {str(k): v for k, v in result.pop("ngrams").items()}},
+        "estimation": {k: ({str(o): v for o, v in val.items()} if isinstance(val, dict) else val) for k, val in result.items()},
+        "perplexity": perplexity,
+    }
