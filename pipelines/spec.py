@@ -97,7 +97,7 @@ class NormalizeSpec:
     max_line_bytes: int = 1 << 20
     #: ``<s>``, ``</s>``, ``<unk>`` written literally in the text: ``error`` stops; ``map`` makes ``<unk>``
     #: the unknown-word special and drops ``<s>``/``</s>`` (counted); ``rename`` keeps them as ordinary
-    #: words ``<UNK>``, ``<S>``, ``</S>`` (what comparing with lmplz needs, which refuses literal specials).
+    #: words ``[unk]``, ``[s]``, ``[/s]`` (what comparing with lmplz needs, which refuses literal specials).
     literal_specials: Literal["error", "map", "rename"] = "error"
 
     def __post_init__(self) -> None:

@@ -28,8 +28,9 @@ from pipelines.spec import TokenizerSpec
 #: Where a space goes in ``char`` tokenization: a visible token, as sentencepiece writes it, so that the
 #: output stays whitespace-separable (ARPA files, lmplz input).
 SPACE_MARK = "\u2581"
-#: The ordinary words literal specials become under ``literal_specials: rename``.
-RENAMED_SPECIALS = {UNK: "<UNK>", BOS: "<S>", EOS: "</S>"}
+#: The ordinary words literal specials become under ``literal_specials: rename``.  Not ``<UNK>``: KenLM
+#: reads ``<UNK>`` as its unknown word too (lm/vocab.cc), which would turn the renamed word back into an OOV.
+RENAMED_SPECIALS = {UNK: "[unk]", BOS: "[s]", EOS: "[/s]"}
 
 
 def list_parts(values: pa.ListArray) -> tuple[pa.Array, np.ndarray]:

@@ -36,7 +36,7 @@ def test_char_marks_whitespace_runs_with_one_space_token():
 @pytest.mark.parametrize(
     ("policy", "expected", "first_bad"),
     [
-        ("rename", [["a", "<UNK>", "b"], ["<S>", "c", "</S>"]], None),
+        ("rename", [["a", "[unk]", "b"], ["[s]", "c", "[/s]"]], None),
         ("map", [["a", "<unk>", "b"], ["c"]], None),
         ("error", [["a", "<unk>", "b"], ["<s>", "c", "</s>"]], 0),
     ],

@@ -1,0 +1,235 @@
+"""ARPA back-off language model files: write (atomically, plain or ``.gz``), read, compare, binarize.
+
+Format (as lmplz writes it; tab-separated, log10 values)::
+
+    \\data\\
+    ngram 1=6
+    ngram 2=10
+
+    \\1-grams:
+    -1\\t<unk>\\t0
+    0\\t<s>\\t-0.30103            <- p(<s>) = 1: context only
+    ...
+    \\2-grams:
+    -0.5351132\\ta </s>           <- the highest order has no backoff column
+    \\end\\
+
+Writing is vectorised with Arrow (ids -> strings -> joined lines -> one buffer), so PTB 5-gram ARPAs (millions
+of lines) take seconds; floats are printed in the shortest form that reads back as the same float32, which
+is what lmplz prints too.  The file appears under its final name only when complete (temp file + rename),
+so a crashed run never leaves a truncated model for the next stage to load.
+
+>>> # tables = lm.kneser_ney.estimate(...).tables
+>>> # write_arpa(tables, vocab, "model.arpa.gz"); read_arpa("model.arpa.gz")[2].column("ngram")
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from lm import kenlm_tools
+
+logger = logging.getLogger(__name__)
+
+#: Rows formatted per batch while writing; bounds the memory of the string buffers (~100 bytes a line).
+_WRITE_BATCH = 1 << 20
+
+
+def _format_order(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool) -> pa.Array:
+    """``prob \\t w0 w1 .. [\\t backoff] \\n`` for every row, as one large_string array."""
+    words = [vocab.take(table.column(f"w{i}")) for i in range(order)]
+    ngram = words[0] if order == 1 else pc.binary_join_element_wise(*words, " ")
+    zero = pa.scalar(0.0, pa.float32())  # adding +0.0 turns -0 into 0; a float32 scalar keeps float32 digits
+    fields = [pc.cast(pc.add(table.column("prob"), zero), pa.string()), ngram]
+    if with_backoff:
+        fields.append(pc.cast(pc.add(table.column("backoff"), zero), pa.string()))
+    line = pc.binary_join_element_wise(*fields, "\t")
+    return pc.cast(pc.binary_join_element_wise(line, "", "\n"), pa.large_string())
+
+
+def _write_strings(out, arr: pa.Array | pa.ChunkedArray) -> None:
+    """Write the concatenated bytes of a large_string array (no copies through Python strings)."""
+    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
+    for chunk in chunks:
+        if len(chunk) == 0:
+            continue
+        _, offsets_buf, data = chunk.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        out.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+
+def write_arpa(
+    tables: dict[int, pa.Table],
+    vocab: Sequence[str] | pa.Array,
+    path: str | os.PathLike[str],
+    *,
+    binary_out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write MODEL tables (``w0..``, ``prob``, ``backoff`` for lower orders; see :mod:`lm.kneser_ney`) as ARPA.
+
+    ``vocab[id]`` is the token string of ``id``.  A path ending in ``.gz`` is gzip-compressed (KenLM reads
+    it directly).  The write is atomic.  With ``binary_out``, also runs ``build_binary`` when it is available
+    (see :func:`maybe_build_binary`).  Returns the ARPA path.
+    """
+    path = Path(path)
+    vocab_arr = vocab if isinstance(vocab, pa.Array) else pa.array(list(vocab), pa.string())
+    top = max(tables)
+    if sorted(tables) != list(range(1, top + 1)):
+        raise ValueError(f"ARPA needs every order 1..{top}, got {sorted(tables)}")
+    for k, t in tables.items():
+        for i in range(k):
+            col = t.column(f"w{i}")
+            if len(col) and pc.max(col).as_py() >= len(vocab_arr):
+                raise ValueError(f"{k}-grams use ids >= the vocabulary size {len(vocab_arr)}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
+            header = "\\data\\\n" + "".join(f"ngram {k}={tables[k].num_rows}\n" for k in range(1, top + 1)) + "\n"
+            out.write(header.encode())
+            for k in range(1, top + 1):
+                out.write(f"\\{k}-grams:\n".encode())
+                table = tables[k]
+                for start in range(0, table.num_rows, _WRITE_BATCH):
+                    batch = table.slice(start, _WRITE_BATCH)
+                    _write_strings(out, _format_order(batch, k, vocab_arr, with_backoff=k < top))
+                out.write(b"\n")
+            out.write(b"\\end\\\n")
+            if out is not raw:
+                out.close()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s: %s", path, ", ".join(f"{k}-grams {tables[k].num_rows}" for k in range(1, top + 1)))
+    if binary_out is not None:
+        maybe_build_binary(path, binary_out)
+    return path
+
+
+def maybe_build_binary(arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing") -> Path | None:
+    """Run KenLM ``build_binary`` if it can be found; log and return ``None`` if not (the ARPA still works)."""
+    if not kenlm_tools.kenlm_available(["build_binary"]):
+        logger.warning("build_binary not found, leaving %s as ARPA; %s", arpa, kenlm_tools.BUILD_HINT)
+        return None
+    out = Path(binary_out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    kenlm_tools.run_build_binary(arpa, tmp, kind=kind)
+    os.replace(tmp, out)
+    return out
+
+
+def _read_lines(path: Path) -> pa.Array:
+    """Every non-empty line of the file as one string array (read by Arrow's CSV reader, one column)."""
+    stream = pa.input_stream(str(path), compression="gzip" if path.suffix == ".gz" else None)
+    table = pacsv.read_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=["line"], block_size=1 << 26),
+        parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.large_string()}, strings_can_be_null=False),
+    )
+    return table.column("line").combine_chunks()
+
+
+def read_arpa(path: str | os.PathLike[str]) -> dict[int, pa.Table]:
+    """Read an ARPA file (plain or ``.gz``) into ``{order: table(ngram: string, prob: float32, backoff: float32)}``.
+
+    ``ngram`` is the space-joined tokens (so models with different vocab numberings compare directly);
+    ``backoff`` is 0 where the file has none.  Row order is the file's.  Checks the header counts.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    is_marker = pc.starts_with(lines, "\\").to_numpy(zero_copy_only=False)
+    markers = np.flatnonzero(is_marker)
+    names = [lines[int(i)].as_py().strip() for i in markers]
+    if not names or names[0] != "\\data\\" or names[-1] != "\\end\\":
+        raise ValueError(f"{path}: not an ARPA file (no \\data\\ ... \\end\\)")
+    header = lines[int(markers[0]) + 1 : int(markers[1])].to_pylist()
+    expected = {int(h.split()[1].split("=")[0]): int(h.split("=")[1]) for h in header if h.startswith("ngram ")}
+    out: dict[int, pa.Table] = {}
+    for j in range(1, len(markers) - 1):
+        name = names[j]
+        if not name.endswith("-grams:"):
+            raise ValueError(f"{path}: unexpected section {name!r}")
+        order = int(name[1 : -len("-grams:")])
+        body = lines[int(markers[j]) + 1 : int(markers[j + 1])]
+        parts = pc.split_pattern(body, "\t")
+        n_fields = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+        if len(body) and (n_fields.min() < 2 or n_fields.max() > 3):
+            raise ValueError(f"{path}: {order}-gram lines must have 2 or 3 tab-separated fields")
+        prob = pc.cast(pc.list_element(parts, 0), pa.float32())
+        ngram = pc.cast(pc.list_element(parts, 1), pa.string())
+        backoff = np.zeros(len(body), dtype=np.float32)
+        has = n_fields == 3
+        if has.any():
+            third = pc.list_element(pc.filter(parts, pa.array(has)), 2)
+            backoff[has] = pc.cast(third, pa.float32()).to_numpy(zero_copy_only=False)
+        out[order] = pa.table({"ngram": ngram, "prob": prob, "backoff": pa.array(backoff)})
+        if expected.get(order) != len(body):
+            raise ValueError(f"{path}: header says ngram {order}={expected.get(order)} but found {len(body)} lines")
+    return out
+
+
+def read_arpa_dict(path: str | os.PathLike[str]) -> dict[int, dict[str, tuple[float, float]]]:
+    """``{order: {"w0 w1": (log10 p, log10 backoff)}}``; convenient for small models in tests."""
+    out: dict[int, dict[str, tuple[float, float]]] = {}
+    for k, t in read_arpa(path).items():
+        values = zip(t.column("prob").to_pylist(), t.column("backoff").to_pylist(), strict=True)
+        out[k] = dict(zip(t.column("ngram").to_pylist(), values, strict=True))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ArpaDiff:
+    """How two ARPA models differ: n-grams only in one of them, and the largest value differences."""
+
+    only_left: dict[int, list[str]]
+    only_right: dict[int, list[str]]
+    max_prob_diff: float
+    max_backoff_diff: float
+    worst: str = ""
+
+    @property
+    def same_ngrams(self) -> bool:
+        return not any(self.only_left.values()) and not any(self.only_right.values())
+
+    def within(self, tol: float) -> bool:
+        return self.same_ngrams and self.max_prob_diff <= tol and self.max_backoff_diff <= tol
+
+
+def compare_arpa(left: dict[int, pa.Table], right: dict[int, pa.Table], examples: int = 5) -> ArpaDiff:
+    """Compare two :func:`read_arpa` results by n-gram set and values (row order is irrelevant)."""
+    only_left: dict[int, list[str]] = {}
+    only_right: dict[int, list[str]] = {}
+    max_p = max_b = 0.0
+    worst = ""
+    for k in sorted(set(left) | set(right)):
+        a = left.get(k, pa.table({"ngram": pa.array([], pa.string()), "prob": pa.array([], pa.float32()), "backoff": pa.array([], pa.float32())}))
+        b = right.get(k, a.slice(0, 0))
+        joined = a.join(b, "ngram", join_type="full outer", left_suffix="_l", right_suffix="_r", coalesce_keys=True)
+        pl, pr = joined.column("prob_l"), joined.column("prob_r")
+        only_left[k] = joined.filter(pc.is_null(pr)).column("ngram").slice(0, examples).to_pylist()
+        only_right[k] = joined.filter(pc.is_null(pl)).column("ngram").slice(0, examples).to_pylist()
+        both = joined.filter(pc.and_(pc.is_valid(pl), pc.is_valid(pr)))
+        if both.num_rows == 0:
+            continue
+        dp = np.abs(both.column("prob_l").to_numpy().astype(np.float64) - both.column("prob_r").to_numpy())
+        db = np.abs(both.column("backoff_l").to_numpy().astype(np.float64) - both.column("backoff_r").to_numpy())
+        dp = np.where(np.isinf(both.column("prob_l").to_numpy()) & (both.column("prob_l").to_numpy() == both.column("prob_r").to_numpy()), 0.0, dp)
+        if dp.max() > max_p:
+            max_p = float(dp.max())
+            worst = f"{both.column('ngram')[int(dp.argmax())].as_py()} (prob)"
+        if db.max() > max_b:
+            max_b = float(db.max())
+    return ArpaDiff(only_left, only_right, max_p, max_b, worst)

@@ -1,0 +1,334 @@
+"""Vectorised n-gram counting, merging and hash partitioning over Arrow tables.
+
+What is counted, and why all orders
+-----------------------------------
+Each sentence (a TOKENS row, ``ids`` without sentence markers) is read the way lmplz reads a line::
+
+    <s> w1 w2 ... wk </s>
+
+and :func:`count_ngrams` returns the **raw counts of every order 1..N** over that sequence, with one ``<s>``
+of context only: ``<s>`` appears only as ``w0`` and the unigram ``<s>`` is not counted.  This is the set of
+n-grams KenLM's estimator ends up with (lmplz pads with N-1 ``<s>`` and counts only N-grams, then collapses
+the ``<s> <s> ...`` ones into lower orders beginning with a single ``<s>``; the result is the same table).
+Raw counts of all orders are what pruning thresholds compare against (lmplz prunes on raw, not adjusted,
+counts), what the adjusted-count step needs for n-grams that begin with ``<s>`` (they keep their raw count),
+and what other consumers (stupid backoff, reports) want; the estimator derives lmplz's adjusted counts from
+them exactly (:mod:`lm.kneser_ney`).  Counting every order costs N passes over the tokens instead of one,
+which is cheap next to the shuffle.
+
+Sentence of 2 words, order 3 (``·`` = not counted)::
+
+    position   0    1    2    3
+    token     <s>   a    b   </s>
+    1-grams    ·    a    b   </s>
+    2-grams   <s> a, a b, b </s>
+    3-grams   <s> a b, a b </s>
+
+Output contract: ``{order: pa.Table}`` with the :func:`pipelines.schemas.ngram_schema` columns
+``w0..w{order-1}`` (uint32) and ``count`` (uint64), one row per distinct n-gram, sorted ascending by
+``(w0, w1, ...)``.  The same contract holds for :func:`merge_counts`.  :func:`partition_by` splits a table by a
+stable 64-bit hash of some key columns, so partial counts from different workers meet in the same partition.
+
+>>> import pyarrow as pa
+>>> from pipelines.schemas import TOKENS
+>>> t = pa.table({"ids": pa.array([[3, 4], [3]], pa.list_(pa.uint32()))})
+>>> c = count_ngrams(t, 2)
+>>> c[1].to_pydict()
+{'w0': [2, 3, 4], 'count': [2, 2, 1]}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.schemas import BOS_ID, COUNT, EOS_ID, FIRST_WORD_ID, TOKEN_ID, UNK_ID, ngram_schema
+
+logger = logging.getLogger(__name__)
+
+#: What to do with ``<unk>``/``<s>``/``</s>`` ids inside a sentence (lmplz refuses them by default).
+UNK_POLICIES = ("error", "skip", "word")
+
+_SEED = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Small vectorised helpers shared with lm.kneser_ney
+# --------------------------------------------------------------------------------------------------------
+
+
+def key_columns(order: int, start: int = 0) -> list[str]:
+    """Names of the word columns ``w{start}..w{order-1}`` (``key_columns(3, 1) == ['w1', 'w2']``)."""
+    return [f"w{i}" for i in range(start, order)]
+
+
+def column_np(table: pa.Table, name: str) -> np.ndarray:
+    """A column as a numpy array (zero-copy when it is one chunk without nulls)."""
+    col = table.column(name)
+    return col.chunk(0).to_numpy(zero_copy_only=False) if col.num_chunks == 1 else col.to_numpy()
+
+
+def pack_keys(cols: Sequence[np.ndarray]) -> np.ndarray:
+    """Injective, order-preserving uint64 code of the rows of ``cols`` (lexicographic order of the tuples).
+
+    Columns are shifted into one uint64 while their bit widths fit; when the next column would overflow 64
+    bits, the code so far is replaced by its dense rank (``np.unique(..., return_inverse=True)``), which keeps
+    the order and needs only ``log2(#distinct)`` bits.  PTB 5-grams: 14-bit ids, so ``w0..w3`` pack directly
+    and one dense-rank pass makes room for ``w4``.
+    """
+    if not cols:
+        raise ValueError("pack_keys needs at least one column")
+    n = len(cols[0])
+    code = np.zeros(n, dtype=np.uint64)
+    used = 0
+    for col in cols:
+        col = np.asarray(col)
+        width = max(1, int(col.max()).bit_length()) if n else 1
+        if used + width > 64:
+            _, inverse = np.unique(code, return_inverse=True)
+            code = inverse.astype(np.uint64).reshape(-1)
+            used = max(1, int(code.max()).bit_length()) if n else 1
+            if used + width > 64:  # cannot happen with <= 2^32 rows and 32-bit ids
+                raise OverflowError(f"cannot pack {len(cols)} key columns of {n} rows into 64 bits")
+        code = (code << np.uint64(width)) | col.astype(np.uint64)
+        used += width
+    return code
+
+
+def group_rows(cols: Sequence[np.ndarray], weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Group identical rows of ``cols``; return (index of one row per group, group sizes or weight sums).
+
+    Groups come out in ascending lexicographic order of the key tuple.  Sums stay uint64 (``np.bincount``
+    would go through float64 and lose counts above 2^53).
+    """
+    n = len(cols[0]) if cols else 0
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
+    code = pack_keys(cols)
+    order = np.argsort(code, kind="stable")
+    sorted_code = code[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_code[1:] != sorted_code[:-1])))
+    if weights is None:
+        sums = np.diff(np.append(starts, n)).astype(np.uint64)
+    else:
+        sums = np.add.reduceat(np.asarray(weights, dtype=np.uint64)[order], starts)
+    return order[starts], sums
+
+
+def lookup_rows(left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``left``, the index of the equal row in ``right`` (whose rows are unique) and a found mask.
+
+    A sort-merge join in numpy: both sides are packed with one shared code so equal tuples get equal codes.
+    """
+    n_left = len(left[0])
+    n_right = len(right[0])
+    if n_right == 0 or n_left == 0:
+        return np.zeros(n_left, dtype=np.int64), np.zeros(n_left, dtype=bool)
+    code = pack_keys([np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in zip(left, right, strict=True)])
+    code_left, code_right = code[:n_left], code[n_left:]
+    order = np.argsort(code_right, kind="stable")
+    sorted_right = code_right[order]
+    pos = np.minimum(np.searchsorted(sorted_right, code_left), n_right - 1)
+    found = sorted_right[pos] == code_left
+    return order[pos], found
+
+
+def key_hash(cols: Sequence[np.ndarray]) -> np.ndarray:
+    """Stable 64-bit hash of id tuples: splitmix64's finaliser folded over the columns.
+
+    Stable = the same on every machine, process and run (unlike Python's ``hash``), which is what lets partial
+    aggregates from different workers be combined partition by partition.  Only the values matter, not the
+    column names: ``(w1, w2)`` of a trigram table and ``(w0, w1)`` of a bigram table hash alike.
+    """
+    n = len(cols[0]) if cols else 0
+    h = np.full(n, _SEED, dtype=np.uint64)
+    for col in cols:
+        h ^= np.asarray(col).astype(np.uint64)
+        h ^= h >> np.uint64(30)
+        h *= _M1
+        h ^= h >> np.uint64(27)
+        h *= _M2
+        h ^= h >> np.uint64(31)
+    return h
+
+
+# --------------------------------------------------------------------------------------------------------
+# Public stage functions
+# --------------------------------------------------------------------------------------------------------
+
+
+def _flat_ids(table: pa.Table, unk: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened ids and per-sentence lengths, after applying the ``unk`` policy."""
+    if unk not in UNK_POLICIES:
+        raise ValueError(f"unknown unk policy {unk!r}; options are {list(UNK_POLICIES)}")
+    ids = table.column("ids").combine_chunks() if table.num_rows else pa.array([], pa.list_(TOKEN_ID))
+    if isinstance(ids, pa.ChunkedArray):  # zero chunks
+        ids = pa.array([], pa.list_(TOKEN_ID))
+    if ids.null_count:
+        raise ValueError(f"'ids' column has {ids.null_count} null sentences; TOKENS rows are never null")
+    values = ids.flatten().to_numpy(zero_copy_only=False)
+    if values.size and values.dtype != np.uint32:
+        if values.min() < 0 or values.max() > np.iinfo(np.uint32).max:
+            raise ValueError("token ids must fit uint32")
+        values = values.astype(np.uint32)
+    lengths = ids.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+    special = values < FIRST_WORD_ID
+    if unk == "word":
+        special &= values != UNK_ID
+    if special.any():
+        n_unk = int(np.count_nonzero(values == UNK_ID))
+        n_mark = int(np.count_nonzero((values == BOS_ID) | (values == EOS_ID)))
+        if unk != "skip":
+            raise ValueError(
+                f"sentences contain {n_unk} <unk> and {n_mark} <s>/</s> ids; lmplz refuses these. Pass "
+                "unk='skip' to drop them (lmplz --skip_symbols) or unk='word' to count <unk> as an ordinary "
+                "word (closed-vocabulary corpora such as PTB); <s>/</s> never belong inside a sentence"
+            )
+        sentence = np.repeat(np.arange(len(lengths)), lengths)
+        lengths = lengths - np.bincount(sentence[special], minlength=len(lengths))
+        values = values[~special]
+    return values, lengths
+
+
+def _padded(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``<s> w.. </s>`` per sentence, concatenated, and for each position the (exclusive) end of its sentence.
+
+    ::
+
+        seq      <s> a b </s> <s> c </s>
+        end       4  4 4  4    7  7  7
+    """
+    padded_len = lengths + 2
+    starts = (np.cumsum(padded_len) - padded_len).astype(np.int64)
+    total = int(padded_len.sum())
+    seq = np.empty(total, dtype=np.uint32)
+    is_word = np.ones(total, dtype=bool)
+    is_word[starts] = False
+    is_word[starts + lengths + 1] = False
+    seq[starts] = BOS_ID
+    seq[starts + lengths + 1] = EOS_ID
+    seq[is_word] = values
+    end = np.repeat(starts + padded_len, padded_len)
+    return seq, end
+
+
+def count_ngrams(table: pa.Table, order: int, *, unk: str = "error") -> dict[int, pa.Table]:
+    """Raw counts of all n-grams of orders 1..``order`` in ``table``'s sentences (see the module docstring).
+
+    Input: any table with an ``ids`` column of ``list<uint32>`` (TOKENS), one sentence per row, without
+    ``<s>``/``</s>``.  ``unk``: ``"error"`` (lmplz's default: ``<unk>``, ``<s>``, ``</s>`` ids inside a sentence
+    raise), ``"skip"`` (lmplz ``--skip_symbols``: they are dropped as if they were whitespace) or ``"word"``
+    (``<unk>`` is counted as an ordinary word -- the closed-vocabulary convention of PTB; ``<s>``/``</s>``
+    still raise).
+    Output: ``{k: ngram_schema(k) table}`` for k = 1..order, rows unique, sorted ascending by ``w0, w1, ..``.
+    """
+    ngram_schema(order)  # validates the order range
+    values, lengths = _flat_ids(table, unk)
+    seq, end = _padded(values, lengths)
+    positions = np.arange(len(seq), dtype=np.int64)
+    out: dict[int, pa.Table] = {}
+    for k in range(1, order + 1):
+        valid = positions + k <= end
+        if k == 1:
+            valid &= seq != BOS_ID  # <s> is context only: never predicted, never counted as a unigram
+        starts = np.flatnonzero(valid)
+        cols = [seq[starts + j] for j in range(k)]
+        if len(starts):
+            first, counts = group_rows(cols)
+            cols = [c[first] for c in cols]
+        else:
+            counts = np.zeros(0, dtype=np.uint64)
+        out[k] = _ngram_table(k, cols, counts)
+    logger.debug(
+        "counted %d sentences, %d tokens: %s",
+        len(lengths),
+        len(values),
+        ", ".join(f"{k}-grams {t.num_rows}" for k, t in out.items()),
+    )
+    return out
+
+
+def _ngram_table(order: int, cols: Sequence[np.ndarray], counts: np.ndarray) -> pa.Table:
+    arrays = [pa.array(np.asarray(c, dtype=np.uint32), TOKEN_ID) for c in cols]
+    arrays.append(pa.array(np.asarray(counts, dtype=np.uint64), COUNT))
+    return pa.Table.from_arrays(arrays, schema=ngram_schema(order))
+
+
+def _order_of(table: pa.Table) -> int:
+    names = [n for n in table.column_names if n != "count"]
+    if names != key_columns(len(names)) or "count" not in table.column_names:
+        raise ValueError(f"expected columns w0..w{{n-1}}, count; got {table.column_names}")
+    return len(names)
+
+
+def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
+    """Sum the counts of identical n-grams across ``tables`` (all of one order): a group-by-sum.
+
+    Input: tables with the ``ngram_schema(order)`` columns, in any row order, possibly repeating n-grams.
+    Output: ``ngram_schema(order)``, one row per distinct n-gram, sorted ascending by ``w0, w1, ..``; so
+    ``merge_counts(partition_by(c, ...)) == c`` and merging per-block partial counts equals counting the whole.
+    """
+    if not tables:
+        raise ValueError("merge_counts needs at least one table")
+    orders = {_order_of(t) for t in tables}
+    if len(orders) != 1:
+        raise ValueError(f"cannot merge n-gram tables of different orders {sorted(orders)}")
+    order = orders.pop()
+    table = pa.concat_tables([t.select([*key_columns(order), "count"]).cast(ngram_schema(order)) for t in tables])
+    if table.num_rows == 0:
+        return table.combine_chunks()
+    table = table.combine_chunks()
+    cols = [column_np(table, name) for name in key_columns(order)]
+    first, sums = group_rows(cols, column_np(table, "count"))
+    return _ngram_table(order, [c[first] for c in cols], sums)
+
+
+def partition_of(table: pa.Table, key_cols: Sequence[str], num_partitions: int) -> np.ndarray:
+    """The partition index (``key_hash % num_partitions``) of every row."""
+    if num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
+    if not key_cols:
+        return np.zeros(table.num_rows, dtype=np.int64)
+    cols = [column_np(table, c) for c in key_cols]
+    return (key_hash(cols) % np.uint64(num_partitions)).astype(np.int64)
+
+
+def partition_by(table: pa.Table, key_columns: Sequence[str], num_partitions: int) -> list[pa.Table]:
+    """Split ``table`` into ``num_partitions`` tables by a stable 64-bit hash of ``key_columns``' values.
+
+    Rows with equal key values land in the same partition whatever table they come from, so tables of
+    different orders partitioned on matching keys (e.g. trigram suffix ``w1, w2`` and bigram ``w0, w1``) can be
+    joined partition by partition.  Rows keep their relative order (a sorted input gives sorted partitions);
+    the partition index is ``key_hash(values) % num_partitions``.
+    """
+    table = table.combine_chunks()
+    part = partition_of(table, key_columns, num_partitions)
+    order = np.argsort(part, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(part, minlength=num_partitions))))
+    taken = table.take(pa.array(order))
+    return [taken.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])) for p in range(num_partitions)]
+
+
+def first_occurrence_rank(table: pa.Table, *, unk: str = "error") -> np.ndarray:
+    """lmplz's word numbering for ``table`` read in row order: ``rank[id]`` = lmplz's id of word ``id``.
+
+    lmplz numbers ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2 and then words in order of first appearance.  The ids
+    only matter for one of lmplz's quirks (see :func:`lm.kneser_ney.last_entry_correction`), so the estimator
+    takes this array optionally.  ``table`` must be in corpus order; ids never seen rank after all seen ones.
+    """
+    values, _ = _flat_ids(table, unk)
+    size = max(int(values.max()) + 1 if values.size else 0, FIRST_WORD_ID)
+    rank = np.full(size, np.iinfo(np.int64).max, dtype=np.int64)
+    rank[:FIRST_WORD_ID] = np.arange(FIRST_WORD_ID)
+    words = values[values >= FIRST_WORD_ID]
+    uniq, first = np.unique(words, return_index=True)
+    by_first = uniq[np.argsort(first, kind="stable")]
+    rank[by_first] = np.arange(FIRST_WORD_ID, FIRST_WORD_ID + len(by_first))
+    unseen = rank == np.iinfo(np.int64).max
+    rank[unseen] = FIRST_WORD_ID + len(by_first) + np.arange(int(unseen.sum()))
+    return rank

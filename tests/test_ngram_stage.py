@@ -1,0 +1,85 @@
+"""The ngram stage on a real local Ray instance: lmplz parity through the whole pipeline, resume, errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from lm.arpa import compare_arpa, read_arpa
+from lm.evaluate import split_sentences
+from lm.kenlm_tools import run_lmplz
+from pipelines.run import run_pipeline
+from pipelines.spec import load_spec, parse_spec
+
+from .conftest import SPECS
+
+pytestmark = [pytest.mark.usefixtures("ray_local")]
+
+
+def _lmplz_on_run(run_dir, tmp_path, order, args=()):
+    arpa = tmp_path / "lmplz.arpa"
+    run_lmplz(split_sentences(run_dir, "train"), order, arpa, memory="256M", extra_args=list(args), temp_prefix=tmp_path)
+    return arpa
+
+
+def _assert_same(ours, ref, tol=1e-4):
+    diff = compare_arpa(read_arpa(ours), read_arpa(ref))
+    assert diff.same_ngrams, f"only ours {diff.only_left}, only lmplz {diff.only_right}"
+    assert diff.max_prob_diff < tol and diff.max_backoff_diff < tol, diff
+    return diff
+
+
+@pytest.mark.kenlm
+def test_tiny_pipeline_matches_lmplz_and_resumes(tmp_path, kenlm_bin):
+    spec = load_spec(SPECS / "tiny.yaml", overrides=["vocab.min_count=1", "ngram.partitions=3"])
+    manifests = run_pipeline(spec, run_dir=tmp_path / "run")
+    ngram = manifests["ngram"]
+    ours = tmp_path / "run" / "ngram" / "model.arpa"
+    _assert_same(ours, _lmplz_on_run(tmp_path / "run", tmp_path, 3, ["--discount_fallback", "0.5", "1.0", "1.5"]))
+    assert set(ngram["perplexity"]) == {"valid", "test"}
+    assert ngram["perplexity"]["test"]["tokens"] == 2337 + 80
+    counts = sorted((tmp_path / "run" / "ngram" / "counts" / "order-3").glob("part-*/*.arrow"))
+    assert len(counts) == 3
+    again = run_pipeline(spec, run_dir=tmp_path / "run")
+    assert again["ngram"]["skipped"] and again["tokenize"]["skipped"]
+    lmplz_spec = load_spec(SPECS / "tiny.yaml", overrides=["vocab.min_count=1", "ngram.estimator=lmplz"])
+    via_lmplz = run_pipeline(lmplz_spec, run_dir=tmp_path / "run", stages=["ngram"])["ngram"]
+    assert not via_lmplz["skipped"]
+    _assert_same(tmp_path / "run" / "ngram" / "model.arpa", ours)
+    assert via_lmplz["perplexity"]["test"]["perplexity"] == pytest.approx(ngram["perplexity"]["test"]["perplexity"], rel=1e-4)
+
+
+@pytest.mark.kenlm
+def test_ptb_order3_on_ray_matches_lmplz(tmp_path, mirror, kenlm_bin):
+    spec = load_spec(SPECS / "ptb.yaml", overrides=["ngram.order=3", "ngram.partitions=4"])
+    manifest = run_pipeline(spec, run_dir=tmp_path / "run", mirror=str(mirror))["ngram"]
+    diff = _assert_same(tmp_path / "run" / "ngram" / "model.arpa", _lmplz_on_run(tmp_path / "run", tmp_path, 3))
+    assert diff.max_prob_diff < 1e-5
+    test = manifest["perplexity"]["test"]
+    assert test["tokens"] == 82430 and test["oov"] == 0
+    assert test["perplexity"] == pytest.approx(148.28, abs=0.01)  # lmplz KN3 on this machine kind
+
+
+def test_memory_budget_too_small_is_an_error_with_the_fix():
+    from pipelines.stages.ngram import _partitions
+
+    spec = parse_spec({"name": "x", "corpus": {"train": "t.txt"}, "ngram": {"memory_mb": 64, "order": 6}}).ngram
+    with pytest.raises(ValueError, match=r"ngram.memory_mb: bad value 64; counting one token shard .* increase ngram.memory_mb to \d+"):
+        _partitions(spec, train_tokens=10**9, shard_tokens=10**8)
+    assert _partitions(spec, train_tokens=10**9, shard_tokens=10**5) > 100  # the partitions grow instead
+
+
+def test_missing_limit_vocab_stops_before_any_work(tmp_path):
+    base = {"name": "x", "corpus": {"train": str(SPECS / "tiny" / "train.txt")}, "stages": ["tokenize", "ngram"]}
+    with pytest.raises(FileNotFoundError, match="limit_vocab"):
+        run_pipeline(parse_spec({**base, "ngram": {"limit_vocab": str(tmp_path / "none.txt")}}), run_dir=tmp_path / "b")
+    assert not (tmp_path / "b" / "tokenize").exists()
+
+
+def test_bad_discounts_name_the_order_and_suggest_the_fallback(tmp_path):
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("a b c d\na b c e\nf g h\n")
+    spec = parse_spec({"name": "x", "corpus": {"train": str(corpus)}, "stages": ["tokenize", "ngram"], "ngram": {"order": 3}})
+    with pytest.raises(ValueError, match=r"(?s)for 1-grams.*n1..n4 = .*set discount_fallback"):
+        run_pipeline(spec, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "ngram").exists()
+    assert not list((tmp_path / "run").glob(".ngram.tmp-*"))

@@ -1,0 +1,270 @@
+"""SGNS core: sampling distributions, the pair generator, the gradient of the sparse step, and learning."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from embeddings.sgns import SGNS, NoiseSampler, SGNSConfig, keep_probabilities, sgns_step, skipgram_pairs
+from embeddings.sync import merge_deltas, merge_replicas
+
+torch.set_num_threads(1)  # CPU index_add_ is then deterministic, and tests do not fight over 2 cores
+
+
+def test_keep_probabilities_formula():
+    """word2vec.c: keep = (sqrt(f/(sT)) + 1) * sT/f, capped at 1; unseen ids and sample=0 keep everything."""
+    counts = np.array([0, 1, 10, 1_000, 50_000, 200_000])
+    total, s = counts.sum(), 1e-3
+    keep = keep_probabilities(counts, s)
+    for f, p in zip(counts, keep, strict=True):
+        expected = 1.0 if f == 0 else min(1.0, (math.sqrt(f / (s * total)) + 1) * (s * total) / f)
+        assert p == pytest.approx(expected, rel=1e-12)
+    assert keep[-1] < keep[-2] < 1.0 == keep[1]
+    assert np.all(keep_probabilities(counts, 0.0) == 1.0)
+
+
+def test_subsampling_rate_in_pair_generator():
+    """Tokens survive at keep_prob: a token kept with p=0.25 appears in ~25% of its possible pairs."""
+    rng = np.random.default_rng(0)
+    keep = np.array([1.0, 0.25])
+    sentence = np.array([0, 1] * 20_000, dtype=np.uint32)  # each 1 sits between two 0s
+    centre, context = skipgram_pairs([sentence], 1, keep, rng)
+    kept_ones = np.sum((centre == 1) & (context == 0)) / 2  # window 1: both neighbours are always 0s
+    n = 20_000
+    assert abs(kept_ones - 0.25 * n) < 5 * math.sqrt(n * 0.25 * 0.75)
+
+
+def _chi2(observed: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    n = observed.sum()
+    support = probs > 0
+    expected = probs[support] * n
+    return float(((observed[support] - expected) ** 2 / expected).sum()), int(support.sum()) - 1
+
+
+def test_noise_distribution_is_unigram_075():
+    """Alias draws match counts**0.75 by a chi-square bound of mean + 6 sd (p ~ 1e-6 to fail by chance);
+    the same bound rejects counts**1, so the test has the power to see a wrong exponent."""
+    counts = np.array([0] + [int(5_000 / r) for r in range(1, 60)] + [0, 3])
+    sampler = NoiseSampler(counts, 0.75)
+    draws = sampler.draw((400_000,), torch.Generator().manual_seed(0)).numpy()
+    observed = np.bincount(draws, minlength=len(counts))
+    assert observed[0] == 0 and observed[60] == 0  # zero counts are never noise
+    p075 = counts**0.75 / (counts**0.75).sum()
+    chi2, dof = _chi2(observed, p075)
+    bound = dof + 6 * math.sqrt(2 * dof)
+    assert chi2 < bound
+    chi2_wrong, _ = _chi2(observed, counts / counts.sum())
+    assert chi2_wrong > 10 * bound
+
+
+def _brute_force_pairs(sentences, window, keep_prob, seed):
+    """Replays skipgram_pairs' random draws and enumerates windows with plain loops."""
+    rng = np.random.default_rng(seed)
+    flat = [int(t) for s in sentences for t in s]
+    sent_of = [i for i, s in enumerate(sentences) for _ in s]
+    kept = rng.random(len(flat)) < keep_prob[np.array(flat, dtype=np.int64)]
+    toks = [t for t, k in zip(flat, kept, strict=True) if k]
+    segs = [s for s, k in zip(sent_of, kept, strict=True) if k]
+    eff = window - rng.integers(0, window, size=len(toks))
+    pairs = Counter()
+    for i in range(len(toks)):
+        for j in range(i - eff[i], i + eff[i] + 1):
+            if j != i and 0 <= j < len(toks) and segs[j] == segs[i]:
+                pairs[(toks[i], toks[j])] += 1
+    return pairs
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_pair_generator_matches_brute_force(window):
+    """Same seed -> the vectorised generator yields exactly the brute-force multiset of (centre, context)."""
+    rng = np.random.default_rng(window)
+    sentences = [rng.integers(0, 30, size=n).astype(np.uint32) for n in (0, 1, 2, 7, 40, 3, 0, 25, 6)]
+    keep_prob = rng.uniform(0.3, 1.0, size=30)
+    centre, context = skipgram_pairs(sentences, window, keep_prob, np.random.default_rng(42))
+    assert centre.dtype == context.dtype == np.int64
+    assert Counter(zip(centre.tolist(), context.tolist(), strict=True)) == _brute_force_pairs(
+        sentences, window, keep_prob, 42
+    )
+
+
+def test_dynamic_window_distribution():
+    """Effective windows are uniform in 1..window: pairs at distance o occur with p = (w - o + 1) / w."""
+    n, window = 60_000, 5
+    sentence = np.arange(n, dtype=np.uint32)  # id = position, so |centre - context| is the distance
+    centre, context = skipgram_pairs([sentence], window, np.ones(n), np.random.default_rng(0))
+    dist = np.abs(centre - context)
+    for o in range(1, window + 1):
+        p = (window - o + 1) / window
+        trials = 2 * (n - o)  # forward and backward pairs at distance o
+        assert abs(np.sum(dist == o) - p * trials) < 5 * math.sqrt(trials * p * (1 - p) + 1)
+    assert dist.max() == window
+
+
+def _reference_loss(w_in, w_out, centre, context, noise):
+    """Plain per-pair SGNS loss (noise equal to the centre skipped), shared noise by row grouping."""
+    per = -(-len(context) // len(noise))
+    total = 0.0
+    for p in range(len(context)):
+        u = w_in[context[p]]
+        total += float(torch.nn.functional.softplus(-(u @ w_out[centre[p]])))
+        for k in noise[p // per]:
+            if k != centre[p]:
+                total += float(torch.nn.functional.softplus(u @ w_out[k]))
+    return total
+
+
+@pytest.mark.parametrize("groups", [7, 3])  # 7 = one draw per pair, 3 = shared by 3, 3 and 1 pairs
+def test_sparse_step_is_minus_lr_times_finite_difference_gradient(groups):
+    """The row-wise update equals -lr * dL/dW by central differences (float64), repeated rows included."""
+    gen = torch.Generator().manual_seed(0)
+    w_in = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    w_out = torch.randn(9, 4, generator=gen, dtype=torch.float64)
+    centre = torch.tensor([1, 2, 2, 5, 0, 8, 1])
+    context = torch.tensor([3, 3, 4, 6, 7, 3, 2])
+    noise = torch.randint(0, 9, (groups, 3), generator=gen)
+    noise[0, 1] = 1  # equal to pair 0's centre: must be skipped
+    args = (centre.tolist(), context.tolist(), noise.tolist())
+    eps = 1e-6
+    grads = []
+    for w in (w_in, w_out):
+        g = torch.zeros_like(w)
+        for idx in np.ndindex(*w.shape):
+            orig = w[idx].item()
+            w[idx] = orig + eps
+            hi = _reference_loss(w_in, w_out, *args)
+            w[idx] = orig - eps
+            lo = _reference_loss(w_in, w_out, *args)
+            w[idx] = orig
+            g[idx] = (hi - lo) / (2 * eps)
+        grads.append(g)
+    lr = 0.3
+    new_in, new_out = w_in.clone(), w_out.clone()
+    loss = sgns_step(new_in, new_out, centre, context, noise, lr)
+    assert float(loss) == pytest.approx(_reference_loss(w_in, w_out, *args), rel=1e-12)
+    torch.testing.assert_close(new_in - w_in, -lr * grads[0], atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(new_out - w_out, -lr * grads[1], atol=1e-7, rtol=1e-6)
+
+
+def _topic_corpus(topics=8, words_per_topic=8, sentences=5_000, length=10, seed=0):
+    """Sentences drawn from one topic each: words of a topic co-occur, words of different topics never."""
+    rng = np.random.default_rng(seed)
+    first = 3  # ids 0..2 are <unk>, <s>, </s>
+    sents = [
+        (first + rng.integers(t * words_per_topic, (t + 1) * words_per_topic, size=length)).astype(np.uint32)
+        for t in rng.integers(0, topics, size=sentences)
+    ]
+    counts = np.bincount(np.concatenate(sents), minlength=first + topics * words_per_topic).astype(np.uint64)
+    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i // words_per_topic}_{i}" for i in range(topics * words_per_topic)]
+    return sents, counts, tokens
+
+
+def test_init_and_schedule():
+    """word2vec init (input U(-0.5/d, 0.5/d), output 0) and linear decay alpha -> alpha * 1e-4."""
+    sents, counts, _ = _topic_corpus(sentences=50)
+    model = SGNS(counts, SGNSConfig(dim=20, epochs=2))
+    assert model.w_in.abs().max() <= 0.5 / 20 and model.w_in.abs().max() > 0.4 / 20
+    assert not model.w_out.any()
+    words = model.words_per_epoch
+    assert words == sum(len(s) for s in sents)
+    assert model.learning_rate(0) == 0.025
+    assert model.learning_rate(words) == pytest.approx((0.025 + 0.025e-4) / 2)
+    assert model.learning_rate(2 * words) == pytest.approx(0.025e-4)
+    with pytest.raises(ValueError, match="window"):
+        SGNSConfig(window=0)
+
+
+def test_loss_decreases():
+    sents, counts, _ = _topic_corpus(sentences=1_500)
+    model = SGNS(counts, SGNSConfig(dim=16, epochs=4, negative=5, batch_pairs=1024, sample=0))
+    losses = [model.train_epoch(sents).loss for _ in range(4)]
+    assert losses[0] > losses[1] > losses[2] > losses[3]
+    assert losses[-1] < 0.8 * losses[0]
+
+
+@pytest.mark.parametrize("shared", [1, 16])
+def test_planted_topics_are_nearest_neighbours(shared):
+    """On the topic corpus every word's 5 nearest neighbours are in its own topic (64 words, 8 topics);
+    random vectors would pass this for a word with probability ~1e-5."""
+    sents, counts, tokens = _topic_corpus()
+    config = SGNSConfig(dim=16, epochs=3, window=3, batch_pairs=1024, shared_negatives=shared, seed=3)
+    model = SGNS(counts, config)
+    for _ in range(config.epochs):
+        model.train_epoch(sents)
+    vecs = model.to_vectors(tokens)
+    words = tokens[3:]
+    hits = sum(all(n.split("_")[0] == w.split("_")[0] for n, _ in vecs.most_similar(w, k=5)) for w in words)
+    assert hits >= len(words) - 1, f"{hits}/{len(words)} words with all 5 neighbours in-topic"
+
+
+def test_state_dict_resume_is_exact():
+    """Saving after epoch 1 and resuming reproduces epoch 2 bit for bit (rng states included)."""
+    sents, counts, _ = _topic_corpus(sentences=300)
+    config = SGNSConfig(dim=8, epochs=2, batch_pairs=512)
+    a = SGNS(counts, config)
+    a.train_epoch(sents)
+    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in a.state_dict().items()}
+    a.train_epoch(sents)
+    b = SGNS(counts, config)
+    b.load_state_dict(state)
+    b.train_epoch(sents)
+    assert torch.equal(a.w_in, b.w_in) and torch.equal(a.w_out, b.w_out)
+
+
+def test_drop_ids_never_train():
+    """<unk> (dropped by default) never enters a window: its input vector keeps its initial value."""
+    sents, counts, _ = _topic_corpus(sentences=200)
+    sents = [np.r_[s, np.uint32(0)] for s in sents]
+    counts[0] = len(sents)
+    model = SGNS(counts, SGNSConfig(dim=8, epochs=1))
+    before = model.w_in[0].clone()
+    model.train_epoch(sents)
+    assert torch.equal(model.w_in[0], before) and not model.w_out[0].any()
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_sync_schemes(lib):
+    """sum / mean / touched merges on hand-made replicas, the same in numpy and torch."""
+    base = np.zeros((3, 2))
+    r1 = np.array([[1.0, 1.0], [2.0, 0.0], [0.0, 0.0]])
+    r2 = np.array([[3.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    if lib == "torch":
+        base, r1, r2 = map(torch.from_numpy, (base, r1, r2))
+    as_np = np.asarray
+    assert np.array_equal(as_np(merge_replicas(base, [r1, r2], scheme="sum")), [[4, 2], [2, 0], [0, 0]])
+    assert np.array_equal(as_np(merge_replicas(base, [r1, r2], scheme="mean")), [[2, 1], [1, 0], [0, 0]])
+    assert np.array_equal(as_np(merge_replicas(base, [r1, r2], scheme="touched")), [[2, 1], [2, 0], [0, 0]])
+    with pytest.raises(ValueError, match="options are"):
+        merge_deltas(base, base, base[:, 0], world_size=2, scheme="avg")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_matches_cpu():
+    gen = torch.Generator().manual_seed(0)
+    w_in, w_out = torch.randn(50, 8, generator=gen), torch.randn(50, 8, generator=gen)
+    centre, context = torch.randint(0, 50, (64,), generator=gen), torch.randint(0, 50, (64,), generator=gen)
+    noise = torch.randint(0, 50, (64, 5), generator=gen)
+    cpu = (w_in.clone(), w_out.clone())
+    gpu = (w_in.cuda(), w_out.cuda())
+    sgns_step(*cpu, centre, context, noise, 0.1)
+    sgns_step(*gpu, centre.cuda(), context.cuda(), noise.cuda(), 0.1)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gpu[1].cpu(), cpu[1], atol=1e-5, rtol=1e-5)
+
+
+def test_sentences_from_arrow_zero_copy_views():
+    """TOKENS `ids` list<uint32> rows become uint32 arrays, sliced batches and chunked tables included."""
+    pa = pytest.importorskip("pyarrow")
+    from embeddings.sgns import sentences_from_arrow
+
+    rows = [[3, 4, 5], [], [6], [7, 8]]
+    table = pa.table({"ids": pa.array(rows, type=pa.list_(pa.uint32()))})
+    chunked = pa.concat_tables([table.slice(1, 2), table.slice(3)])
+    assert [s.tolist() for s in sentences_from_arrow(table)] == rows
+    assert [s.tolist() for s in sentences_from_arrow(chunked)] == rows[1:]
+    assert [s.tolist() for s in sentences_from_arrow(table.to_batches()[0].slice(2))] == rows[2:]
+    assert all(s.dtype == np.uint32 for s in sentences_from_arrow(table))
