@@ -39,33 +39,22 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+
+
+def _load_corpora():
+    """bench/corpora.py, loaded by path: putting bench/ on sys.path would shadow the standard library's
+    ``tokenize`` with bench/tokenize.py."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lmpipe_bench_corpora", HERE / "corpora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.english_text, module.make_corpus
+
+
+english_text, make_corpus = _load_corpora()
+
 BLOCK = 64 << 20
-
-
-def english_text(mirror: Path) -> str:
-    parts = [(mirror / "ptb" / "ptb.train.txt").read_text()]
-    for path in sorted((mirror / "brown").glob("c[a-r][0-9][0-9]")):
-        for line in path.read_text(errors="replace").splitlines():
-            words = [w.rsplit("/", 1)[0] for w in line.split()]
-            if words:
-                parts.append(" ".join(words) + "\n")
-    for path in sorted((mirror / "bbc-news").rglob("*.txt")):
-        parts.append("\n".join(ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()) + "\n")
-    for line in (mirror / "kjv" / "kjv.txt").read_text().splitlines():
-        if " " in line:
-            parts.append(line.split(" ", 1)[1] + "\n")
-    return "".join(parts)
-
-
-def make_corpus(text: str, tokens: int, path: Path) -> int:
-    """Repeat text until ``tokens`` whitespace tokens; returns the real count."""
-    per = len(text.split())
-    reps = max(1, round(tokens / per))
-    if not path.exists() or path.stat().st_size != len(text.encode()) * reps:
-        with open(path, "w") as out:
-            for _ in range(reps):
-                out.write(text)
-    return per * reps
 
 
 def blocks(path: Path) -> Iterator[pa.StringArray]:

@@ -53,7 +53,7 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(run_dir)
     write_text_atomic(run_dir / "spec.yaml", dump_spec(spec))
-    ctx = StageContext(spec=spec, run_dir=run_dir, mirror=mirror)
+    ctx = StageContext(spec=spec, run_dir=run_dir, mirror=mirror, selected=tuple(selected))
     modules = {name: stage_module(name) for name in selected}
     for name in selected:  # fail fast, before any cluster time is spent
         modules[name].check(ctx)

@@ -168,8 +168,9 @@ class NgramSpec:
     #: ``lmpipe`` estimates on Ray; ``lmplz`` streams the tokens into an installed KenLM lmplz.
     estimator: Literal["lmpipe", "lmplz"] = "lmpipe"
     workers: int = 2
-    #: Hash partitions of the n-gram counts (the unit of distributed estimation).
-    partitions: int = 8
+    #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically
+    #: when one partition would not fit ``memory_mb``.  More partitions than workers balance the load.
+    partitions: int = 4
     #: Memory budget per worker in MB; counts beyond it spill to disk.
     memory_mb: int = 2048
     discount_fallback: tuple[float, ...] | None = None

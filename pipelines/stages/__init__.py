@@ -33,6 +33,8 @@ class StageContext:
     spec: RunSpec
     run_dir: Path
     mirror: str | None = None
+    #: The stages this run executes (a stage may need an upstream one to run now or to have run before).
+    selected: tuple[str, ...] = ()
 
 
 def stage_module(name: str) -> ModuleType:

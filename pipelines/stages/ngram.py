@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,26 +52,22 @@ _GROUP_OVERHEAD = 3.0
 
 
 # ------------------------------------------------------------------------------------------ contract
+#: The PyPI kenlm module is compiled with KENLM_MAX_ORDER 6 (its setup.py default) and does not expose it.
+KENLM_MODULE_MAX_ORDER = 6
+
+
 def check(ctx: StageContext) -> None:
     spec: NgramSpec = ctx.spec.ngram
-    import kenlm
-
-    max_order = getattr(kenlm, "KENLM_MAX_ORDER", None) or _kenlm_max_order()
-    if spec.order > max_order:
-        raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module was built with maximum order {max_order}")
-    if spec.estimator == "lmplz" or spec.build_binary:
+    if spec.order > KENLM_MODULE_MAX_ORDER:
+        raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
+    if spec.estimator == "lmplz":
         from lm.kenlm_tools import find_kenlm_binary
 
-        if spec.estimator == "lmplz":
-            find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
+        find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
     if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
         raise FileNotFoundError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
-    if "tokenize" not in ctx.spec.stages and read_manifest(ctx.run_dir, "tokenize") is None:
+    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
         raise FileNotFoundError(f"{ctx.run_dir / 'tokenize'}: the ngram stage needs the tokenize stage; run it first")
-
-
-def _kenlm_max_order() -> int:
-    return 6  # the PyPI kenlm module's default KENLM_MAX_ORDER
 
 
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -245,8 +242,10 @@ def _estimate(spec: NgramSpec, shards: list[Path], vocab: Vocab, tmp_dir: Path, 
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
     counts_dir = tmp_dir / "counts"
     logger.info("=== 1/6 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
+    started = time.perf_counter()
     results = run_tasks(_count_task, [(str(s), n, str(work), parts, i) for i, s in enumerate(shards)], workers=workers, desc="count")
     rows = run_tasks(_merge_task, [(str(work), str(counts_dir), k, p) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="merge")
+    count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     for k in range(1, n + 1):
         shutil.rmtree(work / f"raw{k}", ignore_errors=True)
@@ -297,10 +296,15 @@ def _estimate(spec: NgramSpec, shards: list[Path], vocab: Vocab, tmp_dir: Path, 
     from lm.arpa_stream import write_arpa_parts
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
+    arpa_started = time.perf_counter()
     write_arpa_parts({k: sorted((model_dir / f"order-{k}").glob("part-*.arrow")) for k in range(1, n + 1)}, ngrams, vocab.tokens, arpa)
+    arpa_seconds = time.perf_counter() - arpa_started
     return {
         "arpa": arpa,
         "partitions": parts,
+        "count_seconds": round(count_seconds, 3),
+        "estimate_seconds": round(arpa_started - started - count_seconds, 3),
+        "arpa_seconds": round(arpa_seconds, 3),
         "raw_ngrams": ngram_counts,
         "ngrams": ngrams,
         "vocab_size_uniform": vocab_size,
@@ -373,11 +377,13 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     perplexity = {}
     from lm.evaluate import evaluate_ngram
 
+    evaluate_started = time.perf_counter()
     staged = ctx.run_dir  # the tokenize stage is already final; the model is still in tmp_dir
     for split in ("valid", "test"):
         if split_shards(tokenize_dir, split):
             perplexity[split] = evaluate_ngram(staged, split, model_file=model_file)
             perplexity[split]["model"] = model_file.name
+    result["evaluate_seconds"] = round(time.perf_counter() - evaluate_started, 3)
     return {
         "outputs": {"files": files, "model": arpa.name, "ngrams": {str(k): v for k, v in result.pop("ngrams").items()}},
         "estimation": {k: ({str(o): v for o, v in val.items()} if isinstance(val, dict) else val) for k, val in result.items()},
