@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from embeddings.sgns import SGNS, NoiseSampler, SGNSConfig, keep_probabilities, sgns_step, skipgram_pairs
+from embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
+from embeddings.sgns import SGNS, SGNSConfig, sgns_step
 from embeddings.sync import merge_deltas, merge_replicas
 
 torch.set_num_threads(1)  # CPU index_add_ is then deterministic, and tests do not fight over 2 cores
@@ -158,7 +159,9 @@ def _topic_corpus(topics=8, words_per_topic=8, sentences=5_000, length=10, seed=
         for t in rng.integers(0, topics, size=sentences)
     ]
     counts = np.bincount(np.concatenate(sents), minlength=first + topics * words_per_topic).astype(np.uint64)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i // words_per_topic}_{i}" for i in range(topics * words_per_topic)]
+    tokens = ["<unk>", "<s>", "</s>"] + [
+        f"t{i // words_per_topic}_{i}" for i in range(topics * words_per_topic)
+    ]
     return sents, counts, tokens
 
 
@@ -198,6 +201,22 @@ def test_planted_topics_are_nearest_neighbours(shared):
     words = tokens[3:]
     hits = sum(all(n.split("_")[0] == w.split("_")[0] for n, _ in vecs.most_similar(w, k=5)) for w in words)
     assert hits >= len(words) - 1, f"{hits}/{len(words)} words with all 5 neighbours in-topic"
+
+
+def test_hogwild_threads_learn_and_count_every_word():
+    """threads=2 (lock-free workers on shared matrices) reads every word once and still finds the topics."""
+    sents, counts, tokens = _topic_corpus()
+    config = SGNSConfig(dim=16, epochs=3, window=3, batch_pairs=1024, block_words=5_000, seed=3)
+    model = SGNS(counts, config)
+    intra_op = torch.get_num_threads()
+    for _ in range(config.epochs):
+        stats = model.train_epoch(sents, threads=2)
+        assert stats.words == sum(len(s) for s in sents)
+    assert torch.get_num_threads() == intra_op  # restored after the threaded epoch
+    assert model.learning_rate() == pytest.approx(config.final_alpha)
+    vecs = model.to_vectors(tokens)
+    hits = sum(all(n[:3] == w[:3] for n, _ in vecs.most_similar(w, k=5)) for w in tokens[3:])
+    assert hits >= len(tokens) - 4
 
 
 def test_state_dict_resume_is_exact():
