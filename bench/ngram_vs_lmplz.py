@@ -26,31 +26,21 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path.pop(0)
 
 import argparse  # noqa: E402
-import os
-import platform
-import resource
-import subprocess
-import threading
-import time
-from pathlib import Path
+import platform  # noqa: E402
+import resource  # noqa: E402
+import runpy  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import psutil
 
 HERE = Path(__file__).resolve().parent
 
-
-def _load_corpora():
-    """bench/corpora.py, loaded by path: putting bench/ on sys.path would shadow the standard library's
-    ``tokenize`` with bench/tokenize.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lmpipe_bench_corpora", HERE / "corpora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.english_text, module.make_corpus
-
-
-english_text, make_corpus = _load_corpora()
+# bench/corpora.py is loaded by path: bench/ must stay off sys.path (see the guard above).
+_corpora = runpy.run_path(str(HERE / "corpora.py"))
+english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
 
 
 class RssSampler:

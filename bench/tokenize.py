@@ -29,6 +29,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import runpy  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -40,19 +41,9 @@ import pyarrow.compute as pc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-
-def _load_corpora():
-    """bench/corpora.py, loaded by path: putting bench/ on sys.path would shadow the standard library's
-    ``tokenize`` with bench/tokenize.py."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("lmpipe_bench_corpora", HERE / "corpora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.english_text, module.make_corpus
-
-
-english_text, make_corpus = _load_corpora()
+# bench/corpora.py is loaded by path: bench/ must stay off sys.path (see the guard above).
+_corpora = runpy.run_path(str(HERE / "corpora.py"))
+english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
 
 BLOCK = 64 << 20
 

@@ -29,7 +29,7 @@ import gzip
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +92,39 @@ def write_arpa(
             col = t.column(f"w{i}")
             if len(col) and pc.max(col).as_py() >= len(vocab_arr):
                 raise ValueError(f"{k}-grams use ids >= the vocabulary size {len(vocab_arr)}")
+    _write_sections(path, {k: tables[k].num_rows for k in tables}, lambda k: [tables[k]], vocab_arr)
+    if binary_out is not None:
+        maybe_build_binary(path, binary_out)
+    return path
+
+
+def write_arpa_parts(parts: dict[int, Sequence[Path]], counts: dict[int, int], vocab: pa.Array, path: Path) -> Path:
+    """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
+    them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
+    the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
+    from pipelines.partitions import read_table
+
+    return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
+
+
+def _write_sections(path: Path, counts: dict[int, int], tables_of: Callable[[int], Iterable[pa.Table]], vocab: pa.Array) -> Path:
+    """The ARPA writer behind both entry points: header, then each order's tables in batches; atomic."""
+    top = max(counts)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
-            header = "\\data\\\n" + "".join(f"ngram {k}={tables[k].num_rows}\n" for k in range(1, top + 1)) + "\n"
-            out.write(header.encode())
+            out.write(("\\data\\\n" + "".join(f"ngram {k}={counts[k]}\n" for k in range(1, top + 1)) + "\n").encode())
             for k in range(1, top + 1):
                 out.write(f"\\{k}-grams:\n".encode())
-                table = tables[k]
-                for start in range(0, table.num_rows, _WRITE_BATCH):
-                    batch = table.slice(start, _WRITE_BATCH)
-                    _write_strings(out, _format_order(batch, k, vocab_arr, with_backoff=k < top))
+                written = 0
+                for table in tables_of(k):
+                    for start in range(0, table.num_rows, _WRITE_BATCH):
+                        batch = table.slice(start, _WRITE_BATCH)
+                        _write_strings(out, _format_order(batch, k, vocab, with_backoff=k < top))
+                    written += table.num_rows
+                if written != counts[k]:
+                    raise RuntimeError(f"{k}-grams: the header says {counts[k]}, the tables hold {written}")
                 out.write(b"\n")
             out.write(b"\\end\\\n")
             if out is not raw:
@@ -112,10 +133,22 @@ def write_arpa(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s: %s", path, ", ".join(f"{k}-grams {tables[k].num_rows}" for k in range(1, top + 1)))
-    if binary_out is not None:
-        maybe_build_binary(path, binary_out)
+    logger.info("wrote %s: %s", path, ", ".join(f"{k}-grams {counts[k]:,}" for k in range(1, top + 1)))
     return path
+
+
+def read_arpa_counts(path: str | os.PathLike[str]) -> dict[int, int]:
+    """The ``ngram k=N`` counts of an ARPA header (plain or gzip), without reading the n-grams."""
+    counts: dict[int, int] = {}
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("ngram "):
+                k, n = line[6:].strip().split("=")
+                counts[int(k)] = int(n)
+            elif line.startswith("\\1-grams"):
+                break
+    return counts
 
 
 def maybe_build_binary(arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing") -> Path | None:

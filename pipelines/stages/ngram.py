@@ -293,7 +293,7 @@ def _estimate(spec: NgramSpec, shards: list[Path], vocab: Vocab, tmp_dir: Path, 
     model_dir = work / "model"
     sizes = run_tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
     ngrams = {k: sum(sizes[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
-    from lm.arpa_stream import write_arpa_parts
+    from lm.arpa import write_arpa_parts
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
     arpa_started = time.perf_counter()
@@ -338,7 +338,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     arpa = tmp_dir / "model.arpa"
     log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=tmp_dir)
     (tmp_dir / "lmplz.log").write_text(log, encoding="utf-8")
-    from lm.arpa_stream import read_arpa_counts
+    from lm.arpa import read_arpa_counts
 
     ngrams = read_arpa_counts(arpa)
     if spec.arpa_gzip:
