@@ -28,7 +28,6 @@ gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
 stats = pytest.importorskip("scipy.stats")
 
 
-
 @pytest.fixture(scope="module")
 def eval_dir(mirror: Path) -> Path:
     """``$LMPIPE_DATA_MIRROR/embedding-eval`` (the conftest ``mirror`` fixture skips when unset)."""
@@ -180,7 +179,9 @@ def test_reversed_pairs_tie_exactly(planted):
     """Our similarity of (a, b) equals that of (b, a) bit for bit, so Spearman sees the true tie."""
     rows = np.arange(len(planted))
     rev = np.random.default_rng(0).permutation(rows)
-    np.testing.assert_array_equal(cosine_rows(planted.matrix, rows, rev), cosine_rows(planted.matrix, rev, rows))
+    np.testing.assert_array_equal(
+        cosine_rows(planted.matrix, rows, rev), cosine_rows(planted.matrix, rev, rows)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SIMILARITY_SETS))

@@ -287,3 +287,25 @@ def test_sentences_from_arrow_zero_copy_views():
     assert [s.tolist() for s in sentences_from_arrow(chunked)] == rows[1:]
     assert [s.tolist() for s in sentences_from_arrow(table.to_batches()[0].slice(2))] == rows[2:]
     assert all(s.dtype == np.uint32 for s in sentences_from_arrow(table))
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    """compile=True runs the same math: the compiled step equals the eager one on the same batch."""
+    gen = torch.Generator().manual_seed(0)
+    w_in, w_out = torch.randn(300, 16, generator=gen), torch.randn(300, 16, generator=gen) * 0.1
+    centre, context = (
+        torch.randint(0, 300, (256,), generator=gen),
+        torch.randint(0, 300, (256,), generator=gen),
+    )
+    for noise in (
+        torch.randint(0, 300, (256, 5), generator=gen),
+        torch.randint(0, 300, (16, 5), generator=gen),
+    ):
+        eager, compiled = (w_in.clone(), w_out.clone()), (w_in.clone(), w_out.clone())
+        lr = torch.tensor(0.05)
+        loss_e = sgns_step(*eager, centre, context, noise, lr)
+        loss_c = torch.compile(sgns_step, dynamic=False)(*compiled, centre, context, noise, lr)
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
