@@ -127,3 +127,18 @@ def test_unreadable_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(ingest.os, "access", lambda p, mode: not str(p).endswith("secret.txt"))
     with pytest.raises(InputError, match="secret.txt: file is not readable"):
         find_sources(CorpusSpec(train=(str(path),)))
+
+
+def test_inputs_through_a_pyarrow_filesystem_uri(tmp_path):
+    """URIs go through pyarrow filesystems (s3://, gs://, hdfs:// the same way); file:// needs no network."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("one two\nthree\n")
+    (tmp_path / "d" / "b.txt").write_text("four\n")
+    uri = f"file://{tmp_path}/d"
+    found = find_sources(CorpusSpec(train=(uri,), valid=(f"file://{tmp_path}/d/*.txt",)))
+    assert [s.uri for s in found["train"]] == [f"file://{tmp_path}/d/a.txt", f"file://{tmp_path}/d/b.txt"]
+    assert len(found["valid"]) == 2
+    lines = [ln for c in plan_chunks(found["train"], 4) for b in read_chunk(c, NormalizeSpec()) for ln in b.text.to_pylist()]
+    assert lines == ["one two", "three", "four"]
+    with pytest.raises(InputError, match="no such file"):
+        find_sources(CorpusSpec(train=(f"file://{tmp_path}/missing.txt",)))
