@@ -115,7 +115,7 @@ def main() -> None:
         run_dir = work / name.split()[0].lower()
         base = {"name": "bench", "corpus": corpus, "normalize": {"literal_specials": "rename"}, "tokenize": {"shard_mb": 16}}
         t0 = time.perf_counter()
-        run_pipeline(parse_spec(base), run_dir=run_dir, stages=["tokenize"])
+        run_pipeline(parse_spec(base), run_dir=run_dir, stages=["tokenize"], force=["tokenize"])
         tokenize_s = time.perf_counter() - t0
         text = work / f"{run_dir.name}.train.txt"
         with open(text, "w") as fh:

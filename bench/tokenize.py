@@ -117,8 +117,16 @@ def run_lmpipe(path: Path, run_dir: Path, kind: str, workers: int, shard_mb: flo
     cmd = [
         sys.executable,
         "-c",
-        "import resource,sys,json;from pipelines.cli import main;code=main(sys.argv[1:]);"
-        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024);sys.exit(code)",
+        # The driver's own peak RSS, sampled: ru_maxrss of a child started from this (large) process
+        # would report this process's peak, inherited across fork and exec.
+        "import sys,threading,time,psutil\n"
+        "peak=[0]\n"
+        "def watch():\n"
+        "    me=psutil.Process()\n"
+        "    while True: peak[0]=max(peak[0], me.memory_info().rss); time.sleep(0.1)\n"
+        "threading.Thread(target=watch, daemon=True).start()\n"
+        "from pipelines.cli import main\n"
+        "code=main(sys.argv[1:]); print('PEAK', peak[0]/2**20); sys.exit(code)",
         "run",
         str(spec_path),
         "--run-dir",

@@ -40,6 +40,8 @@ from pipelines.tokenizers import (
 from pipelines.vocab import merge_token_counts
 
 SPLITS = ("train", "valid", "test")
+#: Lines per sentencepiece encode call (its Python-list interface costs ~1 KB per line in flight).
+SP_SLICE_LINES = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,13 +326,21 @@ def encode_chunk(chunk: Chunk, job: ChunkJob, tokenizer: SentencePieceTokenizer 
     stats = ChunkStats(chunk.index)
     stats.piece_counts = np.zeros(len(job.vocab_tokens), np.uint64)
     for batch in read_chunk(chunk, job.normalize, job.corpus.text_field):
-        routed = encode_batch(batch, chunk, job, tokenizer)
         stats.counts.update(batch.counts)
-        for split, enc in routed.items():
-            ids = enc.tokens
-            if split == "train":
-                flat, _ = list_parts(ids)
-                stats.piece_counts += np.bincount(np.asarray(flat), minlength=len(stats.piece_counts)).astype(np.uint64)
-            _write_split(writers[split], stats, split, chunk, ids, enc.positions, enc.docs)
+        # sentencepiece goes through Python lists: encode in slices so a worker's memory stays bounded.
+        for start in range(0, len(batch.text), SP_SLICE_LINES):
+            piece = LineBatch(batch.text.slice(start, SP_SLICE_LINES), batch.positions[start : start + SP_SLICE_LINES])
+            routed = encode_batch(piece, chunk, job, tokenizer)
+            stats.counts.update(piece.counts)
+            _write_routed(routed, writers, stats, chunk)
     _close(writers, stats)
     return stats
+
+
+def _write_routed(routed: dict[str, Encoded], writers: dict[str, ShardWriter], stats: ChunkStats, chunk: Chunk) -> None:
+    for split, enc in routed.items():
+        ids = enc.tokens
+        if split == "train":
+            flat, _ = list_parts(ids)
+            stats.piece_counts += np.bincount(np.asarray(flat), minlength=len(stats.piece_counts)).astype(np.uint64)
+        _write_split(writers[split], stats, split, chunk, ids, enc.positions, enc.docs)
