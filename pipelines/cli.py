@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--json", action="store_true", help="also print all figures as JSON")
     ev.set_defaults(func=cmd_eval)
+
+    from embeddings.cli import add_embeddings_commands
+
+    add_embeddings_commands(sub)
     return parser
 
 

@@ -198,6 +198,57 @@ class NgramSpec:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SgnsSpec:
+    """The sgns stage: skip-gram with negative sampling (word2vec ``-cbow 0``) trained with Ray Train.
+
+    Defaults are word2vec.c's and gensim's for skip-gram.  ``workers`` data-parallel replicas each train on
+    their share of the token shards and are merged ``syncs_per_epoch`` times per epoch (``sync`` scheme, see
+    ``embeddings.sync``); ``threads`` are Hogwild threads inside one worker.  ``workers`` and ``threads``
+    are left out of the stage fingerprint: scaling a run out or in does not invalidate it.
+    """
+
+    dim: int = 100
+    window: int = 5  # maximum distance; the effective window is uniform in 1..window
+    negative: int = 5  # noise words per (centre, context) pair
+    sample: float = 1e-3  # subsampling threshold; 0 disables
+    alpha: float = 0.025  # initial learning rate, decayed linearly to alpha * 1e-4
+    #: Words rarer than this (training counts) are removed before windowing, as word2vec does; it is applied
+    #: on top of ``vocab.min_count``, so one tokenization serves embeddings of several cuts.
+    min_count: int = 5
+    epochs: int = 5
+    workers: int = 1  # Ray Train workers (data parallel)
+    use_gpu: bool = False  # one GPU per worker, NCCL between them
+    batch_pairs: int = 1024  # pairs per vectorised SGD step
+    shared_negatives: int = 1  # consecutive pairs sharing one noise draw (1 = word2vec; 16 is ~3x faster on CPU)
+    threads: int = 1  # Hogwild threads per worker; > 1 makes results depend on thread timing
+    #: Replica merges per epoch when workers > 1; ``null`` = one per ~100k words of the largest worker's
+    #: share (``embeddings.train.SYNC_WORDS``).  Rarer merges let the replicas drift apart: on 3.6M English
+    #: words 2 workers reached 5.2% analogy accuracy with 4 merges per epoch, 7.4% with 16 (1 worker: 8.1%).
+    syncs_per_epoch: int | None = None
+    #: How replicas merge (``embeddings.sync``).  ``sum`` applies every worker's update once, as Hogwild
+    #: threads do on one matrix; averaging (``touched``, ``mean``) halves the step on rows several workers
+    #: update, and with 2 workers lost a third of the analogy accuracy on PTB and on 3.6M English words
+    #: (bench/RESULTS.md), while ``sum`` matched 1 worker.
+    sync: Literal["sum", "touched", "mean"] = "sum"
+    seed: int = 1
+    #: Run the standard evaluations (analogies, WS353, SimLex, MEN, RW) when ``data:embedding-eval`` resolves
+    #: through the mirror or cache; otherwise they are skipped with the reason logged and recorded.
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "window", "negative", "min_count", "epochs", "workers", "batch_pairs", "threads"):
+            _check_range(f"sgns.{name}", getattr(self, name), 1, None)
+        if self.syncs_per_epoch is not None:
+            _check_range("sgns.syncs_per_epoch", self.syncs_per_epoch, 1, None)
+        _check_range("sgns.dim", self.dim, 1, 1 << 16)
+        _check_range("sgns.sample", self.sample, 0.0, 1.0)
+        if not 0.0 < self.alpha <= 1.0:
+            _fail("sgns.alpha", self.alpha, "a number in (0 .. 1]")
+        _check_range("sgns.shared_negatives", self.shared_negatives, 1, self.batch_pairs)
+        _check_range("sgns.seed", self.seed, 0, (1 << 63) - 1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunSpec:
     """The whole pipeline: corpus, text handling and the settings of every stage."""
 
@@ -210,6 +261,7 @@ class RunSpec:
     stages: tuple[str, ...] = ("tokenize",)
     tokenize: TokenizeSpec = field(default_factory=TokenizeSpec)
     ngram: NgramSpec = field(default_factory=NgramSpec)
+    sgns: SgnsSpec = field(default_factory=SgnsSpec)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

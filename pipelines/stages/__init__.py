@@ -25,6 +25,7 @@ from pipelines.spec import RunSpec
 STAGE_MODULES: dict[str, str] = {
     "tokenize": "pipelines.stages.tokenize",
     "ngram": "pipelines.stages.ngram",
+    "sgns": "pipelines.stages.sgns",
 }
 
 
