@@ -356,6 +356,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             "words_per_second": round(per_rank[:, 0].sum() / max(seconds, 1e-9), 1),
             "lr": model.learning_rate(),
         }
+        if not math.isfinite(summary["loss"]):
+            # Every rank sees the same all-reduced loss, so all stop together (no rank is left in a collective);
+            # this epoch's parameters are not checkpointed, the last good epoch stays on disk.
+            raise FloatingPointError(
+                f"sgns: the loss became {summary['loss']} in epoch {epoch + 1} (after {model.words_done:,} words on rank "
+                f"{group.rank}); the last good checkpoint is kept in {checkpoint_dir} (epoch {epoch}); lower sgns.alpha "
+                "or sgns.batch_pairs and rerun"
+            )
         epochs.append(summary)
         streams = model.state_dict()
         ranks = group.gather({"rng": streams["rng"], "generator": streams["generator"], "words_done": model.words_done})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -172,3 +173,38 @@ def test_split_parts_cuts_exactly_n_parts_by_words():
     assert [[len(s) for s in p] for p in split_parts(sentences, 20, 8)][:4] == [[5], [], [1, 7], []]
     assert [list(p) for p in split_parts([], 0, 3)] == [[], [], []]
     assert sum(len(list(p)) for p in split_parts(sentences, 10, 2)) == 5  # a wrong total still loses nothing
+
+
+def test_too_few_words_for_the_negatives_is_refused_before_training(tokenized, tmp_path):
+    with pytest.raises(ValueError, match=r"sgns.negative: bad value 5; only \d+ words occur sgns.min_count=300"):
+        _run_sgns(tokenized, tmp_path, "sgns.min_count=300")
+    assert not (tmp_path / "sgns").exists()
+
+
+def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tokenized, tmp_path, monkeypatch):
+    """The train loop itself (one plain process, no Ray Train): a NaN loss in epoch 2 stops the run, naming
+    the epoch and the fix, and epoch 1's checkpoint stays the latest one."""
+    from embeddings import train as train_mod
+    from embeddings.sgns import SGNS, SGNSConfig
+
+    real = SGNS.train_epoch
+
+    def poisoned(self, sentences, *, threads=1):
+        stats = real(self, sentences, threads=threads)
+        return dataclasses.replace(stats, loss=float("nan")) if self.epoch >= 2 else stats
+
+    monkeypatch.setattr(SGNS, "train_epoch", poisoned)
+    monkeypatch.setattr(train_mod._Group, "current", classmethod(lambda cls, use_gpu: cls(0, 1, __import__("torch").device("cpu"), False)))
+    stage = tokenized / "tokenize"
+    job = train_mod.TrainJob(
+        vocab_path=str(stage / "vocab.tsv"),
+        shards=tuple(str(p) for p in sorted((stage / "train").glob("*.arrow"))),
+        out_dir=str(tmp_path / "out"),
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        config=SGNSConfig(dim=8, epochs=3),
+        min_count=1,
+        sync="sum",
+    )
+    with pytest.raises(FloatingPointError, match=r"(?s)loss became nan in epoch 2 .*epoch 1.*lower sgns.alpha"):
+        train_mod.train_loop(job.to_config())
+    assert train_mod.latest_checkpoint(tmp_path / "ckpt").name == "epoch-001"

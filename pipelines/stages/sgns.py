@@ -124,16 +124,17 @@ def evaluate(vectors: Vectors, files: dict[str, Path]) -> dict[str, Any]:
             out[name] = {"skipped": str(exc)}
             continue
         out[name] = {"spearman": r.spearman, "pearson": r.pearson, "pairs": r.pairs, "oov": r.oov}
-    res = evaluate_analogies(vectors, files["analogy"], method="3cosadd", restrict_vocab=RESTRICT_VOCAB)
-    out["analogy"] = {
-        "method": "3cosadd",
-        "semantic": res.semantic.accuracy,
-        "syntactic": res.syntactic.accuracy,
-        "total": res.total.accuracy,
-        "answered": res.total.correct + res.total.incorrect,
-        "questions": res.questions,
-        "oov": res.oov,
-    }
+    for key, method in (("analogy", "3cosadd"), ("analogy_3cosmul", "3cosmul")):
+        res = evaluate_analogies(vectors, files["analogy"], method=method, restrict_vocab=RESTRICT_VOCAB)
+        out[key] = {
+            "method": method,
+            "semantic": res.semantic.accuracy,
+            "syntactic": res.syntactic.accuracy,
+            "total": res.total.accuracy,
+            "answered": res.total.correct + res.total.incorrect,
+            "questions": res.questions,
+            "oov": res.oov,
+        }
     return out
 
 
@@ -148,6 +149,11 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     if len(keep) == 0:
         top = int(vocab.counts[3:].max()) if len(vocab) > 3 else 0
         raise ValueError(f"sgns.min_count: bad value {spec.min_count}; no word occurs that often (the most frequent: {top} times)")
+    if len(keep) <= spec.negative:
+        raise ValueError(
+            f"sgns.negative: bad value {spec.negative}; only {len(keep)} words occur sgns.min_count={spec.min_count} "
+            "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
+        )
     _fail_fast_on_resources(spec)
     settings, inputs = plan(ctx)
     fp = fingerprint({"stage": "sgns", "settings": settings, "inputs": inputs})  # the runner's formula
