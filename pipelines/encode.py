@@ -250,8 +250,6 @@ def prepare_chunk(chunk: Chunk, job: ChunkJob) -> pa.Table:
     with pa.OSFile(str(dict_path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("token", pa.string())])) as writer:
         for d in dictionaries:
             writer.write_batch(d)
-    if not partial:
-        return merge_token_counts([])
     return merge_token_counts(partial)
 
 

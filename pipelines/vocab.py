@@ -23,15 +23,6 @@ from pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, TOKEN_COUNTS, UNK_ID, VO
 from pipelines.spec import VocabSpec
 
 
-def count_tokens(tokens: pa.ListArray) -> pa.Table:
-    """Map side: counts of every token string in a batch of tokenized lines (TOKEN_COUNTS schema)."""
-    flat = pc.list_flatten(tokens)
-    if len(flat) == 0:
-        return TOKEN_COUNTS.empty_table()
-    vc = pc.value_counts(flat)
-    return pa.table({"token": vc.field("values"), "count": vc.field("counts").cast(pa.uint64())}, schema=TOKEN_COUNTS)
-
-
 def merge_token_counts(tables: Iterable[pa.Table]) -> pa.Table:
     """Reduce side: sum partial counts by token (TOKEN_COUNTS schema, unsorted)."""
     tables = [t for t in tables if t.num_rows]

@@ -236,9 +236,10 @@ def _finish_discounts(stats, corrections, adjusted_unigrams, config: kn.KneserNe
     return kn.compute_discounts(stats, fallback)
 
 
-def _estimate(spec: NgramSpec, shards: list[Path], vocab: Vocab, tmp_dir: Path, work: Path, workers: int) -> dict[str, Any]:
+def _estimate(
+    spec: NgramSpec, shards: list[Path], tokens_per_shard: list[int], vocab: Vocab, tmp_dir: Path, work: Path, workers: int
+) -> dict[str, Any]:
     n = spec.order
-    tokens_per_shard = [pa.ipc.open_file(pa.memory_map(str(s))).read_all().column("ids").combine_chunks().flatten().__len__() for s in shards]
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
     counts_dir = tmp_dir / "counts"
     logger.info("=== 1/6 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
@@ -362,7 +363,10 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     if spec.estimator == "lmplz":
         result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir)
     else:
-        result = _estimate(spec, shards, vocab, tmp_dir, work, spec.workers)
+        # Shard sizes come from the tokenize manifest, not from reading every shard again.
+        listed = {item["path"]: item["tokens"] for item in read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]}
+        tokens_per_shard = [listed[str(s.relative_to(tokenize_dir))] for s in shards]
+        result = _estimate(spec, shards, tokens_per_shard, vocab, tmp_dir, work, spec.workers)
     shutil.rmtree(work, ignore_errors=True)
     arpa: Path = result.pop("arpa")
     files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
