@@ -4,18 +4,20 @@ The sgns stage runs it under Ray Train (``TorchTrainer``, ``ScalingConfig(num_wo
 CPU, NCCL with ``use_gpu``); it also runs as a plain function (one process) or under ``torchrun`` (then
 ``torch.distributed`` gives rank and world size).  One worker is the degree-1 case, not a second path::
 
-    shards   part-0  part-1  part-2  part-3  part-4          shard i -> rank i % world_size
-    rank 0   [part-0          part-2          part-4]        each rank: its own share, the global
-    rank 1   [        part-1          part-3        ]        learning-rate schedule over that share
+    training words, shards in order:  [shard 0 ][shard 1      ][shard 2 ][shard 3   ]   T words in all
+    rank r of n: the sentences whose first word lies in [T r / n, T (r+1) / n)  (Share: equal to one sentence,
+    whatever the shard sizes); each rank follows the global learning-rate schedule over its own share
 
     one epoch of a rank, cut into syncs_per_epoch parts of about equal words (by sentence; default: one
     part per SYNC_WORDS words of the largest share, the same count on every rank):
     rank 0   |--- part 1 ---|--- part 2 ---|--- part 3 ---|--- part 4 ---|
-    rank 1   |-- part 1 --|-- part 2 --|-- part 3 --|-- part 4 --|         (another share size)
-                          ^ sync       ^ sync       ^ sync       ^ sync    every rank, same count
+    rank 1   |--- part 1 ---|--- part 2 ---|--- part 3 ---|--- part 4 ---|
+                            ^ step         ^ step         ^ step         ^ step + flush (end of epoch)
 
-    sync:  D = W - W_last_sync (both matrices, one (2V, d) buffer); all-reduce(SUM) of D (and, for ``touched``,
-           of the touched-row indicator D[r] != 0); W = merge_deltas(W_last_sync, sum D, touched, scheme)
+    step k:  D_k = W - W_after_last_merge (both matrices, one (2V, d) buffer); start all-reduce(SUM) of D_k
+             (and, for ``touched``, of the touched-row indicator D_k[r] != 0) in the background; apply
+             round k-1's merge W += f(sum D_{k-1}) - D_{k-1}; train part k+1 while round k travels
+    flush:   wait for the last round, apply it, broadcast rank 0's W (all replicas equal before a checkpoint)
 
 Why periodic model merging and not DDP: a skip-gram step touches a few thousand rows of a V x d table, so
 all-reducing gradients every step would move V x d floats per step (and NCCL has no sparse all-reduce).
@@ -23,8 +25,9 @@ Merging deltas every ~100k words per worker is the compromise: Hogwild across pr
 (``embeddings.sync`` has the three merge schemes).  A rank with no shard trains nothing but joins every sync.
 
 The dense all-reduce moves 2 x V x d float32 per rank per sync (PTB: 8 MB; 1M words x 300: 2.4 GB).
-Measured on 2 CPU workers (V 24k, d 100): ~0.14 s per sync including the wait for the slower worker, 22%
-of training at one sync per 100k words.  It stops being fine when one transfer approaches the time to
+Measured on 2 CPU workers (V 24k, d 100): the all-reduce itself takes ~17 ms and the delta ~13 ms, but a
+synchronous merge cost ~0.14 s, 22% of training at one merge per 100k words, because every rank waited for
+the slower one at each merge; the overlapped merge (``ReplicaSync``, default) hides that wait.  It stops being fine when one transfer approaches the time to
 train one part (100k words: ~0.3 s per CPU worker here; a GPU trains a part far faster, so it gets there
 first); then exchange row-sparse deltas instead: all-gather the touched row ids and all-reduce only the
 union's rows (the merge formulas are unchanged on those rows), which pays off once V is much larger than
@@ -41,14 +44,9 @@ and, with the same world size, ends with the same vectors as an uninterrupted ru
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +57,14 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from cluster.training import (
+    WorkerGroup,
+    commit_checkpoint,
+    latest_checkpoint,
+    rank_seed,
+    read_checkpoint_meta,
+    report,
+)
 from embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
 from embeddings.sync import merge_deltas
 from embeddings.vectors import Vectors
@@ -92,11 +98,15 @@ class TrainJob:
     threads: int = 1
     syncs_per_epoch: int | None = None  # None: one per SYNC_WORDS words of the largest share
     sync: str = "touched"
+    overlap_sync: bool = True  # all-reduce a part's delta while the next part trains (ReplicaSync)
     use_gpu: bool = False
     stop_after_epoch: int | None = None
 
     def to_config(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, "config": dataclasses.asdict(self.config)}
+        return {
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+            "config": dataclasses.asdict(self.config),
+        }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrainJob:
@@ -127,15 +137,62 @@ def shard_words(path: str) -> int:
     return total
 
 
-def iter_sentences(paths: Iterable[str]) -> Iterator[np.ndarray]:
-    """Sentences (uint32 id arrays, views of the memory-mapped shards) in shard and row order."""
-    for path in paths:
-        reader = pa.ipc.open_file(pa.memory_map(path))  # buffers keep the mapping alive after the loop
-        for i in range(reader.num_record_batches):
-            yield from sentences_from_arrow(reader.get_batch(i))
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One worker's share of the training sentences: those whose first word's position in the whole
+    training stream (shards in order) falls in ``[start, stop)`` = rank r's ``[T r / n, T (r+1) / n)``.
+
+    Cutting the word stream, not the list of shards, gives every rank the same number of words to within
+    one sentence whatever the number and sizes of the shards (shard ``i -> rank i % n`` left one worker
+    with a whole extra shard when shards were few), and only the shards that overlap the range are opened.
+    """
+
+    paths: tuple[str, ...]
+    shard_sizes: tuple[int, ...]  # words per shard
+    start: int
+    stop: int
+
+    @classmethod
+    def of(cls, paths: Iterable[str], rank: int, world_size: int) -> Share:
+        paths = tuple(paths)
+        sizes = tuple(shard_words(p) for p in paths)
+        total = sum(sizes)
+        return cls(paths, sizes, total * rank // world_size, total * (rank + 1) // world_size)
+
+    def _rows(self) -> Iterator[tuple[pa.RecordBatch, int, int]]:
+        """(record batch, first row, stop row) of this share's sentences, in stream order."""
+        shard_start = 0
+        for path, size in zip(self.paths, self.shard_sizes, strict=True):
+            first, shard_start = shard_start, shard_start + size
+            if size == 0 or first >= self.stop or shard_start <= self.start:
+                continue  # every sentence of this shard starts outside [start, stop)
+            reader = pa.ipc.open_file(pa.memory_map(path))  # buffers keep the mapping alive after the loop
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                offsets = batch.column("ids").offsets.to_numpy()
+                starts = first + offsets[:-1] - offsets[0]  # global position of each sentence's first word
+                first += int(offsets[-1] - offsets[0])
+                lo, hi = np.searchsorted(starts, [self.start, self.stop])
+                if hi > lo:
+                    yield batch, int(lo), int(hi)
+
+    @property
+    def words(self) -> int:
+        total = 0
+        for batch, lo, hi in self._rows():
+            offsets = batch.column("ids").offsets
+            total += offsets[hi].as_py() - offsets[lo].as_py()
+        return total
+
+    def sentences(self) -> Iterator[np.ndarray]:
+        """The share's sentences (uint32 id arrays, views of the memory-mapped shards) in stream order."""
+        for batch, lo, hi in self._rows():
+            yield from sentences_from_arrow(batch.slice(lo, hi - lo))
 
 
-def split_parts(sentences: Iterable[np.ndarray], total_words: int, parts: int) -> Iterator[Iterator[np.ndarray]]:
+def split_parts(
+    sentences: Iterable[np.ndarray], total_words: int, parts: int
+) -> Iterator[Iterator[np.ndarray]]:
     """Cut one pass into exactly ``parts`` consecutive runs: a sentence belongs to part j when the words
     before it are fewer than ``total_words * (j + 1) / parts``.  Parts may be empty (every rank must still
     sync ``parts`` times); the last part takes whatever is left.  Consume each part before the next."""
@@ -161,62 +218,90 @@ def split_parts(sentences: Iterable[np.ndarray], total_words: int, parts: int) -
         yield part(float("inf") if j == parts - 1 else total_words * (j + 1) / parts)
 
 
-# ------------------------------------------------------------------------------------------ group
+# ------------------------------------------------------------------------------------------ sync
+class ReplicaSync:
+    """Periodic merging of the workers' replicas (see the module docstring), optionally overlapped.
+
+    ``step()`` at the end of every part, ``flush()`` at the end of the epoch.  Synchronous (``overlap``
+    false): all-reduce this part's delta and apply the merge before training on.  Overlapped (the default):
+    start the all-reduce of this part's delta in the background, apply the *previous* part's merge, and
+    train the next part meanwhile: the other workers' updates arrive one part late, and the wait for the
+    slowest worker is absorbed unless it lags by a whole part.  Either way every worker's update is applied
+    once (``sum``), and after ``flush`` every replica holds rank 0's parameters bit for bit.
+
+    One round's merge is ``W += f(S, m) - D``: ``D`` is this worker's own delta for the round (already in
+    ``W``), ``S`` the all-reduced sum of the deltas, ``m`` the touched-row counts, ``f`` the scheme
+    (``merge_deltas`` from a zero base).  The next round's delta is measured from the parameters after the
+    correction, so only the worker's own training enters it.
+    """
+
+    def __init__(self, model: SGNS, group: WorkerGroup, scheme: str, *, overlap: bool = True) -> None:
+        self.model, self.group, self.scheme, self.overlap = model, group, scheme, overlap
+        self.base = self._params()  # parameters after the last applied merge (own deltas start here)
+        self._pending: _Round | None = None
+        self.seconds = 0.0  # time spent in step/flush, waits included
+
+    def _params(self) -> torch.Tensor:
+        return torch.cat([self.model.w_in, self.model.w_out])  # (2V, d): one all-reduce for both matrices
+
+    def _set(self, params: torch.Tensor) -> None:
+        v = self.model.w_in.shape[0]
+        self.model.w_in.copy_(params[:v])
+        self.model.w_out.copy_(params[v:])
+
+    def _start(self, delta: torch.Tensor) -> _Round:
+        total = delta.clone()
+        touched = (delta != 0).any(1).to(delta.dtype) if self.scheme == "touched" else None
+        work = [dist.all_reduce(total, op=dist.ReduceOp.SUM, async_op=True)]
+        if touched is not None:  # the other schemes do not read it: skip the second all-reduce
+            work.append(dist.all_reduce(touched, op=dist.ReduceOp.SUM, async_op=True))
+        return _Round(work, total, touched, delta)
+
+    def _correction(self, rnd: _Round) -> torch.Tensor:
+        for w in rnd.work:
+            w.wait()
+        zero = torch.zeros((), dtype=rnd.total.dtype, device=rnd.total.device)
+        merged = merge_deltas(
+            zero, rnd.total, rnd.touched, world_size=self.group.world_size, scheme=self.scheme
+        )
+        return merged.sub_(rnd.own)
+
+    def step(self) -> None:
+        t = time.perf_counter()
+        params = self._params()
+        launched = self._start(params - self.base)
+        if not self.overlap:
+            params += self._correction(launched)
+        else:
+            if self._pending is not None:
+                params += self._correction(self._pending)
+            self._pending = launched
+        self._set(params)
+        self.base = params
+        self.seconds += time.perf_counter() - t
+
+    def flush(self) -> None:
+        """Apply the round in flight and make every replica equal to rank 0's (sums taken in another order
+        differ in the last bits)."""
+        t = time.perf_counter()
+        params = self._params()
+        if self._pending is not None:
+            params += self._correction(self._pending)
+            self._pending = None
+        dist.broadcast(params, src=0)
+        self._set(params)
+        self.base = params
+        self.seconds += time.perf_counter() - t
+
+
 @dataclass(frozen=True, slots=True)
-class _Group:
-    """This process's place among the data-parallel workers."""
+class _Round:
+    """One merge round in flight: the all-reduce handles, its buffers and this worker's own delta."""
 
-    rank: int
-    world_size: int
-    device: torch.device
-    in_ray: bool  # inside a Ray Train worker: report to Ray Train
-
-    @classmethod
-    def current(cls, use_gpu: bool) -> _Group:
-        in_ray = False
-        try:
-            import ray.train
-
-            ctx = ray.train.get_context()
-            rank, world, in_ray = ctx.get_world_rank(), ctx.get_world_size(), True
-        except (ImportError, RuntimeError):  # a plain process or torchrun
-            rank = dist.get_rank() if dist.is_initialized() else 0
-            world = dist.get_world_size() if dist.is_initialized() else 1
-        device = torch.device("cpu")
-        if use_gpu:
-            if in_ray:
-                import ray.train.torch
-
-                device = ray.train.torch.get_device()
-            else:
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)  # NCCL object collectives use the current device
-        return cls(rank, world, device, in_ray)
-
-    def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def _sync(model: SGNS, base: torch.Tensor, group: _Group, scheme: str) -> None:
-    """Merge the replicas: ``base`` (2V x d, both matrices at the last sync) becomes the merged parameters."""
-    v = model.w_in.shape[0]
-    delta = torch.cat([model.w_in, model.w_out]).sub_(base)  # (2V, d): one all-reduce for both matrices
-    touched = (delta != 0).any(1).to(delta.dtype)  # (2V,)
-    group.all_reduce_(delta)
-    if scheme == "touched":  # the other schemes do not read it: skip the second all-reduce
-        group.all_reduce_(touched)
-    base.copy_(merge_deltas(base, delta, touched, world_size=group.world_size, scheme=scheme))
-    model.w_in.copy_(base[:v])
-    model.w_out.copy_(base[v:])
+    work: list[Any]
+    total: torch.Tensor
+    touched: torch.Tensor | None
+    own: torch.Tensor
 
 
 # ------------------------------------------------------------------------------------------ state
@@ -228,48 +313,29 @@ def _streams(seed: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _rank_seed(seed: int, *key: int) -> int:
-    return int(np.random.SeedSequence([seed, *key]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest ``epoch-NNN`` folder with its ``meta.json`` (written last), or None."""
-    done = sorted(p for p in Path(checkpoint_dir).glob("epoch-[0-9][0-9][0-9]") if (p / "meta.json").is_file())
-    return done[-1] if done else None
-
-
 def _write_checkpoint(checkpoint_dir: Path, model: SGNS, epoch: int, ranks: list[dict[str, Any]]) -> Path:
-    """Rank 0: ``epoch-NNN/`` = state.pt (matrices, every rank's streams) + meta.json, renamed into place;
-    older epochs are removed once the new one is complete."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint_dir / f".epoch-{epoch:03d}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    state = {"w_in": model.w_in.detach().cpu(), "w_out": model.w_out.detach().cpu(), "ranks": ranks}
-    torch.save(state, tmp / "state.pt")
+    """Rank 0: ``epoch-NNN/`` = state.pt (matrices, every rank's streams) + meta.json."""
+
+    def write(folder: Path) -> None:
+        state = {"w_in": model.w_in.detach().cpu(), "w_out": model.w_out.detach().cpu(), "ranks": ranks}
+        torch.save(state, folder / "state.pt")
+
     meta = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "world_size": len(ranks),
+        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "world_size": len(ranks),
         "words_done": [r["words_done"] for r in ranks], "shape": list(model.w_in.shape),
     }  # fmt: skip
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    final = checkpoint_dir / f"epoch-{epoch:03d}"
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    for old in checkpoint_dir.glob("epoch-[0-9][0-9][0-9]"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoint_dir.glob(".epoch-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    return commit_checkpoint(checkpoint_dir, epoch, write, meta)
 
 
-def _resume(model: SGNS, path: Path, group: _Group, share: int) -> int:
+def _resume(model: SGNS, path: Path, group: WorkerGroup, share: int) -> int:
     """Load a checkpoint into ``model``; returns the epochs already done.  With another world size the
     matrices and the schedule position carry over but the random streams cannot (logged)."""
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    meta = read_checkpoint_meta(path)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     if list(state["w_in"].shape) != list(model.w_in.shape):
-        raise ValueError(f"{path}: checkpoint shape {list(state['w_in'].shape)} != model {list(model.w_in.shape)}")
+        raise ValueError(
+            f"{path}: checkpoint shape {list(state['w_in'].shape)} != model {list(model.w_in.shape)}"
+        )
     epoch = int(meta["epoch"])
     if meta["world_size"] == group.world_size:
         mine = state["ranks"][group.rank]
@@ -278,36 +344,24 @@ def _resume(model: SGNS, path: Path, group: _Group, share: int) -> int:
             "%s was written by %d workers, resuming with %d: same matrices, new random streams",
             path, meta["world_size"], group.world_size,
         )  # fmt: skip
-        mine = {**_streams(_rank_seed(model.config.seed, group.rank, epoch), group.device), "words_done": epoch * share}
+        mine = {
+            **_streams(rank_seed(model.config.seed, group.rank, epoch), group.device),
+            "words_done": epoch * share,
+        }
     model.load_state_dict({"w_in": state["w_in"], "w_out": state["w_out"], "epoch": epoch, **mine})
     return epoch
-
-
-def _report(group: _Group, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-    """``ray.train.report`` on every rank; rank 0 attaches a small checkpoint naming the epoch folder, so
-    Ray's storage does not hold a second copy of the matrices."""
-    if not group.in_ray:
-        return
-    import ray.train
-
-    if checkpoint is None:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="sgns-report-") as tmp:
-        Path(tmp, "checkpoint.json").write_text(json.dumps({"path": str(checkpoint), **metrics}), encoding="utf-8")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 # ------------------------------------------------------------------------------------------ loop
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train SGNS on this worker's share; rank 0 writes ``<out_dir>/vectors`` and returns the statistics."""
     job = TrainJob.from_config(config)
-    group = _Group.current(job.use_gpu)
+    group = WorkerGroup.current(job.use_gpu)
     torch.set_num_threads(1)  # parallelism is workers x Hogwild threads; also makes index_add_ deterministic
     vocab = Vocab.load(Path(job.vocab_path))
     keep, drop = vocabulary_cut(vocab.counts, job.min_count)
-    mine = list(job.shards[group.rank :: group.world_size])
-    share = sum(shard_words(p) for p in mine)
+    mine = Share.of(job.shards, group.rank, group.world_size)
+    share = mine.words
     shares = group.gather(share)
     syncs = job.syncs_per_epoch or max(1, math.ceil(max(shares) / SYNC_WORDS))  # the same on every rank
     model = SGNS(
@@ -315,35 +369,37 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         device=group.device, words_per_epoch=max(share, 1),
     )  # fmt: skip
     if group.rank > 0:  # same initial matrices on every rank (same seed), independent sampling streams
-        model.load_state_dict({**model.state_dict(), **_streams(_rank_seed(job.config.seed, group.rank), group.device)})
+        model.load_state_dict(
+            {**model.state_dict(), **_streams(rank_seed(job.config.seed, group.rank), group.device)}
+        )
     checkpoint_dir = Path(job.checkpoint_dir)
     found = latest_checkpoint(checkpoint_dir)
     start = _resume(model, found, group, share) if found is not None else 0
     if found is not None:
         logger.info("rank %d: resuming after epoch %d from %s", group.rank, start, found)
-    base = torch.cat([model.w_in, model.w_out]) if group.world_size > 1 else None
+    merger = ReplicaSync(model, group, job.sync, overlap=job.overlap_sync) if group.world_size > 1 else None
     epochs: list[dict[str, Any]] = []
     for epoch in range(start, job.config.epochs):
         started = time.perf_counter()
         words = pairs = 0
-        loss = sync_seconds = 0.0
-        sentences = iter_sentences(mine)
+        loss = 0.0
+        sentences = mine.sentences()
         parts: Iterable[Iterable[np.ndarray]] = (
-            [sentences] if base is None else split_parts(sentences, share, syncs)
+            [sentences] if merger is None else split_parts(sentences, share, syncs)
         )
         for part in parts:
             model.epoch = epoch  # train_epoch counts calls; all parts belong to this epoch
             stats = model.train_epoch(part, threads=job.threads)
             words, pairs, loss = words + stats.words, pairs + stats.pairs, loss + stats.loss * stats.pairs
-            if base is not None:
-                t = time.perf_counter()
-                _sync(model, base, group, job.sync)
-                sync_seconds += time.perf_counter() - t
+            if merger is not None:
+                merger.step()
+        sync_seconds = 0.0
+        if merger is not None:
+            merger.flush()
+            sync_seconds, merger.seconds = merger.seconds, 0.0
         model.epoch = epoch + 1
         train_seconds = time.perf_counter() - started
-        row = torch.zeros(group.world_size, 4, dtype=torch.float64, device=group.device)
-        row[group.rank] = torch.tensor([words, pairs, loss, train_seconds], dtype=torch.float64)
-        per_rank = group.all_reduce_(row).cpu().numpy()
+        per_rank = group.per_rank_sum([words, pairs, loss, train_seconds])
         seconds = time.perf_counter() - started
         summary = {
             "epoch": epoch + 1,
@@ -366,9 +422,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             )
         epochs.append(summary)
         streams = model.state_dict()
-        ranks = group.gather({"rng": streams["rng"], "generator": streams["generator"], "words_done": model.words_done})
+        ranks = group.gather(
+            {"rng": streams["rng"], "generator": streams["generator"], "words_done": model.words_done}
+        )
         written = _write_checkpoint(checkpoint_dir, model, epoch + 1, ranks) if group.rank == 0 else None
-        _report(group, {k: v for k, v in summary.items() if k != "words_per_rank"}, written)
+        report(group, {k: v for k, v in summary.items() if k != "words_per_rank"}, written)
         if group.rank == 0:
             logger.info(
                 "sgns epoch %d/%d: %d words, %.0f words/s, loss %.4f, sync %.2f s",
@@ -380,7 +438,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     tokens = vocab.tokens.to_pylist()
     matrix = model.w_in.detach().to("cpu", torch.float32).numpy()[keep]
-    vectors = Vectors([tokens[i] for i in keep], np.ascontiguousarray(matrix), vocab.counts[keep], source="sgns")
+    vectors = Vectors(
+        [tokens[i] for i in keep], np.ascontiguousarray(matrix), vocab.counts[keep], source="sgns"
+    )
     vectors.save(Path(job.out_dir) / "vectors")
     return {
         "epochs": epochs,

@@ -230,6 +230,10 @@ class SgnsSpec:
     #: update, and with 2 workers lost a third of the analogy accuracy on PTB and on 3.6M English words
     #: (bench/RESULTS.md), while ``sum`` matched 1 worker.
     sync: Literal["sum", "touched", "mean"] = "sum"
+    #: All-reduce a part's delta in the background while the next part trains, applying the merge one part
+    #: late (``embeddings.train.ReplicaSync``): the wait for the slowest worker is hidden.  Left out of the
+    #: fingerprint, like ``workers``.
+    overlap_sync: bool = True
     seed: int = 1
     #: Run the standard evaluations (analogies, WS353, SimLex, MEN, RW) when ``data:embedding-eval`` resolves
     #: through the mirror or cache; otherwise they are skipped with the reason logged and recorded.
@@ -249,6 +253,83 @@ class SgnsSpec:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class CooccurSpec:
+    """The cooccur stage: GloVe's word-word co-occurrence counts (``cooccur``), on Ray tasks.
+
+    Defaults are the GloVe paper's (symmetric window 10, 1/d weighting); Stanford's tool defaults to window
+    15.  ``min_count``/``max_size`` cut the vocabulary on top of ``vocab`` (GloVe's ``vocab_count
+    -min-count/-max-vocab``; ``max_size`` counts words only); words outside the cut are skipped before
+    windowing.  ``workers`` is left out of the fingerprint: the counts are exact and do not depend on it.
+    """
+
+    window: int = 10  # words on each side; at most 20 (exact sums in units of 1/lcm(1..window))
+    symmetric: bool = True  # false: left context only (GloVe's -symmetric 0)
+    distance_weighting: bool = True  # each pair adds 1/distance; false: 1
+    #: What a window may not cross: ``sentence`` (a row of the token shards, GloVe's line) or ``document``.
+    boundary: Literal["sentence", "document"] = "sentence"
+    min_count: int = 5
+    max_size: int | None = None
+    workers: int = 2  # Ray tasks in flight
+    #: Hash partitions of the counts by row (output shards); raised automatically to fit ``memory_mb``.
+    partitions: int = 4
+    #: Memory budget per task in MB: the map side spills its accumulator to disk at half of it.
+    memory_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        _check_range("cooccur.window", self.window, 1, 20)
+        for name in ("min_count", "workers", "partitions"):
+            _check_range(f"cooccur.{name}", getattr(self, name), 1, None)
+        _check_range("cooccur.partitions", self.partitions, 1, 4096)
+        _check_range("cooccur.memory_mb", self.memory_mb, 64, None)
+        if self.max_size is not None:
+            _check_range("cooccur.max_size", self.max_size, 1, (1 << 32) - 1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GloveSpec:
+    """The glove stage: GloVe's weighted least squares on the cooccur stage's counts, AdaGrad, Ray Train.
+
+    Defaults are Stanford ``glove``'s (iter 25, eta 0.05, alpha 0.75, x_max 100, grad_clip 100, model 2 =
+    W + W~) except ``dim`` (100, the sgns stage's, so the two compare at equal size).  ``workers`` and
+    ``threads`` are left out of the fingerprint, as for sgns.
+    """
+
+    dim: int = 100
+    epochs: int = 25
+    eta: float = 0.05  # AdaGrad initial learning rate
+    alpha: float = 0.75  # exponent of the weighting f(x) = min(1, (x / x_max) ^ alpha)
+    x_max: float = 100.0
+    grad_clip: float = 100.0  # per-coordinate gradient clip (GloVe's grad_clip_value)
+    #: Non-zero entries per AdaGrad step (gradients of entries sharing a row are summed).
+    batch_size: int = 4096
+    #: ``sum``: W + W~ (GloVe's -model 2, the paper's choice); ``word``: W alone (-model 1).
+    output: Literal["sum", "word"] = "sum"
+    workers: int = 1  # Ray Train workers, each training on its share of the entries
+    threads: int = 1  # torch intra-op threads per worker
+    use_gpu: bool = False
+    #: Replica merges per epoch when workers > 1; ``null`` = one per ~1M entries of a worker's share.
+    syncs_per_epoch: int | None = None
+    seed: int = 1
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "epochs", "batch_size", "workers", "threads"):
+            _check_range(f"glove.{name}", getattr(self, name), 1, None)
+        _check_range("glove.dim", self.dim, 1, 1 << 16)
+        if self.syncs_per_epoch is not None:
+            _check_range("glove.syncs_per_epoch", self.syncs_per_epoch, 1, None)
+        if not self.x_max > 0:
+            _fail("glove.x_max", self.x_max, "a number > 0")
+        if not 0.0 < self.alpha <= 1.0:
+            _fail("glove.alpha", self.alpha, "a number in (0 .. 1]")
+        if not self.eta > 0:
+            _fail("glove.eta", self.eta, "a number > 0")
+        if not self.grad_clip > 0:
+            _fail("glove.grad_clip", self.grad_clip, "a number > 0")
+        _check_range("glove.seed", self.seed, 0, (1 << 63) - 1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RunSpec:
     """The whole pipeline: corpus, text handling and the settings of every stage."""
 
@@ -262,6 +343,8 @@ class RunSpec:
     tokenize: TokenizeSpec = field(default_factory=TokenizeSpec)
     ngram: NgramSpec = field(default_factory=NgramSpec)
     sgns: SgnsSpec = field(default_factory=SgnsSpec)
+    cooccur: CooccurSpec = field(default_factory=CooccurSpec)
+    glove: GloveSpec = field(default_factory=GloveSpec)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):

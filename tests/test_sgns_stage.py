@@ -194,7 +194,7 @@ def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tokenized, tm
         return dataclasses.replace(stats, loss=float("nan")) if self.epoch >= 2 else stats
 
     monkeypatch.setattr(SGNS, "train_epoch", poisoned)
-    monkeypatch.setattr(train_mod._Group, "current", classmethod(lambda cls, use_gpu: cls(0, 1, __import__("torch").device("cpu"), False)))
+    monkeypatch.setattr(train_mod.WorkerGroup, "current", classmethod(lambda cls, use_gpu: cls(0, 1, __import__("torch").device("cpu"), False)))
     stage = tokenized / "tokenize"
     job = train_mod.TrainJob(
         vocab_path=str(stage / "vocab.tsv"),
