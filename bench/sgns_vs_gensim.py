@@ -14,8 +14,7 @@ The section is appended to ``bench/RESULTS.md``.
 Corpora: ``ptb`` (PTB train as distributed, whitespace tokens, ``<unk>`` kept as the word ``[unk]``) and
 ``english`` (PTB + Brown + BBC News + KJV from ``bench/corpora.py``, ~3.7M words, lowercased,
 ``[a-z]+('[a-z]+)?|[0-9]+`` tokens as in ``bench/sgns_core.py``).  ``--configs`` lists sgns
-``workers x threads[:sync scheme]``; shard i goes to worker i % workers, so
-the corpora are cut into ~20 shards to keep the two workers' shares even.
+``workers x threads[:sync scheme]``; each worker trains an equal share of the words (``embeddings.train.Share``).
 """
 
 from __future__ import annotations
@@ -74,28 +73,55 @@ def corpus_spec(corpus: str, mirror: Path, work: Path) -> dict[str, Any]:
     raise SystemExit(f"unknown corpus {corpus!r}; options: ptb, english")
 
 
+class PeakRSS:
+    """Peak resident memory of this process while the block runs, sampled every 20 ms (psutil)."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        import psutil
+
+        self.peak = 0
+        self._proc, self._stop = psutil.Process(), threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+                self._stop.wait(0.02)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
 def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files) -> dict[str, Any]:
     from gensim.models import Word2Vec
 
     from embeddings.vectors import Vectors
-    from pipelines.stages.sgns import evaluate
+    from pipelines.stages.embedding_eval import evaluate
 
     model = Word2Vec(
         vector_size=args.dim, window=args.window, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
         sample=args.sample, alpha=args.alpha, min_alpha=args.alpha * 1e-4, epochs=args.epochs,
         workers=args.gensim_workers, seed=1,
     )  # fmt: skip
-    model.build_vocab(sentences)
     words = sum(len(s) for s in sentences)
-    t0 = time.perf_counter()
-    model.train(sentences, total_examples=len(sentences), total_words=words, epochs=args.epochs)
-    seconds = time.perf_counter() - t0
+    with PeakRSS() as rss:
+        model.build_vocab(sentences)
+        t0 = time.perf_counter()
+        model.train(sentences, total_examples=len(sentences), total_words=words, epochs=args.epochs)
+        seconds = time.perf_counter() - t0
     wv = model.wv
     vectors = Vectors(list(wv.index_to_key), wv.vectors.astype(np.float32), source="gensim")
     return {
         "system": f"gensim Word2Vec workers={args.gensim_workers}", "train_s": seconds, "wall_s": seconds,
         "words_per_s": words * args.epochs / seconds, "vocab": set(wv.index_to_key),
-        "eval": evaluate(vectors, eval_files),
+        "eval": evaluate(vectors, eval_files), "peak_mb": rss.peak / 2**20,
     }  # fmt: skip
 
 
@@ -126,6 +152,7 @@ def sgns_run(
         "fit_s": tr["seconds"], "words_per_s": words / train_s, "vocab": set(Vectors.load(run / "sgns" / "vectors").tokens),
         "eval": manifest["evaluation"], "share_words": tr["share_words"],
         "sync_s": sum(e["sync_seconds"] for e in tr["epochs"]), "syncs": tr["syncs_per_epoch"],
+        "peak_mb": max(w["peak_rss_mb"] for w in tr["workers_info"]),
     }  # fmt: skip
 
 
@@ -142,7 +169,8 @@ def table_rows(corpus: str, words: int, rows: list[dict[str, Any]]) -> list[str]
         out.append(
             f"| {corpus} ({words / 1e6:.2f}M words) | {r['system']} | {r['train_s']:.1f} | {fit} | "
             f"{r['words_per_s'] / 1e3:.0f}k | {_pct(a['semantic'])} / {_pct(a['syntactic'])} / {_pct(a['total'])} "
-            f"({a['answered']:,}) | {ev['wordsim353']['spearman']:.3f} | {ev['simlex999']['spearman']:.3f} |"
+            f"({a['answered']:,}) | {ev['wordsim353']['spearman']:.3f} | {ev['simlex999']['spearman']:.3f} | "
+            f"{r['peak_mb']:,.0f} |"
         )
     return out
 
@@ -196,10 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.run import run_pipeline
     from pipelines.shards import read_ids
     from pipelines.spec import parse_spec
-    from pipelines.stages.sgns import _eval_files
+    from pipelines.stages.embedding_eval import eval_files as resolve_eval_files
     from pipelines.vocab import Vocab
 
-    eval_files, reason = _eval_files(str(args.mirror))
+    eval_files, reason = resolve_eval_files(str(args.mirror))
     if reason:
         raise SystemExit(f"evaluation files not found: {reason}")
     load_before = os.getloadavg()
@@ -252,10 +280,12 @@ def main(argv: list[str] | None = None) -> None:
         "train s = training only (sgns: sum of its epoch times, syncs included; gensim: `train()`); fit s = the "
         "sgns stage's whole Ray Train `fit` (worker start-up, vocabulary, checkpoints, vectors written); "
         "words/s = raw words x epochs / train s.  Analogy: questions-words 3CosAdd, restrict_vocab 300k, % "
-        "semantic / syntactic / total (questions answered); similarity: Spearman.",
+        "semantic / syntactic / total (questions answered); similarity: Spearman.  peak MB: resident memory high-water "
+        "mark of the training process (gensim: the benchmark process during build_vocab + train, holding the corpus "
+        "as lists of strings; sgns: the largest Ray Train worker's ru_maxrss).",
         "",
-        "| corpus | system | train s | fit s | words/s | analogy sem / syn / total | WS353 | SimLex |",
-        "|---|---|---|---|---|---|---|---|",
+        "| corpus | system | train s | fit s | words/s | analogy sem / syn / total | WS353 | SimLex | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         *[f"- {n}" for n in notes],

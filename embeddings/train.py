@@ -57,6 +57,7 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
+from cluster.process import process_info
 from cluster.training import (
     WorkerGroup,
     commit_checkpoint,
@@ -434,6 +435,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             )  # fmt: skip
         if epoch + 1 == job.stop_after_epoch and epoch + 1 < job.config.epochs:
             raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {job.config.epochs} (stop_after_epoch)")
+    workers = group.gather(process_info())  # placement and peak memory of every rank, for the manifest
     if group.rank != 0:
         return None
     tokens = vocab.tokens.to_pylist()
@@ -450,4 +452,5 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "share_words": shares,
         "syncs_per_epoch": syncs if group.world_size > 1 else 0,
         "vectors": {"count": len(vectors), "dim": vectors.dim},
+        "workers": workers,
     }

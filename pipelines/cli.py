@@ -5,6 +5,8 @@
     lmpipe data fetch NAME [--mirror DIR] [--dest DIR]
     lmpipe data list
     lmpipe eval RUN [--split test]
+    lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
+    lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR]
 
 Exit status: 0 on success, 2 for a bad spec or bad input (the message names file, key or line),
 1 for anything else.
@@ -94,6 +96,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lm.generate import generate
+
+    if args.max_tokens < 0 or args.temperature < 0:
+        print("lmpipe: error: --max-tokens and --temperature must be 0 or more", file=sys.stderr)
+        return 2
+
+    text = generate(
+        Path(args.run), model=args.model, prompt=args.prompt, max_tokens=args.max_tokens,
+        temperature=args.temperature, seed=args.seed,
+    )  # fmt: skip
+    print(text)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipelines.report import collect, compare, embeddings_markdown, merge, models_markdown, write_report
+
+    report = merge(collect(Path(run)) for run in args.runs)
+    normalize = None if args.normalize == "none" else args.normalize
+    multi = len(args.runs) > 1
+    has_split = any(r.split == args.split for r in report.models)
+    if has_split:
+        print(models_markdown(compare(report, split=args.split, normalize=normalize), multi_run=multi))
+    elif report.models:
+        splits = sorted({r.split for r in report.models})
+        print(f"no language model was scored on the {args.split!r} split (scored splits: {splits})", file=sys.stderr)
+    if report.embeddings:
+        print(embeddings_markdown(report.embeddings, multi_run=multi))
+    if not report.models and not report.embeddings:
+        print("lmpipe: error: these runs hold no scored language model and no word vectors", file=sys.stderr)
+        return 2
+    if args.out:
+        written = write_report(report, Path(args.out), split=args.split, normalize=normalize)
+        print(f"wrote {', '.join(written['files'])} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmpipe", description="Distributed pipeline on Ray for word embeddings and large-corpus language modelling."
@@ -134,6 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="also print all figures as JSON")
     ev.set_defaults(func=cmd_eval)
 
+    gen = sub.add_parser("generate", help="sample text from a run's trained recurrent language model (lm stage)")
+    gen.add_argument("run", help="run directory")
+    gen.add_argument("--model", help="model name of lm.models (default: the first)")
+    gen.add_argument("--prompt", default="", help="text the sample continues (tokenized like the corpus)")
+    gen.add_argument("--max-tokens", type=int, default=50)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
+
+    cmp = sub.add_parser("compare", help="one table over every model of one or more runs (perplexity, vectors)")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
+    cmp.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    cmp.add_argument(
+        "--normalize", default="none", choices=["none", "bpb"],
+        help="bpb: rank by bits per byte, so runs of different tokenizations can share a table",
+    )  # fmt: skip
+    cmp.add_argument("--out", help="also write report.md, CSV, JSON and PNG plots into this directory")
+    cmp.set_defaults(func=cmd_compare)
+
     from embeddings.cli import add_embeddings_commands
 
     add_embeddings_commands(sub)
@@ -150,11 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from pipelines.datasets import DatasetError
     from pipelines.ingest import InputError
+    from pipelines.report import CompareError
     from pipelines.spec import SpecError
 
     try:
         return int(args.func(args) or 0)
-    except (SpecError, InputError, DatasetError, FileNotFoundError) as exc:
+    except (SpecError, InputError, DatasetError, FileNotFoundError, CompareError) as exc:
         print(f"lmpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

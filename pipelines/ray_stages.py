@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import resource
-import socket
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from cluster.process import process_info
 from pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from pipelines.ingest import Chunk, InputError
 from pipelines.tokenizers import make_tokenizer
@@ -33,17 +31,6 @@ SAMPLE = pa.schema([("chunk", pa.int64()), ("hash", pa.uint64()), ("line", pa.st
 COUNTS = pa.schema([("chunk", pa.int64()), ("token", pa.string()), ("count", pa.uint64()), _ERROR])
 STATS = pa.schema([("chunk", pa.int64()), ("stats", pa.string()), ("piece_counts", pa.binary()), _ERROR])
 SCHEMAS = {"sample": SAMPLE, "prepare": COUNTS, "finalize": STATS, "encode": STATS}
-
-
-def _node() -> dict[str, str]:
-    import ray
-
-    try:
-        node_id = ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (direct tests)
-        node_id = "local"
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    return {"node_id": node_id, "hostname": socket.gethostname(), "pid": os.getpid(), "peak_rss_mb": round(peak_kb / 1024, 1)}
 
 
 class ChunkActor:
@@ -70,7 +57,12 @@ class ChunkActor:
         if self.mode == "sample":
             rows = sample_chunk(chunk, self.job, self.sample_k)
             return pa.table(
-                {"chunk": [index] * len(rows), "hash": [h for h, _ in rows], "line": [s for _, s in rows], "error": [None] * len(rows)},
+                {
+                    "chunk": [index] * len(rows),
+                    "hash": [h for h, _ in rows],
+                    "line": [s for _, s in rows],
+                    "error": [None] * len(rows),
+                },
                 schema=SAMPLE,
             )
         if self.mode == "prepare":
@@ -88,10 +80,11 @@ class ChunkActor:
             stats = finalize_chunk(chunk, self.job)
         else:
             stats = encode_chunk(chunk, self.job, self.tokenizer)
-        payload = {"counts": dict(stats.counts), "shards": stats.shards, "node": _node()}
+        payload = {"counts": dict(stats.counts), "shards": stats.shards, "node": process_info()}
         pieces = b"" if stats.piece_counts is None else stats.piece_counts.astype("<u8").tobytes()
         return pa.table(
-            {"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces], "error": [None]}, schema=STATS
+            {"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces], "error": [None]},
+            schema=STATS,
         )
 
 
@@ -110,7 +103,9 @@ def unwrap_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def map_chunks(chunks: Sequence[Chunk], job: ChunkJob, mode: str, *, workers: int, sample_k: int = 0) -> Iterator[pa.Table]:
+def map_chunks(
+    chunks: Sequence[Chunk], job: ChunkJob, mode: str, *, workers: int, sample_k: int = 0
+) -> Iterator[pa.Table]:
     """Run one pass over all chunks on ``workers`` actors; yields each chunk's result table."""
     import ray.data
 

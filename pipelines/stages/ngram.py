@@ -91,6 +91,25 @@ def summary(manifest: dict[str, Any]) -> list[str]:
     return rows
 
 
+def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
+    """One row per scored split for ``pipelines.report`` (parameters = n-gram entries of the ARPA)."""
+    from pipelines.report import hardware, perplexity_row
+
+    settings = manifest["settings"]
+    order = settings["order"]
+    details = f"order {order}, {settings.get('estimator', 'lmpipe')} estimator" + (
+        f", prune {settings['prune']}" if settings.get("prune") else ""
+    )
+    return [
+        perplexity_row(
+            manifest, run_dir, split, score, model=f"kn{order}", family="Kneser-Ney (modified, interpolated)",
+            parameters=sum(int(n) for n in manifest["outputs"]["ngrams"].values()),
+            train_seconds=manifest.get("timings", {}).get("seconds"), hardware=hardware(manifest, "cpu"), details=details,
+        )  # fmt: skip
+        for split, score in manifest.get("perplexity", {}).items()
+    ]
+
+
 # ------------------------------------------------------------------------------------------ tasks
 def _count_task(shard: str, order: int, work: str, partitions: int, index: int) -> dict[str, Any]:
     """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""

@@ -147,9 +147,23 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
             "epochs": epochs,
             "words_per_second": [e["words_per_second"] for e in epochs],
             "seconds": round(train_seconds, 3),
+            "workers_info": training["workers"],
         },
         "evaluation": evaluation,
     }
+
+
+def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
+    """The vectors and their evaluations, for ``pipelines.report``."""
+    from pipelines.report import embedding_row, hardware
+
+    tr = manifest["training"]
+    return [
+        embedding_row(
+            manifest, run_dir, model="sgns", train_seconds=tr.get("seconds"),
+            hardware=hardware(manifest, tr.get("device", "cpu"), tr.get("workers", 1)),
+        )  # fmt: skip
+    ]
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:

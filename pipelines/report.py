@@ -1,0 +1,460 @@
+"""The cross-model table: every language model and every embedding set of one or more runs, side by side.
+
+Rows come from the stages themselves.  A stage module that produces comparable models defines
+
+``report_rows(manifest, run_dir) -> list[ModelRow | EmbeddingRow | CurvePoint]``
+
+and :func:`collect` gathers them from each stage's committed manifest, so a new model family (a neural LM
+stage, an NPLM, a mixture) adds rows by defining that function, without touching this module.
+
+Comparability.  Perplexities are comparable only over the same token stream: the same evaluation text,
+tokenized and normalised the same way, with the same vocabulary (an OOV is scored as ``<unk>``, so a
+smaller vocabulary makes an easier task).  Every row carries ``stream``, the tokenize stage's fingerprint,
+which covers exactly those settings and inputs.  :func:`compare` refuses to put rows of different streams
+in one table and says which settings differ, unless asked to normalise: ``bpb`` compares bits per byte of
+the raw evaluation text (defined for any tokenizer, as long as the split was read from plain text files).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.rundir import MANIFEST, read_manifest
+
+
+class CompareError(ValueError):
+    """Runs or rows that cannot be put side by side; the message says why."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelRow:
+    """One language model scored on one split with KenLM's accounting (``lm.perplexity.CorpusScore``)."""
+
+    run: str
+    stage: str
+    model: str  # unique within the run, e.g. "kn5", "lstm", "kn5+lstm"
+    family: str  # "Kneser-Ney", "LSTM", "RNN", "mixture" ...
+    split: str
+    perplexity: float
+    perplexity_excluding_oov: float
+    oov_rate: float
+    tokens: int  # predicted tokens: words + one </s> per sentence
+    sentences: int
+    log10_sum: float
+    stream: str  # token-stream identity: the tokenize stage's fingerprint
+    bits_per_byte: float | None = None
+    parameters: int | None = None  # trainable parameters (n-gram models: n-gram entries)
+    train_seconds: float | None = None
+    hardware: str = ""
+    details: str = ""  # order and estimator, layer sizes, mixture weights ...
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EmbeddingRow:
+    """One set of word vectors and its standard evaluations (``embeddings.evaluate``)."""
+
+    run: str
+    stage: str
+    model: str
+    count: int
+    dim: int
+    analogy: float | None = None  # 3CosAdd accuracy over answered questions
+    analogy_3cosmul: float | None = None
+    wordsim353: float | None = None
+    simlex999: float | None = None
+    men: float | None = None
+    rw: float | None = None
+    train_seconds: float | None = None
+    hardware: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CurvePoint:
+    """Validation perplexity after one training epoch, for the learning-curve plot."""
+
+    run: str
+    model: str
+    epoch: int
+    perplexity: float
+
+
+@dataclass(slots=True)
+class Report:
+    models: list[ModelRow] = field(default_factory=list)
+    embeddings: list[EmbeddingRow] = field(default_factory=list)
+    curves: list[CurvePoint] = field(default_factory=list)
+    streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream -> what defines it (per run)
+
+
+# ------------------------------------------------------------------------------------------ rows helpers
+def split_text_bytes(run_dir: Path) -> dict[str, int]:
+    """Raw bytes of each split's input, when every source of the split is a plain text file (bits per byte
+    of compressed or structured sources would not be per byte of text)."""
+    manifest = read_manifest(run_dir, "tokenize") or {}
+    total: dict[str, int] = {}
+    plain: dict[str, bool] = {}
+    for source in manifest.get("sources", []):
+        split = source["split"]
+        total[split] = total.get(split, 0) + int(source.get("bytes", 0))
+        plain[split] = plain.get(split, True) and source.get("format") == "text"
+    return {split: n for split, n in total.items() if plain[split] and n > 0}
+
+
+def bits_per_byte(log10_sum: float, text_bytes: int | None) -> float | None:
+    return -log10_sum / text_bytes / math.log10(2.0) if text_bytes else None
+
+
+def hardware(manifest: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
+    host = manifest.get("host", {})
+    return f"{workers} x {device} ({host.get('hostname', '?')}, {host.get('cpus', '?')} cpus)"
+
+
+def perplexity_row(
+    manifest: dict[str, Any], run_dir: Path, split: str, score: dict[str, Any], **fields: Any
+) -> ModelRow:
+    """A ModelRow from a ``CorpusScore.to_dict()`` of ``split``; ``fields`` fill the rest."""
+    text_bytes = split_text_bytes(run_dir).get(split)
+    return ModelRow(
+        run=str(run_dir),
+        stage=manifest["stage"],
+        split=split,
+        perplexity=float(score["perplexity"]),
+        perplexity_excluding_oov=float(score["perplexity_excluding_oov"]),
+        oov_rate=float(score["oov_rate"]),
+        tokens=int(score["tokens"]),
+        sentences=int(score["sentences"]),
+        log10_sum=float(score["log10_sum"]),
+        stream=manifest.get("inputs", {}).get("tokenize") or "",
+        bits_per_byte=bits_per_byte(float(score["log10_sum"]), text_bytes),
+        **fields,
+    )
+
+
+def embedding_row(
+    manifest: dict[str, Any], run_dir: Path, *, model: str, train_seconds: float | None, hardware: str
+) -> EmbeddingRow:
+    """An EmbeddingRow from an embedding stage's ``outputs`` and ``evaluation`` (skipped evaluations: None)."""
+    ev = manifest.get("evaluation", {})
+
+    def spearman(name: str) -> float | None:
+        value = ev.get(name, {}).get("spearman") if isinstance(ev.get(name), dict) else None
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    analogy = ev.get("analogy", {}) if isinstance(ev.get("analogy"), dict) else {}
+    cosmul = ev.get("analogy_3cosmul", {}) if isinstance(ev.get("analogy_3cosmul"), dict) else {}
+    return EmbeddingRow(
+        run=str(run_dir),
+        stage=manifest["stage"],
+        model=model,
+        count=int(manifest["outputs"]["count"]),
+        dim=int(manifest["outputs"]["dim"]),
+        analogy=analogy.get("total"),
+        analogy_3cosmul=cosmul.get("total"),
+        wordsim353=spearman("wordsim353"),
+        simlex999=spearman("simlex999"),
+        men=spearman("men"),
+        rw=spearman("rw"),
+        train_seconds=train_seconds,
+        hardware=hardware,
+    )
+
+
+# ------------------------------------------------------------------------------------------ collect
+def collect(run_dir: Path) -> Report:
+    """Every row the run's committed stages offer.  A folder with a manifest of an unknown stage, or no
+    committed stage at all, is an error naming the folder (a report must not silently miss models)."""
+    from pipelines.stages import STAGE_MODULES, stage_module
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run directory")
+    found = sorted(p.parent.name for p in run_dir.glob(f"*/{MANIFEST}"))
+    foreign = [name for name in found if name not in STAGE_MODULES]
+    if foreign:
+        raise CompareError(
+            f"{run_dir}: stage folder(s) {foreign} are not lmpipe stages (known: {sorted(STAGE_MODULES)}); "
+            "is this a run directory of another version or tool?"
+        )
+    report = Report()
+    complete = []
+    for name in found:
+        manifest = read_manifest(run_dir, name)
+        if manifest is None:
+            continue
+        complete.append(name)
+        rows_of = getattr(stage_module(name), "report_rows", None)
+        if rows_of is None:
+            continue
+        for row in rows_of(manifest, run_dir):
+            if isinstance(row, ModelRow):
+                report.models.append(row)
+            elif isinstance(row, EmbeddingRow):
+                report.embeddings.append(row)
+            else:
+                report.curves.append(row)
+    if not complete:
+        raise CompareError(f"{run_dir}: no completed stage (no */{MANIFEST}); run `lmpipe run` first")
+    tokenize = read_manifest(run_dir, "tokenize")
+    if tokenize is not None:
+        report.streams[tokenize["fingerprint"]] = {
+            "run": str(run_dir),
+            "settings": tokenize.get("settings", {}),
+            "inputs": tokenize.get("inputs", {}),
+        }
+    return report
+
+
+def merge(reports: Iterable[Report]) -> Report:
+    out = Report()
+    for r in reports:
+        out.models += r.models
+        out.embeddings += r.embeddings
+        out.curves += r.curves
+        out.streams.update(r.streams)
+    return out
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} vs {vb!r}")
+    return out
+
+
+def compare(report: Report, *, split: str = "test", normalize: str | None = None) -> list[ModelRow]:
+    """The rows of ``split``, best first.  Rows of different token streams are refused (naming the settings
+    that differ) unless ``normalize="bpb"``, which ranks by bits per byte of the raw text instead."""
+    rows = [r for r in report.models if r.split == split]
+    if not rows:
+        raise CompareError(f"no language model was scored on the {split!r} split in these runs")
+    streams = sorted({r.stream for r in rows})
+    if normalize not in (None, "bpb"):
+        raise CompareError(f"normalize: bad value {normalize!r}; options: bpb (bits per byte) or none")
+    if len(streams) > 1 and normalize is None:
+        first, *others = streams
+        reasons = []
+        for other in others:
+            a, b = report.streams.get(first, {}), report.streams.get(other, {})
+            diff = _differences({"settings": a.get("settings", {}), "inputs": a.get("inputs", {})},
+                                {"settings": b.get("settings", {}), "inputs": b.get("inputs", {})})  # fmt: skip
+            runs = f"{a.get('run', first[:12])} vs {b.get('run', other[:12])}"
+            reasons.append(f"{runs}: " + ("; ".join(diff[:6]) if diff else "different tokenize fingerprints"))
+        raise CompareError(
+            "these models were scored on different token streams (tokenization, normalisation, vocabulary or "
+            "input text differ), so their perplexities are not comparable: "
+            + " | ".join(reasons)
+            + ". Compare runs of one tokenization, or pass --normalize bpb to rank by bits per byte"
+        )
+    if normalize == "bpb":
+        missing = [f"{r.run}:{r.model}" for r in rows if r.bits_per_byte is None]
+        if missing:
+            raise CompareError(
+                f"bits per byte are unknown for {missing} (the split was not read from plain text files)"
+            )
+        return sorted(rows, key=lambda r: r.bits_per_byte)  # type: ignore[arg-type, return-value]
+    return sorted(rows, key=lambda r: r.perplexity)
+
+
+# ------------------------------------------------------------------------------------------ render
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return format(value, spec) if spec else str(value)
+
+
+def models_markdown(rows: Sequence[ModelRow], *, multi_run: bool = False) -> str:
+    head = [
+        "model",
+        "family",
+        "split",
+        "ppl",
+        "ppl w/o OOV",
+        "OOV %",
+        "tokens",
+        "bits/byte",
+        "params",
+        "train s",
+        "hardware",
+        "details",
+    ]
+    if multi_run:
+        head.insert(0, "run")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r.model, r.family, r.split, _fmt(r.perplexity, ".2f"), _fmt(r.perplexity_excluding_oov, ".2f"),
+            _fmt(100 * r.oov_rate, ".2f"), f"{r.tokens:,}", _fmt(r.bits_per_byte, ".4f"),
+            _fmt(r.parameters, ","), _fmt(r.train_seconds, ".1f"), r.hardware, r.details,
+        ]  # fmt: skip
+        if multi_run:
+            cells.insert(0, Path(r.run).name)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def embeddings_markdown(rows: Sequence[EmbeddingRow], *, multi_run: bool = False) -> str:
+    head = [
+        "vectors",
+        "words",
+        "dim",
+        "analogy 3CosAdd %",
+        "3CosMul %",
+        "WS353",
+        "SimLex",
+        "MEN",
+        "RW",
+        "train s",
+        "hardware",
+    ]
+    if multi_run:
+        head.insert(0, "run")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        pct = [None if x is None else 100 * x for x in (r.analogy, r.analogy_3cosmul)]
+        cells = [
+            r.model, f"{r.count:,}", str(r.dim), _fmt(pct[0], ".2f"), _fmt(pct[1], ".2f"), _fmt(r.wordsim353, ".3f"),
+            _fmt(r.simlex999, ".3f"), _fmt(r.men, ".3f"), _fmt(r.rw, ".3f"), _fmt(r.train_seconds, ".1f"), r.hardware,
+        ]  # fmt: skip
+        if multi_run:
+            cells.insert(0, Path(r.run).name)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_csv(rows: Sequence[Any]) -> str:
+    if not rows:
+        return ""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(asdict(rows[0])))
+    writer.writeheader()
+    for r in rows:
+        writer.writerow(asdict(r))
+    return out.getvalue()
+
+
+def report_json(report: Report, ranked: Sequence[ModelRow]) -> str:
+    payload = {
+        "models": [asdict(r) for r in ranked],
+        "all_models": [asdict(r) for r in report.models],
+        "embeddings": [asdict(r) for r in report.embeddings],
+        "curves": [asdict(r) for r in report.curves],
+    }
+    return json.dumps(payload, indent=2, allow_nan=True) + "\n"
+
+
+def plot_curves(points: Sequence[CurvePoint], path: Path) -> bool:
+    """Validation perplexity per epoch, one line per (run, model); False when there is nothing to plot."""
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[tuple[str, str], list[CurvePoint]] = {}
+    for p in points:
+        series.setdefault((Path(p.run).name, p.model), []).append(p)
+    multi = len({run for run, _ in series}) > 1
+    for (run, model), pts in sorted(series.items()):
+        pts = sorted(pts, key=lambda p: p.epoch)
+        ax.plot(
+            [p.epoch for p in pts],
+            [p.perplexity for p in pts],
+            marker="o",
+            label=f"{run}/{model}" if multi else model,
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_embeddings(rows: Sequence[EmbeddingRow], path: Path) -> bool:
+    """Grouped bars: each evaluation (analogy as a fraction, Spearman correlations) per vector set."""
+    metrics = ["analogy", "wordsim353", "simlex999", "men", "rw"]
+    usable = [r for r in rows if any(getattr(r, m) is not None for m in metrics)]
+    if not usable:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    width = 0.8 / len(usable)
+    multi = len({r.run for r in usable}) > 1
+    for i, r in enumerate(usable):
+        values = [getattr(r, m) or 0.0 for m in metrics]
+        xs = [j + i * width for j in range(len(metrics))]
+        ax.bar(xs, values, width=width, label=f"{Path(r.run).name}/{r.model}" if multi else r.model)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
+    ax.set_xticklabels(["analogy acc.", "WS353 ρ", "SimLex ρ", "MEN ρ", "RW ρ"])
+    ax.set_ylabel("accuracy / Spearman")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(
+    report: Report, out_dir: Path, *, split: str = "test", normalize: str | None = None
+) -> dict[str, Any]:
+    """``report.md``, ``models.csv``, ``embeddings.csv``, ``report.json`` and the PNG plots in ``out_dir``.
+    An empty model table (a run with embeddings only) is not an error here."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    multi = len({r.run for r in report.models} | {r.run for r in report.embeddings}) > 1
+    ranked: list[ModelRow] = (
+        compare(report, split=split, normalize=normalize)
+        if any(r.split == split for r in report.models)
+        else []
+    )
+    parts = ["# lmpipe report", ""]
+    if ranked:
+        key = "bits per byte" if normalize == "bpb" else "perplexity"
+        parts += [
+            f"## Language models ({split} split, by {key}; KenLM's accounting: one </s> per sentence, OOV as <unk>)",
+            "",
+            models_markdown(ranked, multi_run=multi),
+        ]
+    if report.embeddings:
+        parts += ["## Word vectors", "", embeddings_markdown(report.embeddings, multi_run=multi)]
+    files = {
+        "report.md": "\n".join(parts),
+        "models.csv": rows_csv(ranked),
+        "embeddings.csv": rows_csv(report.embeddings),
+        "report.json": report_json(report, ranked),
+    }
+    for name, text in files.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+    plots = []
+    if plot_curves(report.curves, out_dir / "valid_ppl.png"):
+        plots.append("valid_ppl.png")
+    if plot_embeddings(report.embeddings, out_dir / "embeddings.png"):
+        plots.append("embeddings.png")
+    return {
+        "files": sorted(files) + plots,
+        "models": len(ranked),
+        "embeddings": len(report.embeddings),
+        "curves": len(report.curves),
+    }

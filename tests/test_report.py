@@ -1,0 +1,163 @@
+"""The report stage and ``lmpipe compare``: rows from the stages' manifests, refusal of incomparable runs,
+bits per byte from the raw text size, and the written files (Markdown, CSV, JSON, PNG)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.report import CompareError, CurvePoint, collect, compare, merge, write_report
+
+
+def _score(
+    log10_sum: float, tokens: int, oov: int = 0, oov_log10_sum: float = 0.0, sentences: int = 10
+) -> dict:
+    return {
+        "log10_sum": log10_sum, "tokens": tokens, "sentences": sentences, "oov": oov, "oov_log10_sum": oov_log10_sum,
+        "perplexity": 10 ** (-log10_sum / tokens),
+        "perplexity_excluding_oov": 10 ** (-(log10_sum - oov_log10_sum) / (tokens - oov)),
+        "oov_rate": oov / tokens,
+    }  # fmt: skip
+
+
+def _write(run: Path, stage: str, manifest: dict) -> None:
+    (run / stage).mkdir(parents=True, exist_ok=True)
+    (run / stage / "manifest.json").write_text(json.dumps({"stage": stage, "status": "complete", **manifest}))
+
+
+def make_run(
+    run: Path, *, lowercase: bool = True, order: int = 3, test_log10: float = -2000.0, test_bytes: int = 5000
+) -> Path:
+    """A run directory as the stages leave it: tokenize (sources with byte sizes), ngram (scores), sgns."""
+    stream = f"tok-{lowercase}"
+    _write(run, "tokenize", {
+        "fingerprint": stream, "settings": {"normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}},
+        "inputs": {"train": "abc"},
+        "sources": [
+            {"split": "train", "format": "text", "bytes": 40000},
+            {"split": "test", "format": "text", "bytes": test_bytes},
+            {"split": "valid", "format": "jsonl", "bytes": 3000},
+        ],
+    })  # fmt: skip
+    _write(run, "ngram", {
+        "fingerprint": f"ng{order}", "inputs": {"tokenize": stream}, "settings": {"order": order, "estimator": "lmplz"},
+        "outputs": {"ngrams": {"1": 100, "2": 300, "3": 200}}, "timings": {"seconds": 1.5},
+        "host": {"hostname": "h", "cpus": 2},
+        "perplexity": {"test": _score(test_log10, 1000, oov=50, oov_log10_sum=-300.0), "valid": _score(-1900.0, 1000)},
+    })  # fmt: skip
+    _write(run, "sgns", {
+        "fingerprint": "sg", "inputs": {"tokenize": stream}, "outputs": {"count": 500, "dim": 20},
+        "training": {"seconds": 3.0, "device": "cpu", "workers": 2}, "host": {"hostname": "h", "cpus": 2},
+        "evaluation": {"analogy": {"total": 0.25}, "analogy_3cosmul": {"total": 0.3}, "wordsim353": {"spearman": 0.5}},
+    })  # fmt: skip
+    return run
+
+
+def test_rows_come_from_the_stage_manifests(tmp_path):
+    report = collect(make_run(tmp_path / "a"))
+    (row,) = [r for r in report.models if r.split == "test"]
+    assert row.model == "kn3" and row.parameters == 600 and row.train_seconds == 1.5
+    assert row.perplexity == pytest.approx(10**2.0) and row.oov_rate == pytest.approx(0.05)
+    assert row.bits_per_byte == pytest.approx(2000.0 / 5000 / math.log10(2))  # -sum log2 p / raw text bytes
+    (valid,) = [r for r in report.models if r.split == "valid"]
+    assert valid.bits_per_byte is None  # a JSONL source: bytes are not bytes of text
+    (vec,) = report.embeddings
+    assert (
+        vec.model,
+        vec.count,
+        vec.dim,
+        vec.analogy,
+        vec.analogy_3cosmul,
+        vec.wordsim353,
+        vec.simlex999,
+    ) == (
+        "sgns",
+        500,
+        20,
+        0.25,
+        0.3,
+        0.5,
+        None,
+    )
+    assert "2 x cpu" in vec.hardware
+
+
+def test_compare_ranks_rows_of_one_stream_and_refuses_different_streams(tmp_path):
+    a = collect(make_run(tmp_path / "a", order=3, test_log10=-2000.0))
+    b = collect(make_run(tmp_path / "b", order=5, test_log10=-1900.0))
+    ranked = compare(merge([a, b]))
+    assert [r.model for r in ranked] == ["kn5", "kn3"]  # lower perplexity first
+    c = collect(make_run(tmp_path / "c", lowercase=False, test_log10=-1800.0, test_bytes=6000))
+    with pytest.raises(CompareError, match=r"different token streams.*normalize.lowercase: (True vs False|False vs True)"):
+        compare(merge([a, c]))
+    by_bpb = compare(merge([a, c]), normalize="bpb")
+    assert [Path(r.run).name for r in by_bpb] == ["c", "a"]  # 1800/6000 < 2000/5000 bytes
+    with pytest.raises(CompareError, match="no language model was scored on the 'train' split"):
+        compare(a, split="train")
+
+
+def test_collect_refuses_foreign_or_empty_run_directories(tmp_path):
+    run = make_run(tmp_path / "a")
+    _write(run, "mystery", {"fingerprint": "x"})
+    with pytest.raises(CompareError, match=r"\['mystery'\] are not lmpipe stages"):
+        collect(run)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="no completed stage"):
+        collect(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        collect(tmp_path / "missing")
+
+
+def test_write_report_files(tmp_path):
+    report = collect(make_run(tmp_path / "a"))
+    report.curves += [
+        CurvePoint(run="a", model="lstm", epoch=e, perplexity=p) for e, p in [(1, 300.0), (2, 200.0)]
+    ]
+    written = write_report(report, tmp_path / "out")
+    assert set(written["files"]) == {
+        "report.md",
+        "models.csv",
+        "embeddings.csv",
+        "report.json",
+        "valid_ppl.png",
+        "embeddings.png",
+    }
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| kn3 |" in md and "| sgns |" in md and "100.00" in md
+    rows = list(csv.DictReader((tmp_path / "out" / "models.csv").open()))
+    assert (
+        len(rows) == 1 and rows[0]["split"] == "test" and float(rows[0]["perplexity"]) == pytest.approx(100.0)
+    )
+    payload = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert len(payload["all_models"]) == 2 and len(payload["curves"]) == 2
+    assert (tmp_path / "out" / "valid_ppl.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_compare(tmp_path, capsys):
+    a, c = make_run(tmp_path / "a"), make_run(tmp_path / "c", lowercase=False)
+    assert main(["compare", str(a), "--out", str(tmp_path / "out")]) == 0
+    assert "| kn3 |" in capsys.readouterr().out
+    assert main(["compare", str(a), str(c)]) == 2
+    assert "not comparable" in capsys.readouterr().err
+    assert main(["compare", str(a), str(c), "--normalize", "bpb"]) == 0
+    assert main(["compare", str(tmp_path / "nope")]) == 2
+
+
+def test_report_stage_on_a_real_run(tmp_path, ray_local):
+    """tokenize + ngram + report on the tiny spec: the report's KN row equals the ngram manifest's score."""
+    from pipelines.run import run_pipeline
+    from pipelines.spec import load_spec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "specs" / "tiny.yaml")
+    manifests = run_pipeline(spec, run_dir=tmp_path / "run", stages=["tokenize", "ngram", "report"])
+    assert manifests["report"]["outputs"]["models"] == 1
+    rows = list(csv.DictReader((tmp_path / "run" / "report" / "models.csv").open()))
+    expected = manifests["ngram"]["perplexity"]["test"]["perplexity"]
+    assert float(rows[0]["perplexity"]) == pytest.approx(expected, rel=1e-12)
+    again = run_pipeline(spec, run_dir=tmp_path / "run", stages=["tokenize", "ngram", "report"])
+    assert again["report"]["skipped"]
