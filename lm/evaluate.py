@@ -18,13 +18,21 @@ import numpy as np
 import pyarrow.compute as pc
 
 from lm.perplexity import CorpusScore, load_kenlm
+from lm.token_scores import ScoresBuilder, write_token_scores
 from pipelines.rundir import read_manifest
+from pipelines.schemas import EOS_ID
 from pipelines.shards import iter_batches
 from pipelines.vocab import Vocab
 
 
 def split_sentences(run_dir: Path, split: str) -> Iterator[str]:
     """The sentences of a tokenized split as whitespace-joined words, in input order."""
+    for _, text in split_id_sentences(run_dir, split):
+        yield text
+
+
+def split_id_sentences(run_dir: Path, split: str) -> Iterator[tuple[np.ndarray, str]]:
+    """``(ids, whitespace-joined words)`` of every sentence of a tokenized split, in input order."""
     stage = Path(run_dir) / "tokenize"
     if read_manifest(run_dir, "tokenize") is None:
         raise FileNotFoundError(f"{stage}: the tokenize stage has not completed; run `lmpipe run SPEC` first")
@@ -36,7 +44,7 @@ def split_sentences(run_dir: Path, split: str) -> Iterator[str]:
         offsets -= offsets[0]
         text = words[flat]
         for a, b in zip(offsets[:-1], offsets[1:], strict=True):
-            yield " ".join(text[a:b])
+            yield flat[a:b], " ".join(text[a:b])
 
 
 def model_path(run_dir: Path) -> Path:
@@ -45,16 +53,32 @@ def model_path(run_dir: Path) -> Path:
     for name in ("model.binary", "model.arpa", "model.arpa.gz"):
         if (stage / name).exists():
             return stage / name
-    raise FileNotFoundError(f"{stage}: no n-gram model; run the ngram stage (`lmpipe run SPEC --stages ngram`)")
+    raise FileNotFoundError(
+        f"{stage}: no n-gram model; run the ngram stage (`lmpipe run SPEC --stages ngram`)"
+    )
 
 
-def evaluate_ngram(run_dir: Path, split: str = "test", model_file: Path | None = None) -> dict[str, Any]:
-    """Whole-corpus perplexity (with and without OOVs), OOV count and rate, tokens scored."""
+def evaluate_ngram(
+    run_dir: Path, split: str = "test", model_file: Path | None = None, scores_out: Path | None = None
+) -> dict[str, Any]:
+    """Whole-corpus perplexity (with and without OOVs), OOV count and rate, tokens scored; with
+    ``scores_out``, every token's log10 probability is also written there (``lm.token_scores``)."""
     model = load_kenlm(model_file or model_path(run_dir))
     score = CorpusScore()
-    for sentence in split_sentences(run_dir, split):
+    builder = ScoresBuilder() if scores_out is not None else None
+    for ids, sentence in split_id_sentences(run_dir, split):
         scored = list(model.full_scores(sentence, bos=True, eos=True))
-        score.add([s[0] for s in scored], [s[2] for s in scored])
+        log10_probs, oov = [s[0] for s in scored], [s[2] for s in scored]
+        score.add(log10_probs, oov)
+        if builder is not None:
+            builder.add_sentence(np.append(ids, EOS_ID), np.asarray(log10_probs), np.asarray(oov))
+    if builder is not None:
+        write_token_scores(scores_out, builder.build())
     if score.tokens == 0:
         raise ValueError(f"{run_dir}: split {split!r} is empty; nothing to score")
-    return {"split": split, "model": str(model_file or model_path(run_dir)), "order": model.order, **score.to_dict()}
+    return {
+        "split": split,
+        "model": str(model_file or model_path(run_dir)),
+        "order": model.order,
+        **score.to_dict(),
+    }

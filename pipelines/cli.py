@@ -5,8 +5,11 @@
     lmpipe data fetch NAME [--mirror DIR] [--dest DIR]
     lmpipe data list
     lmpipe eval RUN [--split test]
+    lmpipe submit SPEC --address http://HEAD:8265 [--run-dir DIR] [--wait] [--set key.path=value ...]
+    lmpipe jobs list|status|logs|stop [JOB] --address http://HEAD:8265
     lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
-    lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR]
+    lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
+    lmpipe mix RUN --models kn5,lstm [--tune valid] [--method em|grid|fixed] [--bins 10,100,1000]
 
 Exit status: 0 on success, 2 for a bad spec or bad input (the message names file, key or line),
 1 for anything else.
@@ -36,11 +39,12 @@ def _mirror(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from cluster.storage import resolve_run_dir
     from pipelines.run import run_pipeline
     from pipelines.spec import load_spec
 
     spec = load_spec(args.spec, overrides=args.set)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / spec.name
+    run_dir = resolve_run_dir(args.run_dir) if args.run_dir else Path("runs") / spec.name
     manifests = run_pipeline(
         spec,
         run_dir=run_dir,
@@ -52,7 +56,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     print(f"run directory: {run_dir.resolve()}")
     for name, manifest in manifests.items():
-        state = "skipped (up to date)" if manifest.get("skipped") else f"{manifest['timings']['seconds']:.1f} s"
+        state = (
+            "skipped (up to date)" if manifest.get("skipped") else f"{manifest['timings']['seconds']:.1f} s"
+        )
         print(f"  {name}: {state}")
     return 0
 
@@ -111,6 +117,65 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipelines.run import run_pipeline
+    from pipelines.spec import SpecError, load_spec
+
+    run_dir = Path(args.run)
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.is_file():
+        raise FileNotFoundError(
+            f"{spec_file}: not a run directory (no spec.yaml); run `lmpipe run SPEC` first"
+        )
+    if args.tune != "valid":
+        raise SpecError(
+            f"--tune: bad value {args.tune!r}; weights are fitted on valid only (test stays unseen)"
+        )
+    mixture: dict[str, object] = {"models": _csv(args.models), "method": args.method}
+    if args.name:
+        mixture["name"] = args.name
+    if args.bins:
+        mixture["context_bins"] = [int(b) for b in _csv(args.bins)]
+    if args.weights:
+        mixture["weights"] = [float(w) for w in _csv(args.weights)]
+    overrides = [
+        f"mix.mixtures={yaml.safe_dump([mixture], default_flow_style=True).strip()}",
+        f"mix.bootstrap_samples={args.bootstrap}",
+    ]
+    spec = load_spec(spec_file, overrides=overrides)
+    manifest = run_pipeline(spec, run_dir=run_dir, stages=["mix"], force=["mix"])["mix"]
+    from pipelines.stages.mix import summary
+
+    for line in summary(manifest):
+        print(line)
+    return 0
+
+
+def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: int) -> None:
+    """Paired bootstrap of two models' perplexity difference from their token-score files."""
+    from lm.bootstrap import paired_bootstrap
+    from lm.token_scores import find_token_scores, read_token_scores
+    from pipelines.report import CompareError
+
+    available: dict[str, Path] = {}
+    for run in runs:
+        for model, splits in find_token_scores(Path(run)).items():
+            if split in splits:
+                available.setdefault(model, splits[split])
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise CompareError(f"--ci: no per-token scores on {split} for {missing}; models with scores: {sorted(available)}")
+    a, b = (read_token_scores(available[n]) for n in names)
+    result = paired_bootstrap(a, b, samples=samples)
+    print(
+        f"ppl({names[0]}) - ppl({names[1]}) on {split}: {result.difference:+.3f}, {int(100 * result.confidence)}% CI "
+        f"[{result.low:+.3f}, {result.high:+.3f}] ({result.samples} paired resamplings of sentences; "
+        f"{names[0]} not better in {100 * result.a_not_better:.1f}% of them)"
+    )
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipelines.report import collect, compare, embeddings_markdown, merge, models_markdown, write_report
 
@@ -122,33 +187,69 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(models_markdown(compare(report, split=args.split, normalize=normalize), multi_run=multi))
     elif report.models:
         splits = sorted({r.split for r in report.models})
-        print(f"no language model was scored on the {args.split!r} split (scored splits: {splits})", file=sys.stderr)
+        print(
+            f"no language model was scored on the {args.split!r} split (scored splits: {splits})",
+            file=sys.stderr,
+        )
     if report.embeddings:
         print(embeddings_markdown(report.embeddings, multi_run=multi))
     if not report.models and not report.embeddings:
         print("lmpipe: error: these runs hold no scored language model and no word vectors", file=sys.stderr)
         return 2
+    if args.ci:
+        _bootstrap_models(args.runs, args.ci, args.split, args.bootstrap)
     if args.out:
         written = write_report(report, Path(args.out), split=args.split, normalize=normalize)
         print(f"wrote {', '.join(written['files'])} to {args.out}")
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from cluster.connect import connect
+    from pipelines.spec import load_spec
+    from pipelines.stages import StageContext, stage_module
+
+    spec = load_spec(args.spec, overrides=args.set)
+    module = stage_module(args.stage)
+    if not hasattr(module, "tune"):
+        print(
+            f"lmpipe: error: --stage {args.stage}: this stage has no search space; tunable stages: tagger",
+            file=sys.stderr,
+        )
+        return 2
+    run_dir = (Path(args.run_dir) if args.run_dir else Path("runs") / spec.name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), selected=())
+    connect(args.address, num_cpus=args.num_cpus)
+    out = Path(args.out) if args.out else run_dir / f"tune-{args.stage}"
+    best = module.tune(ctx, args.samples, out)
+    print(f"best {best['metric']} {best['score']:.4f} (epoch {best['epoch']}) with {best['params']}")
+    print(f"trials: {out / 'trials.tsv'}; best settings: {out / 'best.yaml'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lmpipe", description="Distributed pipeline on Ray for word embeddings and large-corpus language modelling."
+        prog="lmpipe",
+        description="Distributed pipeline on Ray for word embeddings and large-corpus language modelling.",
     )
     parser.add_argument("--version", action="version", version=f"lmpipe {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a pipeline spec (stages already done with the same inputs are skipped)")
+    run = sub.add_parser(
+        "run", help="run a pipeline spec (stages already done with the same inputs are skipped)"
+    )
     run.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/ptb.yaml")
     run.add_argument("--run-dir", help="run directory (default runs/<spec name>)")
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+    )
     run.add_argument("--stages", help="comma-separated stages to run (default: the spec's `stages`)")
     run.add_argument("--force", help="comma-separated stages to recompute even if up to date")
-    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value (YAML)")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value (YAML)"
+    )
     run.add_argument("--mirror", help="dataset mirror directory (default: LMPIPE_DATA_MIRROR)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     run.set_defaults(func=cmd_run)
@@ -163,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = data_sub.add_parser("fetch", help="fetch a dataset and verify its checksums")
     fetch.add_argument("name")
     fetch.add_argument("--mirror", help="take files from this directory (default: LMPIPE_DATA_MIRROR)")
-    fetch.add_argument("--dest", help="where to put the files (default: LMPIPE_DATA_HOME or ~/.cache/lmpipe/data)")
+    fetch.add_argument(
+        "--dest", help="where to put the files (default: LMPIPE_DATA_HOME or ~/.cache/lmpipe/data)"
+    )
     fetch.set_defaults(func=cmd_data_fetch)
     listing = data_sub.add_parser("list", help="list known datasets")
     listing.set_defaults(func=cmd_data_list)
@@ -174,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="also print all figures as JSON")
     ev.set_defaults(func=cmd_eval)
 
-    gen = sub.add_parser("generate", help="sample text from a run's trained recurrent language model (lm stage)")
+    gen = sub.add_parser(
+        "generate", help="sample text from a run's trained recurrent language model (lm stage)"
+    )
     gen.add_argument("run", help="run directory")
     gen.add_argument("--model", help="model name of lm.models (default: the first)")
     gen.add_argument("--prompt", default="", help="text the sample continues (tokenized like the corpus)")
@@ -183,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
 
-    cmp = sub.add_parser("compare", help="one table over every model of one or more runs (perplexity, vectors)")
+    cmp = sub.add_parser(
+        "compare", help="one table over every model of one or more runs (perplexity, vectors)"
+    )
     cmp.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     cmp.add_argument("--split", default="test", choices=["train", "valid", "test"])
     cmp.add_argument(
@@ -191,11 +298,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="bpb: rank by bits per byte, so runs of different tokenizations can share a table",
     )  # fmt: skip
     cmp.add_argument("--out", help="also write report.md, CSV, JSON and PNG plots into this directory")
+    cmp.add_argument(
+        "--ci", nargs=2, metavar=("MODEL_A", "MODEL_B"), help="paired bootstrap CI of ppl(A) - ppl(B)"
+    )
+    cmp.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamplings for --ci (default 1000)"
+    )
     cmp.set_defaults(func=cmd_compare)
+
+    mix = sub.add_parser("mix", help="interpolate models of a run (weights fitted on valid), scored on test")
+    mix.add_argument("run", help="run directory")
+    mix.add_argument("--models", required=True, help="comma-separated model names, e.g. kn5,lstm")
+    mix.add_argument("--tune", default="valid", help="split the weights are fitted on (valid only)")
+    mix.add_argument("--method", default="em", choices=["em", "grid", "fixed"])
+    mix.add_argument("--weights", help="comma-separated weights for --method fixed")
+    mix.add_argument("--bins", help="context-frequency thresholds for per-bin weights, e.g. 10,100,1000")
+    mix.add_argument("--name", help="name of the mixture (default: the models joined by +)")
+    mix.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamplings (0: none)")
+    mix.set_defaults(func=cmd_mix)
+
+    tn = sub.add_parser("tune", help="random hyper-parameter search with Ray Tune + ASHA (tagger stage)")
+    tn.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/conll2003.yaml")
+    tn.add_argument("--stage", required=True, choices=["tagger"], help="the stage to tune")
+    tn.add_argument("--samples", type=int, default=10, help="random trials (default 10)")
+    tn.add_argument(
+        "--run-dir", help="run directory (default runs/<spec name>); results in RUN/tune-<stage>/"
+    )
+    tn.add_argument("--out", help="where trials.tsv, best.json and best.yaml go (default RUN/tune-<stage>)")
+    tn.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value (YAML)"
+    )
+    tn.add_argument("--mirror", help="dataset mirror directory (default: LMPIPE_DATA_MIRROR)")
+    tn.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
+    )
+    tn.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    tn.set_defaults(func=cmd_tune)
 
     from embeddings.cli import add_embeddings_commands
 
     add_embeddings_commands(sub)
+    from cluster.cli import add_cluster_commands
+
+    add_cluster_commands(sub)
     return parser
 
 
@@ -207,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from cluster.jobs import SubmitError
+    from cluster.storage import StorageError
     from pipelines.datasets import DatasetError
     from pipelines.ingest import InputError
     from pipelines.report import CompareError
@@ -214,7 +361,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (SpecError, InputError, DatasetError, FileNotFoundError, CompareError) as exc:
+    except (
+        SpecError,
+        InputError,
+        DatasetError,
+        FileNotFoundError,
+        CompareError,
+        SubmitError,
+        StorageError,
+    ) as exc:
         print(f"lmpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

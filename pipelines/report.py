@@ -54,6 +54,7 @@ class ModelRow:
     train_seconds: float | None = None
     hardware: str = ""
     details: str = ""  # order and estimator, layer sizes, mixture weights ...
+    scores: str | None = None  # per-token scores file (``lm.token_scores``), relative to the stage folder
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

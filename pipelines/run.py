@@ -57,7 +57,8 @@ def run_pipeline(
     modules = {name: stage_module(name) for name in selected}
     for name in selected:  # fail fast, before any cluster time is spent
         modules[name].check(ctx)
-    connect(address, num_cpus=num_cpus)
+    if any(getattr(modules[name], "NEEDS_RAY", True) for name in selected):
+        connect(address, num_cpus=num_cpus)
     manifests: dict[str, dict[str, Any]] = {}
     for step, name in enumerate(selected, start=1):
         module = modules[name]

@@ -77,13 +77,20 @@ COOC = pa.schema(
     ]
 )
 
-#: Per-token scores a model gives a split, shared by the perplexity report and mixtures:
-#: one row per predicted token (words and one ``</s>`` per sentence), natural-log probability.
+#: Partial co-occurrence sums spilled between the cooccur stage's map and reduce tasks: ``key`` = row << 32 |
+#: col, ``units`` = the value in exact integer units of 1/lcm(1..window) (``embeddings.cooccur``).
+COOC_PARTIAL = pa.schema(
+    [pa.field("key", pa.uint64(), nullable=False), pa.field("units", pa.uint64(), nullable=False)]
+)
+
+#: Per-token scores a model gives a split, shared by the report, mixtures and significance tests: one row
+#: per predicted token (words and one ``</s>`` per sentence, KenLM's accounting), log10 probability as KenLM
+#: reports it, in input order (``lm.token_scores``).
 TOKEN_SCORES = pa.schema(
     [
-        pa.field("sentence", pa.uint64(), nullable=False),
-        pa.field("token", TOKEN_ID, nullable=False),
-        pa.field("logprob", pa.float64(), nullable=False),
+        pa.field("sentence", pa.uint32(), nullable=False),  # sentence index within the split
+        pa.field("token", TOKEN_ID, nullable=False),  # the predicted id (</s> = EOS_ID, OOV = UNK_ID)
+        pa.field("log10_prob", pa.float64(), nullable=False),
         pa.field("oov", pa.bool_(), nullable=False),
     ]
 )

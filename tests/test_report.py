@@ -93,7 +93,9 @@ def test_compare_ranks_rows_of_one_stream_and_refuses_different_streams(tmp_path
     ranked = compare(merge([a, b]))
     assert [r.model for r in ranked] == ["kn5", "kn3"]  # lower perplexity first
     c = collect(make_run(tmp_path / "c", lowercase=False, test_log10=-1800.0, test_bytes=6000))
-    with pytest.raises(CompareError, match=r"different token streams.*normalize.lowercase: (True vs False|False vs True)"):
+    with pytest.raises(
+        CompareError, match=r"different token streams.*normalize.lowercase: (True vs False|False vs True)"
+    ):
         compare(merge([a, c]))
     by_bpb = compare(merge([a, c]), normalize="bpb")
     assert [Path(r.run).name for r in by_bpb] == ["c", "a"]  # 1800/6000 < 2000/5000 bytes
@@ -159,5 +161,14 @@ def test_report_stage_on_a_real_run(tmp_path, ray_local):
     rows = list(csv.DictReader((tmp_path / "run" / "report" / "models.csv").open()))
     expected = manifests["ngram"]["perplexity"]["test"]["perplexity"]
     assert float(rows[0]["perplexity"]) == pytest.approx(expected, rel=1e-12)
+    # the ngram stage wrote every test token's log10 p: their whole-corpus sums are the manifest's figures
+    from lm.token_scores import find_token_scores, read_token_scores
+
+    scores = read_token_scores(find_token_scores(tmp_path / "run")["kn3"]["test"]).corpus_score()
+    assert scores.perplexity() == pytest.approx(expected, rel=1e-12)
+    assert (scores.tokens, scores.oov) == (
+        manifests["ngram"]["perplexity"]["test"]["tokens"],
+        manifests["ngram"]["perplexity"]["test"]["oov"],
+    )
     again = run_pipeline(spec, run_dir=tmp_path / "run", stages=["tokenize", "ngram", "report"])
     assert again["report"]["skipped"]

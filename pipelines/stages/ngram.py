@@ -104,6 +104,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
         perplexity_row(
             manifest, run_dir, split, score, model=f"kn{order}", family="Kneser-Ney (modified, interpolated)",
             parameters=sum(int(n) for n in manifest["outputs"]["ngrams"].values()),
+            scores=manifest.get("token_scores", {}).get(f"kn{order}", {}).get(split),
             train_seconds=manifest.get("timings", {}).get("seconds"), hardware=hardware(manifest, "cpu"), details=details,
         )  # fmt: skip
         for split, score in manifest.get("perplexity", {}).items()
@@ -402,13 +403,18 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
 
     evaluate_started = time.perf_counter()
     staged = ctx.run_dir  # the tokenize stage is already final; the model is still in tmp_dir
+    name = f"kn{spec.order}"
+    token_scores: dict[str, str] = {}
     for split in ("valid", "test"):
         if split_shards(tokenize_dir, split):
-            perplexity[split] = evaluate_ngram(staged, split, model_file=model_file)
+            rel = f"scores/{name}/{split}.arrow"  # per-token log10 p, for mixtures and significance tests
+            perplexity[split] = evaluate_ngram(staged, split, model_file=model_file, scores_out=tmp_dir / rel)
             perplexity[split]["model"] = model_file.name
+            token_scores[split] = rel
     result["evaluate_seconds"] = round(time.perf_counter() - evaluate_started, 3)
     return {
         "outputs": {"files": files, "model": arpa.name, "ngrams": {str(k): v for k, v in result.pop("ngrams").items()}},
         "estimation": {k: ({str(o): v for o, v in val.items()} if isinstance(val, dict) else val) for k, val in result.items()},
         "perplexity": perplexity,
+        "token_scores": {name: token_scores} if token_scores else {},
     }

@@ -17,6 +17,8 @@ from pipelines.spec import STAGE_ORDER
 from pipelines.stages import StageContext
 
 logger = logging.getLogger(__name__)
+#: Reads manifests and small files only: no Ray instance is started for it.
+NEEDS_RAY = False
 
 
 def check(ctx: StageContext) -> None:
