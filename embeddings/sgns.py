@@ -125,12 +125,20 @@ class SGNSConfig:
     drop_ids: tuple[int, ...] = (UNK_ID,)  # removed before windowing, as word2vec drops unknown words
     seed: int = 1
     compile: bool = False  # torch.compile the step: ~1.2x on CPU end to end; needs a C++ compiler, ~10-30 s
+    #: ``numba``: word2vec's per-pair loop compiled (``embeddings.sgns_kernel``), threads without the GIL: the
+    #: fast CPU path.  ``torch``: the batched step (GPU, shared negatives, compile).  ``auto``: numba on CPU
+    #: with ``shared_negatives=1`` and no ``compile``, torch otherwise.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         positive = ("dim", "window", "negative", "epochs", "batch_pairs", "block_words", "shared_negatives")
         bad = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
         if bad:
             raise ValueError(f"SGNSConfig fields must be >= 1, got {bad}")
+        if self.backend not in ("auto", "torch", "numba"):
+            raise ValueError(f"backend must be auto, torch or numba, got {self.backend!r}")
+        if self.backend == "numba" and (self.shared_negatives > 1 or self.compile):
+            raise ValueError("backend numba is word2vec's per-pair loop: it takes neither shared_negatives > 1 nor compile")
         if not 0 < self.alpha or (self.min_alpha is not None and not 0 <= self.min_alpha <= self.alpha):
             raise ValueError(
                 f"need 0 < alpha and 0 <= min_alpha <= alpha, got {self.alpha}, {self.min_alpha}"
@@ -203,6 +211,8 @@ class SGNS:
         self.words_done = 0  # raw tokens read so far, over all epochs
         self.epoch = 0
         self._step = torch.compile(sgns_step, dynamic=False) if config.compile else sgns_step
+        self.backend = _resolve_backend(config, self.w_in.device)
+        self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
         logger.info(
             "SGNS: vocab %d, dim %d, %d trainable tokens, %d words/epoch, device %s",
             vocab,
@@ -227,6 +237,17 @@ class SGNS:
         words, words_done = int(sum(len(s) for s in sentences)), self.words_done
         centre_np, context_np = skipgram_pairs(sentences, c.window, self.keep_prob, st.rng)
         order = st.rng.permutation(len(centre_np))
+        if self.backend == "numba":
+            from embeddings.sgns_kernel import train_pairs
+
+            noise_np = self.noise.draw((len(order), c.negative), st.generator).numpy()
+            loss_sum = train_pairs(
+                self.w_in.numpy(), self.w_out.numpy(), centre_np[order], context_np[order], noise_np,
+                self.learning_rate(words_done), self.learning_rate(words_done + words), self._slices,
+            )  # fmt: skip
+            with self._lock:
+                self.words_done += words
+            return len(order), float(loss_sum)
         device = self.w_in.device
         centre = torch.from_numpy(centre_np[order]).to(device, non_blocking=True)
         context = torch.from_numpy(context_np[order]).to(device, non_blocking=True)
@@ -257,6 +278,11 @@ class SGNS:
         """
         t0, words = time.perf_counter(), self.words_done
         blocks = _blocks(sentences, self.config.block_words)
+        if self.backend == "numba":  # the kernel runs its own GIL-free threads over each block
+            from embeddings.sgns_kernel import set_threads
+
+            self._slices = set_threads(threads)
+            threads = 1
         results = [self.train_block(b) for b in itertools.islice(blocks, 1)]  # a compiled step compiles here
         if threads <= 1:
             results += [self.train_block(b) for b in blocks]
@@ -348,6 +374,24 @@ class SGNS:
         self.words_done, self.epoch = int(state["words_done"]), int(state["epoch"])
         self._stream.rng.bit_generator.state = state["rng"]
         self._stream.generator.set_state(state["generator"])
+
+
+def _resolve_backend(config: SGNSConfig, device: torch.device) -> str:
+    if config.backend == "torch":
+        return "torch"
+    cpu = device.type == "cpu"
+    if config.backend == "numba":
+        if not cpu:
+            raise ValueError(f"backend numba runs on CPU; the parameters are on {device} (use backend torch)")
+        return "numba"
+    if not cpu or config.shared_negatives > 1 or config.compile:
+        return "torch"
+    try:
+        import numba  # noqa: F401
+    except ImportError:  # a CUDA-only install may leave it out: the torch step is the same algorithm
+        logger.warning("numba is not installed: SGNS on CPU uses the slower batched torch step")
+        return "torch"
+    return "numba"
 
 
 def sentences_from_arrow(batch, column: str = "ids") -> list[np.ndarray]:

@@ -188,12 +188,14 @@ def test_loss_decreases():
     assert losses[-1] < 0.8 * losses[0]
 
 
-@pytest.mark.parametrize("shared", [1, 16])
-def test_planted_topics_are_nearest_neighbours(shared):
+@pytest.mark.parametrize("shared, backend", [(1, "numba"), (1, "torch"), (16, "torch")])
+def test_planted_topics_are_nearest_neighbours(shared, backend):
     """On the topic corpus every word's 5 nearest neighbours are in its own topic (64 words, 8 topics);
     random vectors would pass this for a word with probability ~1e-5."""
     sents, counts, tokens = _topic_corpus()
-    config = SGNSConfig(dim=16, epochs=3, window=3, batch_pairs=1024, shared_negatives=shared, seed=3)
+    config = SGNSConfig(
+        dim=16, epochs=3, window=3, batch_pairs=1024, shared_negatives=shared, seed=3, backend=backend
+    )
     model = SGNS(counts, config)
     for _ in range(config.epochs):
         model.train_epoch(sents)
@@ -203,10 +205,13 @@ def test_planted_topics_are_nearest_neighbours(shared):
     assert hits >= len(words) - 1, f"{hits}/{len(words)} words with all 5 neighbours in-topic"
 
 
-def test_hogwild_threads_learn_and_count_every_word():
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_hogwild_threads_learn_and_count_every_word(backend):
     """threads=2 (lock-free workers on shared matrices) reads every word once and still finds the topics."""
     sents, counts, tokens = _topic_corpus()
-    config = SGNSConfig(dim=16, epochs=3, window=3, batch_pairs=1024, block_words=5_000, seed=3)
+    config = SGNSConfig(
+        dim=16, epochs=3, window=3, batch_pairs=1024, block_words=5_000, seed=3, backend=backend
+    )
     model = SGNS(counts, config)
     intra_op = torch.get_num_threads()
     for _ in range(config.epochs):
@@ -309,3 +314,48 @@ def test_compiled_step_matches_eager():
         torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+
+
+def test_numba_kernel_equals_word2vec_pair_by_pair():
+    """The compiled loop equals ``sgns_step`` applied to one pair at a time (word2vec's order: each pair
+    sees the previous pairs' updates), with the learning rate ramped linearly over the pairs."""
+    from embeddings.sgns_kernel import set_threads, train_pairs
+
+    rng = np.random.default_rng(0)
+    vocab, dim, n, k = 30, 8, 400, 3
+    w_in = rng.uniform(-0.5, 0.5, (vocab, dim)).astype(np.float32)
+    w_out = rng.uniform(-0.5, 0.5, (vocab, dim)).astype(np.float32)
+    centre, context = rng.integers(0, vocab, n), rng.integers(0, vocab, n)
+    # distinct noise words within a pair: word2vec applies a repeated noise word's two updates one after the
+    # other, the batched step sums them from the same entry values (both are fine; they differ in 2nd order)
+    noise = np.stack([rng.choice(vocab, k, replace=False) for _ in range(n)])
+    noise[::7, 0] = centre[::7]  # noise equal to the centre is skipped
+    ref_in, ref_out = torch.from_numpy(w_in.copy()), torch.from_numpy(w_out.copy())
+    ref_loss = 0.0
+    for i in range(n):
+        lr = 0.05 + (0.01 - 0.05) * i / n
+        ref_loss += float(
+            sgns_step(
+                ref_in,
+                ref_out,
+                torch.tensor([centre[i]]),
+                torch.tensor([context[i]]),
+                torch.from_numpy(noise[i : i + 1]),
+                lr,
+            )
+        )
+    set_threads(1)
+    loss = train_pairs(w_in, w_out, centre, context, noise, 0.05, 0.01, 1)
+    np.testing.assert_allclose(w_in, ref_in.numpy(), rtol=0, atol=2e-5)
+    np.testing.assert_allclose(w_out, ref_out.numpy(), rtol=0, atol=2e-5)
+    assert loss == pytest.approx(ref_loss, rel=1e-4)
+
+
+def test_backend_choice():
+    counts = np.array([0, 0, 0, 5, 6, 7, 8], dtype=np.uint64)
+    assert SGNS(counts, SGNSConfig(dim=4)).backend == "numba"  # CPU, word2vec's settings
+    assert SGNS(counts, SGNSConfig(dim=4, shared_negatives=4)).backend == "torch"
+    with pytest.raises(ValueError, match="neither shared_negatives > 1 nor compile"):
+        SGNSConfig(backend="numba", shared_negatives=4)
+    with pytest.raises(ValueError, match="backend must be"):
+        SGNSConfig(backend="cython")

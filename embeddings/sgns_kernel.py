@@ -1,0 +1,84 @@
+"""word2vec's skip-gram inner loop compiled with numba: the CPU backend of :mod:`embeddings.sgns`.
+
+Why a compiled loop on CPU.  The batched torch step (``embeddings.sgns.sgns_step``) is the right shape for a
+GPU, but on a CPU core each batch pays ~15 operator dispatches and temporaries for ~6 KB of arithmetic,
+and Python threads serialise on the GIL between operators, so a second thread gained little (1.1x,
+bench/RESULTS.md).  This kernel is word2vec.c's loop -- one pair at a time, SGD applied immediately --
+compiled to machine code with the GIL released, and ``threads`` workers run it Hogwild on the shared
+matrices (``numba.prange`` over contiguous slices of the shuffled pairs), as word2vec.c's pthreads and
+gensim's Cython workers do.  Same semantics as ``sgns_step`` with ``batch_pairs=1``: for each pair the
+context word's input row trains against the centre's output row (label 1) and K noise rows (label 0,
+a noise word equal to the centre skipped), ``g = (label - sigmoid(u.v)) * lr``, output rows updated at
+once, the input row after all 1 + K targets (word2vec's ``neu1e``).
+
+The learning rate falls linearly across the block, from ``lr_start`` at its first pair to ``lr_end`` after
+its last, pair index by pair index (each thread's slice gets its part of the ramp).  The loss returned is
+the sum over pairs of ``-log sigmoid(u.v_centre) - sum_k log sigmoid(-u.v_k)`` before each pair's update.
+With ``threads=1`` the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def train_pairs(
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+    centre: np.ndarray,
+    context: np.ndarray,
+    noise: np.ndarray,
+    lr_start: float,
+    lr_end: float,
+    slices: int,
+) -> float:
+    """SGD over pairs ``(centre[i], context[i])`` with noise rows ``noise[i]`` (float32 matrices, in place)."""
+    n = centre.shape[0]
+    dim = w_in.shape[1]
+    k = noise.shape[1]
+    per = (n + slices - 1) // slices
+    losses = np.zeros(slices)
+    for s in numba.prange(slices):
+        grad_in = np.empty(dim, dtype=np.float32)
+        loss = 0.0
+        for i in range(s * per, min(n, (s + 1) * per)):
+            lr = np.float32(lr_start + (lr_end - lr_start) * (i / n))
+            u = context[i]
+            c = centre[i]
+            grad_in[:] = 0.0
+            for j in range(k + 1):
+                if j == 0:
+                    t = c
+                    label = np.float32(1.0)
+                else:
+                    t = noise[i, j - 1]
+                    if t == c:
+                        continue
+                    label = np.float32(0.0)
+                f = np.float32(0.0)
+                for x in range(dim):
+                    f += w_in[u, x] * w_out[t, x]
+                margin = f if j == 0 else -f  # loss term: softplus(-margin), computed without overflow
+                if margin > 0:
+                    loss += math.log1p(math.exp(-margin))
+                else:
+                    loss += -margin + math.log1p(math.exp(margin))
+                g = (label - np.float32(1.0 / (1.0 + math.exp(-f)))) * lr
+                for x in range(dim):
+                    grad_in[x] += g * w_out[t, x]
+                    w_out[t, x] += g * w_in[u, x]
+            for x in range(dim):
+                w_in[u, x] += grad_in[x]
+        losses[s] = loss
+    return losses.sum()
+
+
+def set_threads(threads: int) -> int:
+    """Threads the kernel runs on (at most numba's pool size, the machine's CPUs); returns the number set."""
+    n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
