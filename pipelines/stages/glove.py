@@ -1,0 +1,165 @@
+"""The glove stage: GloVe word vectors trained data-parallel with Ray Train on the cooccur stage's counts.
+
+Input: ``RUN/cooccur`` (``vocab.tsv``, ``cooc/part-*.arrow``).  Output (``RUN/glove/``): ``vectors/`` (an
+``embeddings.vectors.Vectors`` artifact, the same type the sgns stage writes: every word of the cooccur
+vocabulary in its id order, W + W~ or W by ``glove.output``) and ``manifest.json`` with the cost and
+entries/s per epoch, each worker's share, the sync count and the evaluations (shared with sgns:
+``pipelines.stages.embedding_eval``).
+
+    === 1/3 train ===     TorchTrainer(embeddings.glove_train.train_loop), ScalingConfig(num_workers=workers)
+                          checkpoints per epoch in RUN/.checkpoints/glove-<fingerprint>/ (resumed on rerun)
+    === 2/3 evaluate ===  analogies and WS353 / SimLex / MEN / RW when data:embedding-eval resolves
+    === 3/3 manifest ===
+
+``workers`` and ``threads`` are left out of the fingerprint (they change the trajectory, not what is
+estimated), so a checkpoint written by 2 workers can be resumed by 1.
+
+``LMPIPE_GLOVE_STOP_AFTER_EPOCH=N`` (read by the driver) stops training with an error right after epoch N's
+checkpoint, as a kill would: the resume tests use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cluster.training import check_resources, fit, remove_checkpoints
+from embeddings.glove import GloveConfig
+from embeddings.glove_train import GloveJob, train_loop
+from embeddings.vectors import Vectors, sha256_file
+from pipelines.rundir import fingerprint, read_manifest
+from pipelines.spec import GloveSpec
+from pipelines.stages import StageContext
+from pipelines.stages.embedding_eval import evaluate_stage, summary_lines
+
+logger = logging.getLogger(__name__)
+
+STOP_ENV = "LMPIPE_GLOVE_STOP_AFTER_EPOCH"
+
+
+def check(ctx: StageContext) -> None:
+    if "cooccur" not in ctx.selected and read_manifest(ctx.run_dir, "cooccur") is None:
+        raise FileNotFoundError(
+            f"{ctx.run_dir / 'cooccur'}: the glove stage needs the cooccur stage; run it first "
+            "(--stages tokenize,cooccur,glove)"
+        )
+
+
+def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = ctx.spec.to_dict()["glove"]
+    settings.pop("workers")
+    settings.pop("threads")
+    cooccur = read_manifest(ctx.run_dir, "cooccur")
+    return settings, {"cooccur": cooccur["fingerprint"] if cooccur else None}
+
+
+def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+    spec: GloveSpec = ctx.spec.glove
+    cooccur_dir = ctx.run_dir / "cooccur"
+    manifest = read_manifest(ctx.run_dir, "cooccur")
+    shards = sorted((cooccur_dir / "cooc").glob("part-*.arrow"))
+    if manifest is None or manifest["outputs"]["nonzeros"] == 0 or not shards:
+        raise ValueError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
+    check_resources("glove", spec.workers, spec.threads, spec.use_gpu)
+    settings, inputs = plan(ctx)
+    fp = fingerprint({"stage": "glove", "settings": settings, "inputs": inputs})  # the runner's formula
+    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"glove-{fp[:16]}"
+    stop = os.environ.get(STOP_ENV)
+    job = GloveJob(
+        vocab_path=str(cooccur_dir / "vocab.tsv"),
+        shards=tuple(str(p) for p in shards),
+        out_dir=str(tmp_dir),
+        checkpoint_dir=str(checkpoint_dir),
+        config=GloveConfig(
+            dim=spec.dim,
+            epochs=spec.epochs,
+            eta=spec.eta,
+            alpha=spec.alpha,
+            x_max=spec.x_max,
+            grad_clip=spec.grad_clip,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+        ),  # fmt: skip
+        output=spec.output,
+        threads=spec.threads,
+        syncs_per_epoch=spec.syncs_per_epoch,
+        use_gpu=spec.use_gpu,
+        stop_after_epoch=int(stop) if stop else None,
+    )
+    logger.info(
+        "=== 1/3 Training GloVe: %d words, %d non-zeros in %d shard(s), dim %d, %d epoch(s), %d worker(s) x %d "
+        "thread(s) ===", manifest["outputs"]["vocab_size"], manifest["outputs"]["nonzeros"], len(shards),
+        spec.dim, spec.epochs, spec.workers, spec.threads,
+    )  # fmt: skip
+    name = f"glove-{fp[:12]}-{uuid.uuid4().hex[:8]}"  # fresh: Ray Train V2 would auto-restore a reused name
+    started = time.perf_counter()
+    training = fit(
+        train_loop, job.to_config(), workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu,
+        storage=ctx.run_dir / ".ray-train", name=name,
+    )  # fmt: skip
+    train_seconds = time.perf_counter() - started
+    remove_checkpoints(checkpoint_dir)
+
+    vectors = Vectors.load(tmp_dir / "vectors")
+    if spec.evaluate:
+        logger.info("=== 2/3 Evaluating: analogies, WS353, SimLex-999, MEN, RW ===")
+    evaluation = evaluate_stage("glove", vectors, enabled=spec.evaluate, mirror=ctx.mirror)
+    logger.info("=== 3/3 Writing the manifest ===")
+    files = [
+        {"path": f"vectors/{n}", "sha256": sha256_file(tmp_dir / "vectors" / n)}
+        for n in ("vectors.npy", "vocab.tsv")
+    ]
+    epochs = training["epochs"]
+    return {
+        "outputs": {"files": files, "vectors": "vectors", "count": len(vectors), "dim": vectors.dim},
+        "training": {
+            "workers": spec.workers,
+            "threads": spec.threads,
+            "output": spec.output,
+            "syncs_per_epoch": training["syncs_per_epoch"],
+            "device": training["device"],
+            "share_entries": training["share_entries"],
+            "resumed_after_epoch": training["resumed_after_epoch"],
+            "epochs": epochs,
+            "seconds_per_epoch": [e["seconds"] for e in epochs],
+            "seconds": round(train_seconds, 3),
+        },
+        "evaluation": evaluation,
+    }
+
+
+def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
+    """The vectors and their evaluations, for ``pipelines.report`` (the same row type as sgns)."""
+    from pipelines.report import embedding_row, hardware
+
+    tr = manifest["training"]
+    return [
+        embedding_row(
+            manifest,
+            run_dir,
+            model="glove",
+            train_seconds=tr.get("seconds"),
+            hardware=hardware(manifest, tr.get("device", "cpu"), tr.get("workers", 1)),
+        )  # fmt: skip
+    ]
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    out, tr = manifest["outputs"], manifest["training"]
+    sync = f", {tr['syncs_per_epoch']} sync(s)/epoch" if tr["workers"] > 1 else ""
+    rows = [
+        f"vectors {out['count']:,} x {out['dim']} ({'W + W~' if tr['output'] == 'sum' else 'W'})",
+        f"{tr['workers']} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; entries per worker "
+        f"{tr['share_entries']}",
+    ]
+    for e in tr["epochs"]:
+        rows.append(
+            f"epoch {e['epoch']}: cost {e['cost']:.5f}, {e['seconds']:.2f} s, {e['entries_per_second']:,.0f} entries/s"
+        )
+    if tr["resumed_after_epoch"]:
+        rows.append(f"resumed after epoch {tr['resumed_after_epoch']} from a checkpoint")
+    return rows + summary_lines(manifest.get("evaluation", {}))
