@@ -15,7 +15,8 @@ def process_info() -> dict[str, str | int | float]:
     try:
         import ray
 
-        node_id = ray.get_runtime_context().get_node_id()
+        # get_runtime_context() would start a local Ray instance in a plain process (~20 s): ask first
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     except Exception:  # noqa: BLE001 - outside Ray (direct calls in tests) there is no runtime context
         node_id = "local"
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
@@ -25,3 +26,35 @@ def process_info() -> dict[str, str | int | float]:
         "pid": os.getpid(),
         "peak_rss_mb": round(peak_kb / 1024, 1),
     }
+
+
+def ray_options(resources: dict[str, float]) -> dict[str, object]:
+    """Ray task/actor options for one stage worker from a stage's parsed ``resources`` (``CPU`` defaults to 1;
+    ``GPU`` becomes ``num_gpus``; other names are custom resources that pin work to nodes offering them)."""
+    rest = dict(resources)
+    options: dict[str, object] = {"num_cpus": rest.pop("CPU", 1.0)}
+    if "GPU" in rest:
+        options["num_gpus"] = rest.pop("GPU")
+    if rest:
+        options["resources"] = rest
+    return options
+
+
+class Placement:
+    """Which node and process ran how many of a stage's tasks, for the manifest's ``workers`` list (the same
+    shape the tokenize stage records: node id, host, pid, peak RSS, plus a count)."""
+
+    def __init__(self, unit: str = "tasks") -> None:
+        self.unit = unit
+        self._rows: dict[str, dict[str, str | int | float]] = {}
+
+    def add(self, info: dict[str, str | int | float]) -> None:
+        row = self._rows.setdefault(f"{info['node_id']}:{info['pid']}", {**info, self.unit: 0})
+        row[self.unit] = int(row[self.unit]) + 1
+        row["peak_rss_mb"] = max(float(row["peak_rss_mb"]), float(info["peak_rss_mb"]))
+
+    def rows(self) -> list[dict[str, str | int | float]]:
+        return list(self._rows.values())
+
+    def nodes(self) -> list[str]:
+        return sorted({str(r["node_id"]) for r in self._rows.values()})

@@ -104,9 +104,16 @@ def unwrap_error(exc: BaseException) -> BaseException:
 
 
 def map_chunks(
-    chunks: Sequence[Chunk], job: ChunkJob, mode: str, *, workers: int, sample_k: int = 0
+    chunks: Sequence[Chunk],
+    job: ChunkJob,
+    mode: str,
+    *,
+    workers: int,
+    sample_k: int = 0,
+    ray_options: dict[str, object] | None = None,
 ) -> Iterator[pa.Table]:
-    """Run one pass over all chunks on ``workers`` actors; yields each chunk's result table."""
+    """Run one pass over all chunks on ``workers`` actors; yields each chunk's result table.
+    ``ray_options`` are each actor's resources (``cluster.process.ray_options``; default one CPU)."""
     import ray.data
 
     if not chunks:
@@ -118,7 +125,7 @@ def map_chunks(
         batch_size=1,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(chunks)))),
-        num_cpus=1,
+        **(ray_options or {"num_cpus": 1}),
     )
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -22,6 +22,7 @@ The step functions are ``lm.kneser_ney``'s, the same ones its single-process ``e
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shutil
@@ -34,13 +35,14 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from cluster.process import Placement, process_info, ray_options
 from lm import kneser_ney as kn
 from lm.ngram_counts import count_ngrams, key_columns, merge_counts
 from pipelines.partitions import LazyPartitions, read_partition, read_table, write_partitioned, write_table
 from pipelines.rundir import read_manifest
 from pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from pipelines.shards import sha256_file, split_shards
-from pipelines.spec import NgramSpec
+from pipelines.spec import NgramSpec, parse_resources
 from pipelines.stages import StageContext
 from pipelines.vocab import Vocab
 
@@ -73,6 +75,7 @@ def check(ctx: StageContext) -> None:
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
     settings = ctx.spec.to_dict()["ngram"]
     settings.pop("workers")
+    settings.pop("resources", None)  # where the tasks run, not what they compute
     tokenize = read_manifest(ctx.run_dir, "tokenize")
     inputs = {"tokenize": tokenize["fingerprint"] if tokenize else None}
     if ctx.spec.ngram.limit_vocab:
@@ -191,11 +194,25 @@ def _backoff_task(work: str, order: int, top: int, p: int, out: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, workers: int, desc: str) -> list[Any]:
-    """Run ``fn(*args)`` for every tuple as Ray tasks, at most ``workers`` in flight; results in order."""
+def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
+    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``."""
+    return fn(*args), process_info()
+
+
+def run_tasks(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple],
+    *,
+    workers: int,
+    desc: str,
+    options: dict[str, Any] | None = None,
+    placement: Placement | None = None,
+) -> list[Any]:
+    """Run ``fn(*args)`` for every tuple as Ray tasks, at most ``workers`` in flight; results in order.
+    ``options`` are each task's resources (default one CPU); ``placement`` counts tasks per node and process."""
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=2)(fn)
+    remote = ray.remote(max_retries=2, **(options or {"num_cpus": 1}))(_traced)
     results: list[Any] = [None] * len(calls)
     pending: dict[Any, int] = {}
     todo = list(enumerate(calls))
@@ -203,11 +220,13 @@ def run_tasks(fn: Callable[..., Any], calls: Sequence[tuple], *, workers: int, d
         while todo or pending:
             while todo and len(pending) < workers:
                 i, args = todo.pop(0)
-                pending[remote.remote(*args)] = i
+                pending[remote.remote(fn, *args)] = i
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
             try:
-                results[pending.pop(ref)] = ray.get(ref)
+                results[pending.pop(ref)], where = ray.get(ref)
+                if placement is not None:
+                    placement.add(where)
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                 raise (cause or exc) from None
@@ -257,15 +276,18 @@ def _finish_discounts(stats, corrections, adjusted_unigrams, config: kn.KneserNe
 
 
 def _estimate(
-    spec: NgramSpec, shards: list[Path], tokens_per_shard: list[int], vocab: Vocab, tmp_dir: Path, work: Path, workers: int
+    spec: NgramSpec, shards: list[Path], tokens_per_shard: list[int], vocab: Vocab, tmp_dir: Path, work: Path, workers: int,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
+    options = ray_options(parse_resources("ngram.resources", spec.resources))
+    tasks = functools.partial(run_tasks, options=options, placement=placement)
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
     counts_dir = tmp_dir / "counts"
     logger.info("=== 1/6 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
-    results = run_tasks(_count_task, [(str(s), n, str(work), parts, i) for i, s in enumerate(shards)], workers=workers, desc="count")
-    rows = run_tasks(_merge_task, [(str(work), str(counts_dir), k, p) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="merge")
+    results = tasks(_count_task, [(str(s), n, str(work), parts, i) for i, s in enumerate(shards)], workers=workers, desc="count")
+    rows = tasks(_merge_task, [(str(work), str(counts_dir), k, p) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="merge")
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     for k in range(1, n + 1):
@@ -280,39 +302,39 @@ def _estimate(
     limit = set(Path(spec.limit_vocab).read_text(encoding="utf-8").split()) if spec.limit_vocab else None
     prune_words = kn.prune_words_mask(vocab.tokens.to_pylist(), limit)
     resplit = [(str(counts_dir / f"order-{k}"), p, str(work / f"suffix{k}"), key_columns(k, 1), parts, ngram_schema(k)) for k in range(2, n + 1) for p in range(parts)]
-    run_tasks(_resplit_task, resplit, workers=workers, desc="split by suffix")
+    tasks(_resplit_task, resplit, workers=workers, desc="split by suffix")
     calls = [
         (str(counts_dir), str(work / f"suffix{k + 1}") if k < n else None, k, p, str(work), thresholds[k - 1], prune_words)
         for k in range(1, n + 1) for p in range(parts)
     ]
-    part_stats = run_tasks(_adjust_task, calls, workers=workers, desc="adjust")
+    part_stats = tasks(_adjust_task, calls, workers=workers, desc="adjust")
     for k in range(2, n + 1):
         shutil.rmtree(work / f"suffix{k}", ignore_errors=True)
 
     logger.info("=== 3/6 Counts-of-counts and discounts ===")
     stats = {k: sum(part_stats[(k - 1) * parts : k * parts], kn.OrderStats()) for k in range(1, n + 1)}
     word_rank = _word_rank(results, len(vocab))
-    (corrections,) = run_tasks(_last_entry_task, [(str(work), n, parts, word_rank)], workers=1, desc="last entry")
+    (corrections,) = tasks(_last_entry_task, [(str(work), n, parts, word_rank)], workers=1, desc="last entry")
     discounts = _finish_discounts(stats, corrections, LazyPartitions(work / "adj1", parts), config)
     for k in range(1, n + 1):
         d = discounts[k]
         logger.info("order %d: D1=%g D2=%g D3+=%g n1..n4=%s", k, d.d1, d.d2, d.d3, stats[k].n)
 
     logger.info("=== 4/6 Initial probabilities ===")
-    (vocab_size,) = run_tasks(
+    (vocab_size,) = tasks(
         _unigram_task, [(str(work), parts, discounts[1], spec.interpolate_unigrams, spec.vocab_pad)], workers=1, desc="unigrams"
     )
     resplit = [(str(work / f"adj{k}"), p, str(work / f"adjctx{k}"), key_columns(k - 1), parts, None) for k in range(2, n + 1) for p in range(parts)]
-    run_tasks(_resplit_task, resplit, workers=workers, desc="split by context")
-    run_tasks(_initial_task, [(str(work), k, p, discounts[k], parts) for k in range(2, n + 1) for p in range(parts)], workers=workers, desc="probabilities")
+    tasks(_resplit_task, resplit, workers=workers, desc="split by context")
+    tasks(_initial_task, [(str(work), k, p, discounts[k], parts) for k in range(2, n + 1) for p in range(parts)], workers=workers, desc="probabilities")
 
     logger.info("=== 5/6 Interpolating ===")
     for k in range(2, n + 1):
-        run_tasks(_interpolate_task, [(str(work), k, p, parts) for p in range(parts)], workers=workers, desc=f"interpolate {k}")
+        tasks(_interpolate_task, [(str(work), k, p, parts) for p in range(parts)], workers=workers, desc=f"interpolate {k}")
 
     logger.info("=== 6/6 Backoffs and ARPA ===")
     model_dir = work / "model"
-    sizes = run_tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
+    sizes = tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
     ngrams = {k: sum(sizes[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     from lm.arpa import write_arpa_parts
 
@@ -380,13 +402,14 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     if not shards:
         raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
     work = tmp_dir / "_work"
+    placement = Placement()
     if spec.estimator == "lmplz":
         result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir)
     else:
         # Shard sizes come from the tokenize manifest, not from reading every shard again.
         listed = {item["path"]: item["tokens"] for item in read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]}
         tokens_per_shard = [listed[str(s.relative_to(tokenize_dir))] for s in shards]
-        result = _estimate(spec, shards, tokens_per_shard, vocab, tmp_dir, work, spec.workers)
+        result = _estimate(spec, shards, tokens_per_shard, vocab, tmp_dir, work, spec.workers, placement)
     shutil.rmtree(work, ignore_errors=True)
     arpa: Path = result.pop("arpa")
     files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
@@ -417,4 +440,5 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         "estimation": {k: ({str(o): v for o, v in val.items()} if isinstance(val, dict) else val) for k, val in result.items()},
         "perplexity": perplexity,
         "token_scores": {name: token_scores} if token_scores else {},
+        "workers": placement.rows(),  # node, host, pid, peak RSS and task count of every Ray worker used
     }

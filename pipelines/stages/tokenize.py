@@ -28,11 +28,13 @@ import pyarrow as pa
 import ray
 from tqdm import tqdm
 
+from cluster.process import ray_options
 from pipelines.encode import LOCAL_DIR, ChunkJob
 from pipelines.ingest import InputError, find_sources, plan_chunks
 from pipelines.ray_stages import map_chunks
 from pipelines.schemas import EOS_ID
 from pipelines.shards import sha256_file
+from pipelines.spec import parse_resources
 from pipelines.stages import StageContext
 from pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
 from pipelines.vocab import TokenCountAccumulator, Vocab, build_vocab
@@ -54,6 +56,7 @@ def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
     spec = ctx.spec
     tokenize = spec.to_dict()["tokenize"]
     tokenize.pop("workers")  # the output does not depend on the number of workers
+    tokenize.pop("resources", None)  # nor on where they run
     settings = {
         "corpus": spec.to_dict()["corpus"],
         "normalize": spec.to_dict()["normalize"],
@@ -82,6 +85,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     chunks = plan_chunks(all_sources, shard_bytes)
     train_chunks = [c for c in chunks if c.source.split == "train"]
     workers = spec.tokenize.workers
+    options = ray_options(parse_resources("tokenize.resources", spec.tokenize.resources))
     job = ChunkJob(
         corpus=spec.corpus,
         normalize=spec.normalize,
@@ -98,13 +102,15 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         _banner(1, 3, f"Sampling {spec.tokenizer.sp_sample_lines} lines and training sentencepiece")
         sample: list[tuple[int, str]] = []
         with _progress(len(train_chunks), "sample") as bar:
-            for table in map_chunks(train_chunks, job, "sample", workers=workers, sample_k=spec.tokenizer.sp_sample_lines):
+            for table in map_chunks(
+                train_chunks, job, "sample", workers=workers, sample_k=spec.tokenizer.sp_sample_lines, ray_options=options
+            ):
                 sample.extend(zip(table["hash"].to_pylist(), table["line"].to_pylist(), strict=True))
                 bar.update(1)
         if not sample:
             raise InputError("corpus.train: no usable lines to train sentencepiece on")
         lines = [line for _, line in sorted(sample)[: spec.tokenizer.sp_sample_lines]]
-        sp_model = ray.get(ray.remote(num_cpus=1)(train_sentencepiece).remote(lines, spec.tokenizer))
+        sp_model = ray.get(ray.remote(**options)(train_sentencepiece).remote(lines, spec.tokenizer))
         (tmp_dir / "tokenizer.model").write_bytes(sp_model)
         pieces = SentencePieceTokenizer(sp_model).pieces()
         vocab_tokens = pa.array(pieces, pa.string())
@@ -113,7 +119,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         _banner(1, 3, "Tokenizing and counting tokens for the vocabulary")
         acc = TokenCountAccumulator()
         with _progress(len(chunks), "prepare") as bar:
-            for table in map_chunks(chunks, job, "prepare", workers=workers):
+            for table in map_chunks(chunks, job, "prepare", workers=workers, ray_options=options):
                 acc.add(table.drop_columns(["chunk"]))
                 bar.update(1)
         counts = acc.result()
@@ -129,7 +135,9 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     per_chunk: dict[int, dict[str, Any]] = {}
     piece_counts = np.zeros(len(vocab_tokens), np.uint64)
     with _progress(len(chunks), "encode") as bar:
-        for table in map_chunks(chunks, job, "encode" if sp_model is not None else "finalize", workers=workers):
+        for table in map_chunks(
+            chunks, job, "encode" if sp_model is not None else "finalize", workers=workers, ray_options=options
+        ):
             for row in table.to_pylist():
                 per_chunk[row["chunk"]] = json.loads(row["stats"])
                 if row["piece_counts"]:

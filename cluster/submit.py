@@ -1,0 +1,221 @@
+"""``lmpipe submit``: run a pipeline spec on a Ray cluster as a Ray job whose driver is ``lmpipe run``.
+
+    >>> plan = plan_job("pipelines/specs/ptb.yaml", run_dir="/mnt/shared/runs/ptb", overrides=["ngram.order=3"])
+    >>> job_id = submit(jobs_client("http://head:8265"), plan)
+
+What travels with the job (the ``runtime_env``):
+
+* ``working_dir``: a copy of this source checkout (``pipelines``, ``cluster``, ``lm``, ``embeddings``, the
+  specs and their small data) without ``.git``, ``.venv``, ``runs/``, caches and build folders
+  (:data:`EXCLUDES`, plus ``--exclude``).  Ray unpacks it on every node, makes it the driver's working
+  directory and puts it first on ``PYTHONPATH``, so the code that runs is the code submitted, on top of the
+  dependencies of the cluster image (``cluster/image/Dockerfile``).  Without a checkout (lmpipe installed
+  from a wheel) only the spec travels and the image's lmpipe runs.
+* the spec: a spec inside the checkout is run from its copy by its relative path, with the ``--set``
+  overrides passed on, so its relative data paths resolve in the copy; a spec from elsewhere is resolved
+  here (``load_spec`` + ``dump_spec``: overrides applied, relative paths made absolute) and shipped as
+  ``.lmpipe-job/spec.yaml``; its local absolute paths must then exist on the cluster (a shared mount);
+  ``plan_job`` lists them in ``notes``.
+* ``pip`` (``--pip``): lmpipe's requirements as pyproject declares them, minus ``ray`` (the cluster's own
+  Ray must serve the job).  Off by default: images have them installed and clusters often have no index.
+* ``env_vars`` (``--env KEY=VALUE``), e.g. ``LMPIPE_DATA_MIRROR`` for ``data:`` references on the cluster.
+
+The spec is parsed and validated here first, so a bad spec fails before a job is created.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import shlex
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.jobs import SubmitError
+from cluster.storage import is_uri, resolve_run_dir
+
+logger = logging.getLogger(__name__)
+
+#: Never shipped: version control, environments, run outputs, caches, build products (gitignore-style names).
+EXCLUDES: tuple[str, ...] = (
+    ".git", ".venv", "venv", "runs", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
+    ".ruff_cache", ".mypy_cache", ".ipynb_checkpoints", "*.tmp", ".lmpipe-job", "node_modules",
+)  # fmt: skip
+#: Ray refuses packages over 512 MiB; a checkout this big almost certainly holds data that should be excluded.
+MAX_WORKING_DIR_MB = 100
+JOB_DIR = ".lmpipe-job"
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """Everything ``submit`` sends; ``staged`` is a temporary folder removed once the job is submitted."""
+
+    submission_id: str
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    metadata: dict[str, str]
+    staged: Path
+    run_dir: str
+    notes: tuple[str, ...] = field(default=())
+
+
+def source_root() -> Path | None:
+    """The lmpipe source checkout this process runs from, or None for an installed wheel."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() and (root / "pipelines" / "cli.py").is_file() else None
+
+
+def _ignore(patterns: Sequence[str]):
+    def ignore(_dir: str, names: list[str]) -> set[str]:
+        return {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+
+    return ignore
+
+
+def stage_working_dir(dest: Path, *, root: Path | None, excludes: Sequence[str] = ()) -> int:
+    """Copy the checkout into ``dest`` without :data:`EXCLUDES` and ``excludes``; returns the bytes copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if root is None:
+        return 0
+    shutil.copytree(root, dest, ignore=_ignore((*EXCLUDES, *excludes)), dirs_exist_ok=True, symlinks=True)
+    sizes = [(p.stat().st_size, p) for p in dest.rglob("*") if p.is_file() and not p.is_symlink()]
+    total = sum(s for s, _ in sizes)
+    if total > MAX_WORKING_DIR_MB << 20:
+        largest = ", ".join(f"{p.relative_to(dest)} ({s >> 20} MB)" for s, p in sorted(sizes, reverse=True)[:5])
+        raise SubmitError(
+            f"the working directory to ship is {total >> 20} MB (limit {MAX_WORKING_DIR_MB} MB); largest: {largest}. "
+            "Exclude data with --exclude PATTERN and put it on storage the cluster reads"
+        )
+    return total
+
+
+def pip_requirements() -> list[str]:
+    """lmpipe's runtime requirements as installed metadata declares them (pyproject), without ``ray``."""
+    from importlib import metadata
+
+    try:
+        declared = metadata.requires("lmpipe") or []
+    except metadata.PackageNotFoundError as exc:
+        raise SubmitError("--pip: lmpipe's package metadata is not installed here (pip install -e .)") from exc
+    out = []
+    for req in declared:
+        if "extra ==" in req.replace('"', " ").replace("'", " "):
+            continue
+        name = re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower()
+        if name != "ray":
+            out.append(req.split(";")[0].strip())
+    return out
+
+
+def _local_paths(spec: Any, inside: Path | None) -> list[str]:
+    """Absolute local input paths of the resolved spec outside the shipped tree: the cluster must see them."""
+    refs = [*spec.corpus.train, *spec.corpus.valid, *spec.corpus.test]
+    if spec.ngram.limit_vocab:
+        refs.append(spec.ngram.limit_vocab)
+    out = []
+    for ref in refs:
+        if is_uri(ref) or ref.startswith("data:") or not Path(ref).is_absolute():
+            continue
+        if inside is not None and Path(ref).resolve().is_relative_to(inside):
+            continue
+        out.append(ref)
+    return out
+
+
+def plan_job(
+    spec_path: str | Path,
+    *,
+    run_dir: str | None = None,
+    overrides: Sequence[str] = (),
+    stages: str | None = None,
+    force: str | None = None,
+    pip: bool = False,
+    env_vars: Sequence[str] = (),
+    excludes: Sequence[str] = (),
+    root: Path | None = None,
+    workdir: Path | None = None,
+) -> JobPlan:
+    """Validate the spec, stage the working directory and build the job; raises SpecError/SubmitError."""
+    from pipelines import __version__
+    from pipelines.spec import dump_spec, load_spec
+
+    spec = load_spec(spec_path, overrides=overrides)
+    root = source_root() if root is None else root
+    run = resolve_run_dir(run_dir) if run_dir else Path("runs") / spec.name
+    run = run.expanduser().absolute()  # the job's working directory is a temporary copy: never relative
+    env: dict[str, str] = {}
+    for item in env_vars:
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise SubmitError(f"--env {item!r}: expected NAME=VALUE")
+        env[key] = value
+
+    staged = Path(tempfile.mkdtemp(prefix="lmpipe-job-", dir=workdir))
+    try:
+        stage_working_dir(staged, root=root, excludes=excludes)
+        spec_abs = Path(spec_path).resolve()
+        shipped = spec_abs.relative_to(root).as_posix() if root is not None and spec_abs.is_relative_to(root) else None
+        args = ["lmpipe", "run"]
+        if shipped is not None and (staged / shipped).is_file():  # not in an excluded folder such as runs/
+            args += [shipped]
+            for assignment in overrides:
+                args += ["--set", assignment]
+            notes = _local_paths(spec, root)
+        else:  # resolved here: overrides applied, relative paths absolute
+            (staged / JOB_DIR).mkdir()
+            (staged / JOB_DIR / "spec.yaml").write_text(dump_spec(spec), encoding="utf-8")
+            args += [f"{JOB_DIR}/spec.yaml"]
+            notes = _local_paths(spec, None)
+        args += ["--run-dir", str(run)]
+        if stages:
+            args += ["--stages", stages]
+        if force:
+            args += ["--force", force]
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    runtime_env: dict[str, Any] = {"working_dir": str(staged)}
+    if pip:
+        runtime_env["pip"] = {"packages": pip_requirements(), "pip_check": False}
+    if env:
+        runtime_env["env_vars"] = env
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    submission_id = f"lmpipe-{re.sub(r'[^A-Za-z0-9_-]', '-', spec.name)}-{stamp}-{uuid.uuid4().hex[:6]}"
+    metadata = {"lmpipe_spec": spec.name, "lmpipe_run_dir": str(run), "lmpipe_version": __version__}
+    messages = tuple(f"{p}: a local path; every node of the cluster must see it at this path" for p in notes)
+    return JobPlan(submission_id, shlex.join(args), runtime_env, metadata, staged, str(run), messages)
+
+
+def submit(client: Any, plan: JobPlan) -> str:
+    """Upload the working directory and create the job; the staged copy is removed either way."""
+    from cluster.jobs import translated_errors
+
+    try:
+        with translated_errors(getattr(client, "lmpipe_address", "the cluster")):
+            return client.submit_job(
+                entrypoint=plan.entrypoint,
+                runtime_env=plan.runtime_env,
+                submission_id=plan.submission_id,
+                metadata=plan.metadata,
+            )
+    finally:
+        shutil.rmtree(plan.staged, ignore_errors=True)
+
+
+def describe(plan: JobPlan) -> list[str]:
+    """Lines for the terminal: what is about to run where."""
+    lines = [f"job {plan.submission_id}", f"  entrypoint: {plan.entrypoint}", f"  run directory: {plan.run_dir}"]
+    if "pip" in plan.runtime_env:
+        lines.append(f"  pip: {' '.join(plan.runtime_env['pip']['packages'])}")
+    for key in sorted(plan.runtime_env.get("env_vars", {})):
+        lines.append(f"  env: {key}")
+    lines += [f"  note: {n}" for n in plan.notes]
+    return lines
+

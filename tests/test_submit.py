@@ -1,0 +1,214 @@
+"""``lmpipe submit`` without a cluster: address and token resolution, what the job ships, refusals.
+
+The real submission to a two-node cluster is tests/test_multinode.py.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.jobs import SubmitError, auth_headers, auth_token, resolve_address
+from cluster.process import Placement, ray_options
+from cluster.storage import StorageError, resolve_run_dir
+from cluster.submit import JOB_DIR, pip_requirements, plan_job, stage_working_dir
+from pipelines.cli import main
+from pipelines.spec import SpecError, load_spec, parse_resources
+
+from .conftest import REPO, SPECS
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("words", [["submit"], ["jobs"], ["jobs", "list"], ["jobs", "status"], ["jobs", "logs"], ["jobs", "stop"]])
+def test_help(words, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*words, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lmpipe" in out and ("--address" in out or words == ["jobs"])
+
+
+# ------------------------------------------------------------------------------------------ address, token
+def test_address_from_flag_then_lmpipe_then_ray_env():
+    env = {"RAY_ADDRESS": "http://ray-env:8265", "LMPIPE_ADDRESS": "lmp-env"}
+    assert resolve_address("http://head:9000/", env) == "http://head:9000"
+    assert resolve_address(None, env) == "http://lmp-env:8265"
+    assert resolve_address(None, {"RAY_ADDRESS": "https://ray-env"}) == "https://ray-env:8265"
+    for bad in ("ray://head:10001", "auto", "ftp://head"):
+        with pytest.raises(SubmitError, match="http"):
+            resolve_address(bad, {})
+    with pytest.raises(SubmitError, match="--address"):
+        resolve_address(None, {})
+
+
+def test_token_in_rays_order(tmp_path, monkeypatch):
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert auth_token({"RAY_AUTH_TOKEN": "from-env", "RAY_AUTH_TOKEN_PATH": str(token_file)}) == "from-env"
+    assert auth_headers({"RAY_AUTH_TOKEN_PATH": str(token_file)}) == {"Authorization": "Bearer from-file"}
+    with pytest.raises(SubmitError, match="RAY_AUTH_TOKEN_PATH"):
+        auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("default-path")
+    assert auth_token({}) is None  # the default file only with RAY_AUTH_MODE=token, as Ray does
+    assert auth_token({"RAY_AUTH_MODE": "token"}) == "default-path"
+
+
+def test_unreachable_address_fails_within_seconds_with_exit_2(capsys):
+    address = f"http://127.0.0.1:{closed_port()}"
+    started = time.monotonic()
+    assert main(["submit", str(SPECS / "tiny.yaml"), "--address", address]) == 2
+    assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert address in err and "cannot reach" in err and "--dashboard-port" in err
+
+
+@pytest.mark.parametrize("words", [["list"], ["status", "J"], ["logs", "J"], ["stop", "J"]])
+def test_jobs_commands_report_an_unreachable_cluster(words, capsys):
+    assert main(["jobs", *words, "--address", f"127.0.0.1:{closed_port()}"]) == 2
+    assert "cannot reach the Ray Job API at http://127.0.0.1:" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ what travels
+def test_a_spec_in_the_checkout_runs_from_the_shipped_copy(tmp_path):
+    plan = plan_job(SPECS / "tiny.yaml", run_dir=str(tmp_path / "run"), overrides=["ngram.order=2"], stages="tokenize,ngram", workdir=tmp_path)
+    try:
+        argv = shlex.split(plan.entrypoint)
+        assert argv[:3] == ["lmpipe", "run", "pipelines/specs/tiny.yaml"]
+        assert argv[argv.index("--set") + 1] == "ngram.order=2"
+        assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "run")
+        assert argv[argv.index("--stages") + 1] == "tokenize,ngram"
+        staged = Path(plan.runtime_env["working_dir"])
+        assert staged == plan.staged
+        assert (staged / "pipelines" / "specs" / "tiny" / "train.txt").read_bytes() == (SPECS / "tiny" / "train.txt").read_bytes()
+        assert (staged / "pipelines" / "cli.py").is_file() and (staged / "cluster" / "submit.py").is_file()
+        for name in (".venv", ".git", "runs"):
+            assert not (staged / name).exists()
+        assert not list(staged.rglob("__pycache__")) and not list(staged.rglob("*.pyc"))
+        assert plan.metadata["lmpipe_run_dir"] == str(tmp_path / "run") and plan.metadata["lmpipe_spec"] == "tiny"
+        assert "pip" not in plan.runtime_env and plan.notes == ()
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+def test_a_spec_from_elsewhere_is_resolved_and_shipped(tmp_path, monkeypatch):
+    data = tmp_path / "corpus.txt"
+    data.write_text("a b c\n")
+    spec_file = tmp_path / "mine.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "mine", "corpus": {"train": "corpus.txt"}, "stages": ["tokenize"]}))
+    monkeypatch.chdir(tmp_path)
+    plan = plan_job(spec_file, overrides=["vocab.min_count=2"], env_vars=["LMPIPE_DATA_MIRROR=/mnt/data"], workdir=tmp_path)
+    try:
+        argv = shlex.split(plan.entrypoint)
+        assert argv[:3] == ["lmpipe", "run", f"{JOB_DIR}/spec.yaml"] and "--set" not in argv
+        assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "runs" / "mine")  # absolute: the job's cwd is a copy
+        shipped = load_spec(plan.staged / JOB_DIR / "spec.yaml")
+        assert shipped.vocab.min_count == 2 and shipped.corpus.train == (str(data),)
+        assert plan.runtime_env["env_vars"] == {"LMPIPE_DATA_MIRROR": "/mnt/data"}
+        assert len(plan.notes) == 1 and str(data) in plan.notes[0]
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+def test_a_spec_in_an_excluded_folder_of_the_checkout_is_resolved_and_shipped(tmp_path):
+    root = tmp_path / "src"
+    (root / "runs").mkdir(parents=True)
+    (root / "corpus.txt").write_text("a b\n")
+    (root / "runs" / "s.yaml").write_text(yaml.safe_dump({"name": "s", "corpus": {"train": "../corpus.txt"}}))
+    plan = plan_job(root / "runs" / "s.yaml", run_dir=str(tmp_path / "run"), root=root, workdir=tmp_path)
+    try:
+        assert shlex.split(plan.entrypoint)[2] == f"{JOB_DIR}/spec.yaml"
+        assert not (plan.staged / "runs").exists() and (plan.staged / "corpus.txt").is_file()
+        (train,) = load_spec(plan.staged / JOB_DIR / "spec.yaml").corpus.train
+        assert Path(train).resolve() == root / "corpus.txt"  # resolved: an absolute local path, hence the note
+        assert len(plan.notes) == 1 and plan.notes[0].startswith(f"{train}: a local path")
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+def test_bad_input_is_refused_before_anything_is_staged(tmp_path):
+    with pytest.raises(SpecError, match="ngram.order"):
+        plan_job(SPECS / "tiny.yaml", overrides=["ngram.order=9"], workdir=tmp_path)
+    with pytest.raises(StorageError, match="gs:// run directories are not supported"):
+        plan_job(SPECS / "tiny.yaml", run_dir="gs://bucket/runs/tiny", workdir=tmp_path)
+    with pytest.raises(SubmitError, match="NAME=VALUE"):
+        plan_job(SPECS / "tiny.yaml", env_vars=["1BAD"], workdir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_dir_uris():
+    assert resolve_run_dir("file:///mnt/shared/runs/x") == Path("/mnt/shared/runs/x")
+    assert resolve_run_dir("runs/x") == Path("runs/x")
+    for uri in ("s3://b/runs", "hdfs://nn:8020/runs", "file://otherhost/runs"):
+        with pytest.raises(StorageError):
+            resolve_run_dir(uri)
+
+
+def test_lmpipe_run_refuses_an_object_store_run_dir(capsys):
+    assert main(["run", str(SPECS / "tiny.yaml"), "--run-dir", "s3://bucket/runs/tiny"]) == 2
+    assert "mount" in capsys.readouterr().err
+
+
+def test_working_dir_size_limit(tmp_path, monkeypatch):
+    import cluster.submit as submit
+
+    root = tmp_path / "src"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "big.bin").write_bytes(b"\0" * (2 << 20))
+    monkeypatch.setattr(submit, "MAX_WORKING_DIR_MB", 1)
+    with pytest.raises(SubmitError, match=r"data/big.bin \(2 MB\).*--exclude"):
+        stage_working_dir(tmp_path / "out", root=root)
+    assert stage_working_dir(tmp_path / "out2", root=root, excludes=["data"]) == 0
+
+
+def test_pip_requirements_are_pyprojects_without_ray():
+    reqs = pip_requirements()
+    names = {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in reqs}
+    assert {"torch", "pyarrow", "sentencepiece", "kenlm", "pyyaml"} <= names
+    assert "ray" not in names and "pytest" not in names  # the cluster's Ray serves the job; no dev extras
+    assert any(r.startswith("torch>=") for r in reqs)
+
+
+# ------------------------------------------------------------------------------------------ stage resources
+def test_stage_resources_parse_and_map_to_ray_options():
+    assert parse_resources("x", ["CPU=2", "ssd=1", "GPU=0.5"]) == {"CPU": 2.0, "ssd": 1.0, "GPU": 0.5}
+    assert ray_options({}) == {"num_cpus": 1.0}
+    assert ray_options({"CPU": 2.0, "GPU": 0.5, "ssd": 1.0}) == {"num_cpus": 2.0, "num_gpus": 0.5, "resources": {"ssd": 1.0}}
+    for bad in (["CPU"], ["CPU=0"], ["CPU=1", "CPU=2"], ["memory=100"], ["a b=1"]):
+        with pytest.raises(SpecError, match=r"tokenize.resources\[\d\]"):
+            load_spec(SPECS / "tiny.yaml", overrides=[f"tokenize.resources={bad}".replace("'", "")])
+
+
+def test_resources_do_not_change_the_fingerprint():
+    from pipelines.stages import StageContext
+    from pipelines.stages.ngram import plan as ngram_plan
+    from pipelines.stages.tokenize import plan as tokenize_plan
+
+    base = load_spec(SPECS / "tiny.yaml")
+    placed = load_spec(SPECS / "tiny.yaml", overrides=["tokenize.resources=[CPU=2]", "ngram.resources=[ssd=1]"])
+    for plan in (tokenize_plan, ngram_plan):
+        a = plan(StageContext(spec=base, run_dir=REPO / "runs" / "none"))
+        b = plan(StageContext(spec=placed, run_dir=REPO / "runs" / "none"))
+        assert a == b
+
+
+def test_placement_counts_tasks_per_node_and_process():
+    placement = Placement()
+    placement.add({"node_id": "n1", "hostname": "h", "pid": 1, "peak_rss_mb": 10.0})
+    placement.add({"node_id": "n1", "hostname": "h", "pid": 1, "peak_rss_mb": 30.0})
+    placement.add({"node_id": "n2", "hostname": "h2", "pid": 7, "peak_rss_mb": 5.0})
+    rows = {r["node_id"]: r for r in placement.rows()}
+    assert rows["n1"]["tasks"] == 2 and rows["n1"]["peak_rss_mb"] == 30.0 and rows["n2"]["tasks"] == 1
+    assert placement.nodes() == ["n1", "n2"]
