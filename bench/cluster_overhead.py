@@ -32,17 +32,23 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
+import runpy  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+_common = runpy.run_path(str(BENCH / "common.py"))
+machine = _common["machine"]
+
+
+def versions() -> str:
+    return _common["versions"]("ray", "pyarrow", "torch")
+
 REPO = BENCH.parent
 SPECS = {"tiny": REPO / "pipelines" / "specs" / "tiny.yaml", "ptb": REPO / "pipelines" / "specs" / "ptb.yaml"}
 
@@ -97,19 +103,6 @@ def run_cluster(cluster: Any, spec: Path, run_dir: Path, overrides: list[str], m
         raise RuntimeError(f"job {job} {status}:\n{log_tail(client, job)}")
     first, stages = stage_times(run_dir)
     return {"to_running": (running or end) - t0, "to_first_stage": first - t0, "stages": stages, "end_to_end": end - t0}
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu})"
-
-
-def versions() -> str:
-    return ", ".join([f"Python {platform.python_version()}", *(f"{n} {metadata.version(n)}" for n in ("ray", "pyarrow", "torch"))])
 
 
 def fmt(values: list[float]) -> str:

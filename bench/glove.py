@@ -31,65 +31,17 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import runpy  # noqa: E402
 import shutil  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
-
-import psutil  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 _corpora = runpy.run_path(str(HERE / "corpora.py"))
 english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
-
-
-class RssSampler:
-    """Peak of the summed RSS of this process and all its descendants (Ray's raylet, workers, ...)."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu})"
-
-
-def versions() -> str:
-    names = ("ray", "torch", "numpy", "pyarrow")
-    return ", ".join([f"Python {platform.python_version()}", *(f"{n} {metadata.version(n)}" for n in names)])
+_common = runpy.run_path(str(HERE / "common.py"))
+RssSampler, machine, versions = _common["RssSampler"], _common["machine"], _common["versions"]
 
 
 def _base(name: str, train: str, kind: str, shard_mb: float) -> dict[str, Any]:

@@ -30,45 +30,15 @@ import platform  # noqa: E402
 import resource  # noqa: E402
 import runpy  # noqa: E402
 import subprocess  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import psutil
 
 HERE = Path(__file__).resolve().parent
 
 # bench/corpora.py is loaded by path: bench/ must stay off sys.path (see the guard above).
 _corpora = runpy.run_path(str(HERE / "corpora.py"))
 english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
-
-
-class RssSampler:
-    """Peak of the summed RSS of this process and all its descendants (Ray's raylet, workers, ...)."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for proc in [me, *me.children(recursive=True)]:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    continue
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+RssSampler = runpy.run_path(str(HERE / "common.py"))["RssSampler"]
 
 
 def run_lmplz(text: Path, order: int, arpa: Path, memory_mb: int, fallback: list[float] | None) -> dict[str, float]:

@@ -28,30 +28,21 @@ if sys.path and sys.path[0].rstrip("/").endswith("bench"):
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
+import runpy  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+_common = runpy.run_path(str(BENCH / "common.py"))
 REPO = BENCH.parent
 logger = logging.getLogger("bench.sgns_vs_gensim")
-
-
-def _load_bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
 
 
 def corpus_spec(corpus: str, mirror: Path, work: Path) -> dict[str, Any]:
@@ -64,39 +55,13 @@ def corpus_spec(corpus: str, mirror: Path, work: Path) -> dict[str, Any]:
     if corpus == "english":
         path = work / "english.txt"
         if not path.exists():
-            path.write_text(_load_bench_module("corpora").english_text(mirror), encoding="utf-8")
+            path.write_text(runpy.run_path(str(BENCH / "corpora.py"))["english_text"](mirror), encoding="utf-8")
         return {
             "name": "bench-english", "corpus": {"train": str(path)}, "normalize": {"lowercase": True},
             "tokenizer": {"kind": "regex", "pattern": r"[a-z]+(?:'[a-z]+)?|[0-9]+"},
             "tokenize": {"workers": 2, "shard_mb": 1},
         }  # fmt: skip
     raise SystemExit(f"unknown corpus {corpus!r}; options: ptb, english")
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs, sampled every 20 ms (psutil)."""
-
-    def __enter__(self) -> PeakRSS:
-        import threading
-
-        import psutil
-
-        self.peak = 0
-        self._proc, self._stop = psutil.Process(), threading.Event()
-
-        def sample() -> None:
-            while not self._stop.is_set():
-                self.peak = max(self.peak, self._proc.memory_info().rss)
-                self._stop.wait(0.02)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files) -> dict[str, Any]:
@@ -111,7 +76,7 @@ def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files)
         workers=args.gensim_workers, seed=1,
     )  # fmt: skip
     words = sum(len(s) for s in sentences)
-    with PeakRSS() as rss:
+    with _common["RssSampler"](0.02, tree=False) as rss:
         model.build_vocab(sentences)
         t0 = time.perf_counter()
         model.train(sentences, total_examples=len(sentences), total_words=words, epochs=args.epochs)
@@ -173,25 +138,6 @@ def table_rows(corpus: str, words: int, rows: list[dict[str, Any]]) -> list[str]
             f"{r['peak_mb']:,.0f} |"
         )
     return out
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu})"
-
-
-def versions() -> str:
-    out = [f"Python {platform.python_version()}"]
-    for name in ("ray", "torch", "gensim", "numpy", "pyarrow"):
-        out.append(f"{name} {metadata.version(name)}")
-    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## sgns stage vs gensim Word2Vec skip-gram ({datetime.date.today().isoformat()})",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {machine()}; {versions()}.  ",
+        f"Machine: {_common['machine']()}; {_common['versions']('ray', 'torch', 'gensim', 'numpy', 'pyarrow', 'numba')}.  ",
         f"Settings (both systems): sg, dim {args.dim}, window {args.window}, negative {args.negative}, sample "
         f"{args.sample:g}, alpha {args.alpha} -> {args.alpha * 1e-4:g}, min_count {args.min_count}, {args.epochs} epochs; "
         f"gensim workers={args.gensim_workers}; sgns syncs/epoch {args.syncs_per_epoch or 'auto'} (scheme `{args.sync}` unless named), "
