@@ -1,0 +1,1 @@
+"""Sequence taggers (window, deep bidirectional RNN, CRF output, multitask) for the tagger stage."""
