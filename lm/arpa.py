@@ -98,7 +98,9 @@ def write_arpa(
     return path
 
 
-def write_arpa_parts(parts: dict[int, Sequence[Path]], counts: dict[int, int], vocab: pa.Array, path: Path) -> Path:
+def write_arpa_parts(
+    parts: dict[int, Sequence[Path]], counts: dict[int, int], vocab: pa.Array, path: Path
+) -> Path:
     """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
     them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
@@ -107,14 +109,20 @@ def write_arpa_parts(parts: dict[int, Sequence[Path]], counts: dict[int, int], v
     return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
 
 
-def _write_sections(path: Path, counts: dict[int, int], tables_of: Callable[[int], Iterable[pa.Table]], vocab: pa.Array) -> Path:
+def _write_sections(
+    path: Path, counts: dict[int, int], tables_of: Callable[[int], Iterable[pa.Table]], vocab: pa.Array
+) -> Path:
     """The ARPA writer behind both entry points: header, then each order's tables in batches; atomic."""
     top = max(counts)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as raw:
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
-            out.write(("\\data\\\n" + "".join(f"ngram {k}={counts[k]}\n" for k in range(1, top + 1)) + "\n").encode())
+            out.write(
+                (
+                    "\\data\\\n" + "".join(f"ngram {k}={counts[k]}\n" for k in range(1, top + 1)) + "\n"
+                ).encode()
+            )
             for k in range(1, top + 1):
                 out.write(f"\\{k}-grams:\n".encode())
                 written = 0
@@ -151,7 +159,9 @@ def read_arpa_counts(path: str | os.PathLike[str]) -> dict[int, int]:
     return counts
 
 
-def maybe_build_binary(arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing") -> Path | None:
+def maybe_build_binary(
+    arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing"
+) -> Path | None:
     """Run KenLM ``build_binary`` if it can be found; log and return ``None`` if not (the ARPA still works)."""
     if not kenlm_tools.kenlm_available(["build_binary"]):
         logger.warning("build_binary not found, leaving %s as ARPA; %s", arpa, kenlm_tools.BUILD_HINT)
@@ -170,7 +180,9 @@ def _read_lines(path: Path) -> pa.Array:
         stream,
         read_options=pacsv.ReadOptions(column_names=["line"], block_size=1 << 26),
         parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.large_string()}, strings_can_be_null=False),
+        convert_options=pacsv.ConvertOptions(
+            column_types={"line": pa.large_string()}, strings_can_be_null=False
+        ),
     )
     return table.column("line").combine_chunks()
 
@@ -189,7 +201,9 @@ def read_arpa(path: str | os.PathLike[str]) -> dict[int, pa.Table]:
     if not names or names[0] != "\\data\\" or names[-1] != "\\end\\":
         raise ValueError(f"{path}: not an ARPA file (no \\data\\ ... \\end\\)")
     header = lines[int(markers[0]) + 1 : int(markers[1])].to_pylist()
-    expected = {int(h.split()[1].split("=")[0]): int(h.split("=")[1]) for h in header if h.startswith("ngram ")}
+    expected = {
+        int(h.split()[1].split("=")[0]): int(h.split("=")[1]) for h in header if h.startswith("ngram ")
+    }
     out: dict[int, pa.Table] = {}
     for j in range(1, len(markers) - 1):
         name = names[j]
@@ -210,7 +224,9 @@ def read_arpa(path: str | os.PathLike[str]) -> dict[int, pa.Table]:
             backoff[has] = pc.cast(third, pa.float32()).to_numpy(zero_copy_only=False)
         out[order] = pa.table({"ngram": ngram, "prob": prob, "backoff": pa.array(backoff)})
         if expected.get(order) != len(body):
-            raise ValueError(f"{path}: header says ngram {order}={expected.get(order)} but found {len(body)} lines")
+            raise ValueError(
+                f"{path}: header says ngram {order}={expected.get(order)} but found {len(body)} lines"
+            )
     return out
 
 
@@ -248,9 +264,20 @@ def compare_arpa(left: dict[int, pa.Table], right: dict[int, pa.Table], examples
     max_p = max_b = 0.0
     worst = ""
     for k in sorted(set(left) | set(right)):
-        a = left.get(k, pa.table({"ngram": pa.array([], pa.string()), "prob": pa.array([], pa.float32()), "backoff": pa.array([], pa.float32())}))
+        a = left.get(
+            k,
+            pa.table(
+                {
+                    "ngram": pa.array([], pa.string()),
+                    "prob": pa.array([], pa.float32()),
+                    "backoff": pa.array([], pa.float32()),
+                }
+            ),
+        )
         b = right.get(k, a.slice(0, 0))
-        joined = a.join(b, "ngram", join_type="full outer", left_suffix="_l", right_suffix="_r", coalesce_keys=True)
+        joined = a.join(
+            b, "ngram", join_type="full outer", left_suffix="_l", right_suffix="_r", coalesce_keys=True
+        )
         pl, pr = joined.column("prob_l"), joined.column("prob_r")
         only_left[k] = joined.filter(pc.is_null(pr)).column("ngram").slice(0, examples).to_pylist()
         only_right[k] = joined.filter(pc.is_null(pl)).column("ngram").slice(0, examples).to_pylist()
@@ -258,8 +285,15 @@ def compare_arpa(left: dict[int, pa.Table], right: dict[int, pa.Table], examples
         if both.num_rows == 0:
             continue
         dp = np.abs(both.column("prob_l").to_numpy().astype(np.float64) - both.column("prob_r").to_numpy())
-        db = np.abs(both.column("backoff_l").to_numpy().astype(np.float64) - both.column("backoff_r").to_numpy())
-        dp = np.where(np.isinf(both.column("prob_l").to_numpy()) & (both.column("prob_l").to_numpy() == both.column("prob_r").to_numpy()), 0.0, dp)
+        db = np.abs(
+            both.column("backoff_l").to_numpy().astype(np.float64) - both.column("backoff_r").to_numpy()
+        )
+        dp = np.where(
+            np.isinf(both.column("prob_l").to_numpy())
+            & (both.column("prob_l").to_numpy() == both.column("prob_r").to_numpy()),
+            0.0,
+            dp,
+        )
         if dp.max() > max_p:
             max_p = float(dp.max())
             worst = f"{both.column('ngram')[int(dp.argmax())].as_py()} (prob)"

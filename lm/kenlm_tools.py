@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 KENLM_VERSION = "0.3.0"
 BINARIES = ("lmplz", "build_binary", "query")
-BUILD_HINT = "build them with `.ci/build_kenlm.sh` (needs cmake, g++ and the Boost/zlib/bz2/lzma dev packages)"
+BUILD_HINT = (
+    "build them with `.ci/build_kenlm.sh` (needs cmake, g++ and the Boost/zlib/bz2/lzma dev packages)"
+)
 
 
 class KenLMNotFoundError(FileNotFoundError):
@@ -157,7 +159,10 @@ def run_lmplz(
 
 
 def run_build_binary(
-    arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing", extra_args: Sequence[str] = ()
+    arpa: str | os.PathLike[str],
+    binary_out: str | os.PathLike[str],
+    kind: str = "probing",
+    extra_args: Sequence[str] = (),
 ) -> str:
     """Convert an ARPA file to KenLM's mmap-able binary format (``probing`` or ``trie``); return stderr."""
     if kind not in ("probing", "trie"):

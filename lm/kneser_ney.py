@@ -96,7 +96,9 @@ class KneserNeyConfig:
         if not 1 <= self.order <= 6:
             raise ValueError(f"order must be in 1..6 (KenLM's default KENLM_MAX_ORDER), got {self.order}")
         if len(self.prune) > self.order:
-            raise ValueError(f"prune thresholds given for orders 1..{len(self.prune)} but order is {self.order}")
+            raise ValueError(
+                f"prune thresholds given for orders 1..{len(self.prune)} but order is {self.order}"
+            )
         if any(t < 0 for t in self.prune) or list(self.prune) != sorted(self.prune):
             raise ValueError(f"prune thresholds must be non-negative and non-decreasing, got {self.prune}")
         if self.discount_fallback is not None:
@@ -179,7 +181,11 @@ def _cols(table: pa.Table, start: int, stop: int) -> list[np.ndarray]:
 
 #: Value columns of the intermediate tables, after the ``w0..w{k-1}`` uint32 ids (``kn_schema``).
 KN_VALUES: dict[str, list[pa.Field]] = {
-    "adjusted": [pa.field("adjusted", COUNT, False), pa.field("raw", COUNT, False), pa.field("pruned", pa.bool_(), False)],
+    "adjusted": [
+        pa.field("adjusted", COUNT, False),
+        pa.field("raw", COUNT, False),
+        pa.field("pruned", pa.bool_(), False),
+    ],
     "uninterp": [pa.field("prob", pa.float32(), False), pa.field("gamma", pa.float32(), False)],
     "gamma": [pa.field("gamma", pa.float32(), False)],
     "interp": [pa.field("prob", pa.float32(), False)],
@@ -319,7 +325,9 @@ def best_left_extension_step(
     ranks = cols[0][rows].astype(np.int64) if word_rank is None else word_rank[cols[0][rows]]
     r = int(rows[np.argmax(ranks)])
     return LastEntry(
-        int(ranks.max()), tuple(int(c[r]) for c in cols), int(column_np(adjusted, "adjusted")[r]),
+        int(ranks.max()),
+        tuple(int(c[r]) for c in cols),
+        int(column_np(adjusted, "adjusted")[r]),
         int(column_np(adjusted, "raw")[r]),
     )
 
@@ -428,7 +436,9 @@ def compute_discounts(stats: dict[int, OrderStats], fallback: Discount | None = 
 def _context_sums(adjusted: np.ndarray, pruned: np.ndarray, ctx: Sequence[np.ndarray], discount: Discount):
     """Per-context denominator and gamma (lmplz ``AddRight``), returned per row in the rows' own order."""
     n = len(adjusted)
-    order, starts, seg = _segments(ctx) if ctx else (np.arange(n), np.zeros(1, np.int64), np.zeros(n, np.int64))
+    order, starts, seg = (
+        _segments(ctx) if ctx else (np.arange(n), np.zeros(1, np.int64), np.zeros(n, np.int64))
+    )
     a = adjusted[order]
     p = pruned[order]
     kept = ~p & (a > 0)
@@ -484,7 +494,11 @@ def unigram_step(
     pruned = column_np(adjusted, "pruned").astype(bool)
     for special in (UNK_ID, BOS_ID):
         if not np.any(w == special):
-            w, a, pruned = np.append(w, np.uint32(special)), np.append(a, np.uint64(0)), np.append(pruned, False)
+            w, a, pruned = (
+                np.append(w, np.uint32(special)),
+                np.append(a, np.uint64(0)),
+                np.append(pruned, False),
+            )
     _, gamma, _, _ = _context_sums(a, pruned, [], discount)
     total_gamma = gamma[0] if len(gamma) else F32(0)
     denominator = F32(a.sum())
@@ -596,10 +610,14 @@ def estimate(
     n_order = config.order
     missing = [k for k in range(1, n_order + 1) if k not in counts_by_order]
     if missing:
-        raise ValueError(f"counts for orders {missing} missing; count_ngrams(table, {n_order}) gives all of them")
+        raise ValueError(
+            f"counts for orders {missing} missing; count_ngrams(table, {n_order}) gives all of them"
+        )
     for k in range(1, n_order + 1):
         t = counts_by_order[k]
-        if t.num_rows and max(int(column_np(t.combine_chunks(), f"w{i}").max()) for i in range(k)) >= len(vocab):
+        if t.num_rows and max(int(column_np(t.combine_chunks(), f"w{i}").max()) for i in range(k)) >= len(
+            vocab
+        ):
             raise ValueError(f"{k}-gram counts use ids >= the vocabulary size {len(vocab)}")
     if counts_by_order[1].num_rows == 0:
         raise ValueError("no unigrams to estimate from: the corpus has no sentences")
@@ -613,7 +631,9 @@ def estimate(
     adjusted: dict[int, list[pa.Table]] = {}
     for k in range(1, n_order + 1):
         lower = _repartition([counts_by_order[k]], key_columns(k), p)
-        higher = _repartition([counts_by_order[k + 1]], key_columns(k + 1, 1), p) if k < n_order else [None] * p
+        higher = (
+            _repartition([counts_by_order[k + 1]], key_columns(k + 1, 1), p) if k < n_order else [None] * p
+        )
         adjusted[k] = [
             adjust_counts_step(lo, hi, prune_threshold=thresholds[k - 1], prune_words=prune_words)
             for lo, hi in zip(lower, higher, strict=True)
@@ -623,25 +643,34 @@ def estimate(
     stats = {k: sum((count_stats_step(t) for t in parts), OrderStats()) for k, parts in adjusted.items()}
     for k, delta in last_entry_correction(adjusted, n_order, word_rank).items():
         stats[k] = stats[k] + delta
-    n_specials = 2 - int(any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1]))  # <unk>, <s> added later
+    n_specials = 2 - int(
+        any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
+    )  # <unk>, <s> added later
     stats[1] = stats[1] + OrderStats(n_specials, n_specials, (0, 0, 0, 0))
     fallback = config.fallback() if config.discount_fallback is not None else None
     discounts = compute_discounts(stats, fallback)
     for k in range(1, n_order + 1):
         d, s = discounts[k], stats[k]
-        logger.info("%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n)
+        logger.info(
+            "%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n
+        )
 
     logger.info("=== 3/4 Initial probabilities ===")
     interp: dict[int, list[pa.Table]] = {}
     unigrams, vocab_size = unigram_step(
-        pa.concat_tables(adjusted[1]), discounts[1],
-        interpolate_unigrams=config.interpolate_unigrams, vocab_pad=config.vocab_pad,
+        pa.concat_tables(adjusted[1]),
+        discounts[1],
+        interpolate_unigrams=config.interpolate_unigrams,
+        vocab_pad=config.vocab_pad,
     )
     interp[1] = [unigrams]
     uninterp: dict[int, list[pa.Table]] = {}
     gammas: dict[int, list[pa.Table]] = {}
     for k in range(2, n_order + 1):
-        results = [initial_probabilities_step(t, discounts[k]) for t in _repartition(adjusted[k], key_columns(k - 1), p)]
+        results = [
+            initial_probabilities_step(t, discounts[k])
+            for t in _repartition(adjusted[k], key_columns(k - 1), p)
+        ]
         uninterp[k] = [r[0] for r in results]
         gammas[k - 1] = [r[1] for r in results]
     adjusted.clear()  # free the adjusted counts before interpolation
@@ -659,7 +688,12 @@ def estimate(
     tables: dict[int, pa.Table] = {}
     for k in range(1, n_order + 1):
         g_parts = _repartition(gammas.pop(k), key_columns(k), p) if k < n_order else [None] * p
-        parts = [backoff_step(i, g) for i, g in zip(_repartition(interp[k], key_columns(k), p), g_parts, strict=True)]
+        parts = [
+            backoff_step(i, g)
+            for i, g in zip(_repartition(interp[k], key_columns(k), p), g_parts, strict=True)
+        ]
         tables[k] = _sorted(pa.concat_tables(parts).combine_chunks(), k)
         logger.info("%d-grams: %d", k, tables[k].num_rows)
-    return KneserNeyModel(order=n_order, tables=tables, discounts=discounts, stats=stats, vocab_size=vocab_size)
+    return KneserNeyModel(
+        order=n_order, tables=tables, discounts=discounts, stats=stats, vocab_size=vocab_size
+    )

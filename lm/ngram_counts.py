@@ -100,7 +100,9 @@ def pack_keys(cols: Sequence[np.ndarray]) -> np.ndarray:
     return code
 
 
-def group_rows(cols: Sequence[np.ndarray], weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def group_rows(
+    cols: Sequence[np.ndarray], weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Group identical rows of ``cols``; return (index of one row per group, group sizes or weight sums).
 
     Groups come out in ascending lexicographic order of the key tuple.  Sums stay uint64 (``np.bincount``
@@ -130,7 +132,9 @@ def lookup_rows(left: Sequence[np.ndarray], right: Sequence[np.ndarray]) -> tupl
     n_right = len(right[0])
     if n_right == 0 or n_left == 0:
         return np.zeros(n_left, dtype=np.int64), np.zeros(n_left, dtype=bool)
-    code = pack_keys([np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in zip(left, right, strict=True)])
+    code = pack_keys(
+        [np.concatenate([np.asarray(a), np.asarray(b)]) for a, b in zip(left, right, strict=True)]
+    )
     code_left, code_right = code[:n_left], code[n_left:]
     order = np.argsort(code_right, kind="stable")
     sorted_right = code_right[order]
@@ -280,7 +284,9 @@ def merge_counts(tables: Sequence[pa.Table]) -> pa.Table:
     if len(orders) != 1:
         raise ValueError(f"cannot merge n-gram tables of different orders {sorted(orders)}")
     order = orders.pop()
-    table = pa.concat_tables([t.select([*key_columns(order), "count"]).cast(ngram_schema(order)) for t in tables])
+    table = pa.concat_tables(
+        [t.select([*key_columns(order), "count"]).cast(ngram_schema(order)) for t in tables]
+    )
     if table.num_rows == 0:
         return table.combine_chunks()
     table = table.combine_chunks()

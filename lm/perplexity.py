@@ -28,6 +28,14 @@ import numpy as np
 LN10 = math.log(10.0)
 
 
+def _pow10(x: float) -> float:
+    """``10 ** x``, inf instead of OverflowError (a diverged model's perplexity is inf, not a crash)."""
+    try:
+        return 10.0**x
+    except OverflowError:
+        return math.inf
+
+
 @dataclass(slots=True)
 class CorpusScore:
     """Running whole-corpus sums (log10), as KenLM's query keeps them."""
@@ -38,7 +46,9 @@ class CorpusScore:
     oov: int = 0
     oov_log10_sum: float = 0.0
 
-    def add(self, log10_probs: Sequence[float] | np.ndarray, oov: Sequence[bool] | np.ndarray, sentences: int = 1) -> None:
+    def add(
+        self, log10_probs: Sequence[float] | np.ndarray, oov: Sequence[bool] | np.ndarray, sentences: int = 1
+    ) -> None:
         """Add one or more sentences' per-token log10 probabilities (``</s>`` included) and OOV flags."""
         lp = np.asarray(log10_probs, dtype=np.float64)
         flags = np.asarray(oov, dtype=bool)
@@ -48,7 +58,9 @@ class CorpusScore:
         self.oov += int(flags.sum())
         self.oov_log10_sum += float(lp[flags].sum())
 
-    def add_natural(self, ln_probs: Sequence[float] | np.ndarray, oov: Sequence[bool] | np.ndarray, sentences: int = 1) -> None:
+    def add_natural(
+        self, ln_probs: Sequence[float] | np.ndarray, oov: Sequence[bool] | np.ndarray, sentences: int = 1
+    ) -> None:
         """The same for natural-log probabilities (neural models): log10 = ln / ln 10."""
         self.add(np.asarray(ln_probs, dtype=np.float64) / LN10, oov, sentences)
 
@@ -64,14 +76,23 @@ class CorpusScore:
 
     def perplexity(self) -> float:
         """Perplexity including OOVs: ``10 ** (-sum log10 p / tokens)``."""
-        return 10.0 ** (-self.log10_sum / self.tokens) if self.tokens else float("nan")
+        return _pow10(-self.log10_sum / self.tokens) if self.tokens else float("nan")
 
     def perplexity_excluding_oov(self) -> float:
         kept = self.tokens - self.oov
-        return 10.0 ** (-(self.log10_sum - self.oov_log10_sum) / kept) if kept else float("nan")
+        return _pow10(-(self.log10_sum - self.oov_log10_sum) / kept) if kept else float("nan")
 
     def oov_rate(self) -> float:
         return self.oov / self.tokens if self.tokens else 0.0
+
+    def perplexity_per(self, units: int) -> float:
+        """The same total log-probability over another denominator (Mielke 2019): e.g. per-word perplexity of
+        a subword or character model with ``units`` = words + one ``</s>`` per sentence (KenLM's n + 1)."""
+        return _pow10(-self.log10_sum / units) if units else float("nan")
+
+    def bits_per(self, units: int) -> float:
+        """Bits per unit, e.g. bits per byte with ``units`` = UTF-8 bytes of the text (tokenizer-agnostic)."""
+        return -self.log10_sum / units / math.log10(2.0) if units else float("nan")
 
     def cross_entropy_bits(self) -> float:
         """Bits per predicted token (log2 of the perplexity)."""

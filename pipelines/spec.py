@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 #: Stages in the order the runner executes them.
-STAGE_ORDER: tuple[str, ...] = ("tokenize", "ngram", "sgns", "cooccur", "glove", "lm", "tagger", "report")
+STAGE_ORDER: tuple[str, ...] = ("tokenize", "ngram", "sgns", "cooccur", "glove", "lm", "tagger", "mix", "report")
 
 
 class SpecError(ValueError):
@@ -41,6 +41,28 @@ def _check_range(path: str, value: float | int, lo: float | None = None, hi: flo
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"{'' if lo is None else lo} .. {'' if hi is None else hi}"
         _fail(path, value, f"a number in [{bounds}]")
+
+
+#: Spec help for a ``resources`` entry (the Ray resources one worker of a stage requests).
+_RESOURCES_ALLOWED = "NAME=AMOUNT, amount > 0, each name once: CPU, GPU or a custom resource of the nodes (e.g. ssd=1)"
+
+
+def parse_resources(path: str, entries: typing.Sequence[str]) -> dict[str, float]:
+    """``["CPU=2", "ssd=1"]`` -> ``{"CPU": 2.0, "ssd": 1.0}``, the Ray resources of one stage worker; fails
+    naming the key path.  ``memory`` is refused: memory budgets are the stages' ``memory_mb``."""
+    out: dict[str, float] = {}
+    for i, entry in enumerate(entries):
+        name, sep, amount = (part.strip() for part in entry.partition("="))
+        try:
+            value = float(amount)
+        except ValueError:
+            value = 0.0
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_:.-]*", name) or not value > 0 or name in out:
+            _fail(f"{path}[{i}]", entry, _RESOURCES_ALLOWED)
+        if name in ("memory", "object_store_memory"):
+            _fail(f"{path}[{i}]", entry, f"{_RESOURCES_ALLOWED}; not {name} (memory budgets are the stage's memory_mb)")
+        out[name] = value
+    return out
 
 
 # --------------------------------------------------------------------------------------------- corpus
@@ -152,10 +174,14 @@ class TokenizeSpec:
     shard_mb: float = 64.0
     #: Arrow IPC compression of the shards.
     compression: Literal["zstd", "lz4", "none"] = "zstd"
+    #: Ray resources per worker (:func:`parse_resources`), e.g. ``[CPU=1, ssd=1]`` to run on nodes started
+    #: with ``ray start --resources '{"ssd": 4}'``; default one CPU.  Not in the fingerprint: where, not what.
+    resources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_range("tokenize.workers", self.workers, 1, 100_000)
         _check_range("tokenize.shard_mb", self.shard_mb, 0.001, 16_384)
+        parse_resources("tokenize.resources", self.resources)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -181,9 +207,12 @@ class NgramSpec:
     arpa_gzip: bool = False
     #: Also write KenLM's binary format when ``build_binary`` is found.
     build_binary: bool = True
+    #: Ray resources per task, as ``tokenize.resources`` (default one CPU).  Not in the fingerprint.
+    resources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_range("ngram.order", self.order, 1, 6)
+        parse_resources("ngram.resources", self.resources)
         _check_range("ngram.workers", self.workers, 1, 100_000)
         _check_range("ngram.partitions", self.partitions, 1, 1 << 16)
         _check_range("ngram.memory_mb", self.memory_mb, 64, None)
@@ -277,7 +306,7 @@ class CooccurSpec:
 
     def __post_init__(self) -> None:
         _check_range("cooccur.window", self.window, 1, 20)
-        for name in ("min_count", "workers", "partitions"):
+        for name in ("min_count", "workers"):
             _check_range(f"cooccur.{name}", getattr(self, name), 1, None)
         _check_range("cooccur.partitions", self.partitions, 1, 4096)
         _check_range("cooccur.memory_mb", self.memory_mb, 64, None)
@@ -329,6 +358,367 @@ class GloveSpec:
         _check_range("glove.seed", self.seed, 0, (1 << 63) - 1)
 
 
+#: Where the lm stage's input embedding may come from: an earlier stage of the run, or a file/directory.
+LM_EMBEDDING_STAGES = ("sgns", "glove")
+_LM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LmModelSpec:
+    """One recurrent language model of the lm stage: architecture (``lm.models``) and optimisation
+    (``lm.train``).  Defaults are Zaremba et al.'s small LSTM (2 x 200, no dropout, SGD lr 1, clip 5, batch 20,
+    bptt 20) with Mikolov's validation-driven schedule; ``lr`` and ``clip`` are in Zaremba's units (loss summed
+    over the bptt steps, averaged over the batch).  Share settings between models with YAML anchors."""
+
+    name: str
+    kind: Literal["rnn", "irnn", "lstm", "gru"] = "lstm"
+    emb_dim: int = 200
+    hidden: int = 200
+    layers: int = 2
+    dropout: float = 0.0  # on non-recurrent connections only (Zaremba)
+    tie: bool = False  # output matrix = input embedding (a projection is added when hidden != emb_dim)
+    forget_bias: float = 0.0  # lstm only
+    init: Literal["glorot", "uniform"] = "glorot"  # uniform: +-init_scale, as Zaremba
+    init_scale: float = 0.1
+    irnn_input_std: float = 0.001  # irnn: std of the input weights (Le et al. 2015)
+    #: irnn: the recurrent matrix starts as this x identity (Le et al.: "the identity matrix or its scaled
+    #: version"); below 1 the carried state decays instead of summing its inputs over the whole stream.
+    irnn_identity_scale: float = 1.0
+    softmax: Literal["full", "class", "adaptive"] = "full"
+    classes: int | None = None  # class softmax: null = round(sqrt(V))
+    cutoffs: tuple[int, ...] = ()  # adaptive softmax cluster bounds; () = 2k/10k/50k below V
+    #: Input embedding initialised from ``sgns`` or ``glove`` (RUN/<stage>/vectors) or a path to vectors
+    #: (``embeddings_format``: an lmpipe Vectors directory, or a file format of ``lmpipe embeddings import``).
+    embeddings: str | None = None
+    embeddings_format: Literal["vectors", "word2vec", "word2vec-bin", "glove", "npy", "safetensors"] = "vectors"
+    freeze_embeddings: bool = False
+    #: Vectors whose dimension is not ``emb_dim``: ``error`` stops before training, ``project`` learns a linear map.
+    dim_mismatch: Literal["error", "project"] = "error"
+    optimizer: Literal["sgd", "adagrad", "adam"] = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip: float = 5.0  # max global gradient norm, 0 = off
+    batch_size: int = 20  # columns per worker
+    bptt: int = 20
+    epochs: int = 13
+    #: ``plateau``: lr /= lr_factor when validation perplexity does not improve by ``min_improvement`` (Mikolov);
+    #: ``fixed``: lr x lr_decay every epoch after ``decay_after`` (Zaremba); ``none``.
+    schedule: Literal["plateau", "fixed", "none"] = "plateau"
+    lr_factor: float = 4.0
+    min_improvement: float = 1.0
+    decay_after: int = 4
+    lr_decay: float = 0.5
+    patience: int | None = None  # stop after this many epochs in a row without improvement
+    seed: int = 1
+
+    def validate(self, where: str) -> None:
+        """Checks with the key path ``where`` (``lm.models[i]``) in every message."""
+        if not _LM_NAME.fullmatch(self.name):
+            _fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
+        for name in ("emb_dim", "hidden"):
+            _check_range(f"{where}.{name}", getattr(self, name), 1, 1 << 16)
+        _check_range(f"{where}.layers", self.layers, 1, 4)
+        _check_range(f"{where}.bptt", self.bptt, 1, 100_000)
+        _check_range(f"{where}.batch_size", self.batch_size, 1, 1 << 20)
+        _check_range(f"{where}.epochs", self.epochs, 1, 100_000)
+        if not 0.0 <= self.dropout < 1.0:
+            _fail(f"{where}.dropout", self.dropout, "a number in [0 .. 1)")
+        if not self.lr > 0:
+            _fail(f"{where}.lr", self.lr, "a number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            _fail(f"{where}.momentum", self.momentum, "a number in [0 .. 1)")
+        if self.momentum and self.optimizer != "sgd":
+            _fail(f"{where}.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
+        _check_range(f"{where}.weight_decay", self.weight_decay, 0.0, None)
+        _check_range(f"{where}.clip", self.clip, 0.0, None)
+        if not self.init_scale > 0:
+            _fail(f"{where}.init_scale", self.init_scale, "a number > 0")
+        if not self.irnn_input_std > 0:
+            _fail(f"{where}.irnn_input_std", self.irnn_input_std, "a number > 0")
+        if not 0.0 < self.irnn_identity_scale <= 1.0:
+            _fail(f"{where}.irnn_identity_scale", self.irnn_identity_scale, "a number in (0 .. 1]")
+        if self.forget_bias and self.kind != "lstm":
+            _fail(f"{where}.forget_bias", self.forget_bias, f"0 for kind {self.kind!r} (only an lstm has a forget gate)")
+        if self.classes is not None:
+            _check_range(f"{where}.classes", self.classes, 1, 1 << 20)
+        if any(c < 1 for c in self.cutoffs) or any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:], strict=False)):
+            _fail(f"{where}.cutoffs", list(self.cutoffs), "increasing positive ids, e.g. [2000, 10000]")
+        if self.tie and self.softmax == "adaptive":
+            _fail(f"{where}.tie", self.tie, "false with softmax 'adaptive' (it has its own head); or softmax full/class")
+        if self.freeze_embeddings and self.embeddings is None:
+            _fail(f"{where}.freeze_embeddings", True, "false unless `embeddings` names the vectors to freeze")
+        if self.freeze_embeddings and self.tie:
+            _fail(f"{where}.freeze_embeddings", True, "false with tie: true (freezing would freeze the output layer)")
+        if self.embeddings in LM_EMBEDDING_STAGES and self.embeddings_format != "vectors":
+            _fail(f"{where}.embeddings_format", self.embeddings_format, f"'vectors' for the {self.embeddings} stage")
+        if not self.lr_factor > 1.0:
+            _fail(f"{where}.lr_factor", self.lr_factor, "a number > 1")
+        _check_range(f"{where}.min_improvement", self.min_improvement, 1.0, None)
+        _check_range(f"{where}.decay_after", self.decay_after, 0, None)
+        if not 0.0 < self.lr_decay <= 1.0:
+            _fail(f"{where}.lr_decay", self.lr_decay, "a number in (0 .. 1]")
+        if self.patience is not None:
+            _check_range(f"{where}.patience", self.patience, 1, None)
+        _check_range(f"{where}.seed", self.seed, 0, (1 << 63) - 1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LmSpec:
+    """The lm stage: recurrent LMs trained with Ray Train (DDP) and scored with KenLM's accounting.
+
+    ``models`` lists named models trained one after the other, so one run compares e.g. ``lstm``, ``rnn``,
+    ``irnn`` and ``lstm-sgns``.  ``workers`` data-parallel replicas each take ``batch_size`` columns of the token
+    stream (the global batch is workers x batch_size).  Evaluation: ``eval_state: carry`` scores the split as
+    ``eval_columns`` contiguous runs with the hidden state carried across sentences; ``reset`` zeroes it at
+    every sentence (KenLM's context).  ``threads`` is left out of the fingerprint."""
+
+    models: tuple[LmModelSpec, ...] = (LmModelSpec(name="lstm"),)
+    workers: int = 1
+    threads: int = 1  # torch threads per worker
+    use_gpu: bool = False
+    eval_columns: int = 10
+    eval_state: Literal["carry", "reset"] = "carry"
+
+    def __post_init__(self) -> None:
+        _check_range("lm.workers", self.workers, 1, 100_000)
+        _check_range("lm.threads", self.threads, 1, 1024)
+        _check_range("lm.eval_columns", self.eval_columns, 1, 1 << 20)
+        if not self.models:
+            _fail("lm.models", [], "one or more models, e.g. [{name: lstm, kind: lstm}]")
+        seen: set[str] = set()
+        for i, model in enumerate(self.models):
+            model.validate(f"lm.models[{i}]")
+            if model.name in seen:
+                _fail(f"lm.models[{i}].name", model.name, "a name not used by another model of the list")
+            seen.add(model.name)
+
+    def model(self, name: str | None) -> LmModelSpec:
+        """A model by name (the first one for None); the error lists the names."""
+        for m in self.models:
+            if name is None or m.name == name:
+                return m
+        raise SpecError(f"lm.models: no model named {name!r}; models: {[m.name for m in self.models]}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MixtureSpec:
+    """One interpolated mixture of the run's models (names as the stages list them: ``kn5``, ``lstm`` ...)."""
+
+    models: tuple[str, ...]
+    name: str | None = None  # default: the model names joined by "+"
+    #: ``em`` fits the weights on the valid split (never on test); ``grid`` tries 21 weights (two models);
+    #: ``fixed`` uses ``weights`` as given.
+    method: Literal["em", "grid", "fixed"] = "em"
+    weights: tuple[float, ...] | None = None  # for method fixed: one per model, >= 0, summing to 1
+    #: Weights conditioned on the previous token's training count (Bengio et al. 2003): the thresholds that
+    #: start bins 1.., e.g. [10, 100, 1000]; empty = one set of weights.
+    context_bins: tuple[int, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.name or "+".join(self.models)
+
+    def validate(self, path: str) -> None:
+        if len(self.models) < 2 or len(set(self.models)) != len(self.models):
+            _fail(f"{path}.models", list(self.models), "two or more different model names, e.g. [kn5, lstm]")
+        if self.method == "fixed":
+            w = self.weights
+            if w is None or len(w) != len(self.models):
+                _fail(f"{path}.weights", None if w is None else list(w), f"{len(self.models)} weights for method fixed")
+            if any(x < 0 for x in w) or abs(sum(w) - 1.0) > 1e-6:
+                _fail(f"{path}.weights", list(w), "non-negative weights summing to 1")
+        elif self.weights is not None:
+            _fail(f"{path}.weights", list(self.weights), "no weights unless method is fixed (em and grid fit them)")
+        if self.method == "grid" and len(self.models) != 2:
+            _fail(f"{path}.method", self.method, "em or fixed for more than two models (grid is for two)")
+        if list(self.context_bins) != sorted(set(self.context_bins)) or any(b < 1 for b in self.context_bins):
+            _fail(f"{path}.context_bins", list(self.context_bins), "increasing positive counts, e.g. [10, 100, 1000]")
+        if self.context_bins and self.method != "em":
+            _fail(f"{path}.context_bins", list(self.context_bins), "bins only with method em")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MixSpec:
+    """The mix stage: linear interpolations of models already scored in the run (``lm.mixture``), weights
+    fitted on ``valid`` only, each scored on ``test`` with KenLM's accounting."""
+
+    mixtures: tuple[MixtureSpec, ...] = ()
+    bootstrap_samples: int = 1000  # paired bootstrap of the test perplexity difference vs each component
+
+    def __post_init__(self) -> None:
+        _check_range("mix.bootstrap_samples", self.bootstrap_samples, 0, 1_000_000)
+        seen: set[str] = set()
+        for i, mixture in enumerate(self.mixtures):
+            mixture.validate(f"mix.mixtures[{i}]")
+            if mixture.label in seen:
+                _fail(f"mix.mixtures[{i}].name", mixture.label, "a name not used by another mixture")
+            seen.add(mixture.label)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportSpec:
+    """The report stage: one table over every model of the run (``pipelines.report``); runs last."""
+
+    split: str = "test"  # the split the model table ranks by
+    #: ``null``: perplexity (rows of one token stream); ``bpb``: bits per byte of the raw text.
+    normalize: Literal["bpb"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "valid", "test"):
+            _fail("report.split", self.split, "one of train, valid, test")
+
+
+# --------------------------------------------------------------------------------------------- tagger
+#: Tag columns per tagged-file format (``pipelines.conll.COLUMNS``); chunk columns are scored as spans.
+TAGGER_COLUMNS: dict[str, tuple[str, ...]] = {
+    "conll2003": ("ner", "chunk", "pos"), "conll2000": ("chunk", "pos"), "conllu": ("upos", "xpos"),
+}  # fmt: skip
+TAGGER_SPAN_COLUMNS = ("ner", "chunk")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaggerTaskSpec:
+    """One tagging task: a tag column of a tagged corpus.  Tasks may come from different corpora (POS from
+    one, NER from another); the first task is the one early stopping and model selection watch."""
+
+    name: str
+    format: Literal["conll2003", "conll2000", "conllu"]
+    column: str  # conll2003: ner | chunk | pos; conll2000: chunk | pos; conllu: upos | xpos
+    train: str  # a path or data:NAME/SPLIT
+    valid: str | None = None
+    test: str | None = None
+    #: With no ``valid`` file: this fraction of the training sentences (by a hash of the sentence) is the valid set.
+    valid_fraction: float = 0.0
+    #: Chunk columns are trained and predicted in this scheme (read from and written back in the file's own).
+    scheme: Literal["iob1", "iob2", "bioes"] = "bioes"
+    weight: float = 1.0  # of this task's loss in the multitask sum
+
+    def validate(self, where: str) -> None:
+        if not _LM_NAME.fullmatch(self.name):
+            _fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
+        if self.column not in TAGGER_COLUMNS[self.format]:
+            _fail(f"{where}.column", self.column, f"one of {list(TAGGER_COLUMNS[self.format])} for format {self.format!r}")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            _fail(f"{where}.valid_fraction", self.valid_fraction, "a number in [0 .. 1)")
+        if self.valid is not None and self.valid_fraction:
+            _fail(f"{where}.valid_fraction", self.valid_fraction, "0 when `valid` names a file")
+        if not self.weight > 0:
+            _fail(f"{where}.weight", self.weight, "a number > 0")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaggerTuneSpec:
+    """``lmpipe tune SPEC --stage tagger``: random search (Bergstra & Bengio 2012) with ASHA early stopping.
+    Ranges: ``lr`` log-uniform in [low, high], ``dropout`` uniform in [low, high], ``hidden`` and ``window`` choices."""
+
+    lr: tuple[float, ...] = (0.003, 0.1)
+    dropout: tuple[float, ...] = (0.0, 0.5)
+    hidden: tuple[int, ...] = (100, 200, 300)
+    window: tuple[int, ...] = (3, 5, 7)
+    grace_period: int = 2  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 3
+    cpus_per_trial: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "dropout"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not lo_hi[0] <= lo_hi[1]:
+                _fail(f"tagger.tune.{name}", list(lo_hi), "[low, high] with low <= high")
+        if not self.lr[0] > 0:
+            _fail("tagger.tune.lr", list(self.lr), "positive bounds")
+        if not (0.0 <= self.dropout[0] and self.dropout[1] < 1.0):
+            _fail("tagger.tune.dropout", list(self.dropout), "bounds in [0 .. 1)")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            _fail("tagger.tune.hidden", list(self.hidden), "one or more positive sizes")
+        if not self.window or any(w < 1 or w % 2 == 0 for w in self.window):
+            _fail("tagger.tune.window", list(self.window), "one or more odd window sizes")
+        _check_range("tagger.tune.grace_period", self.grace_period, 1, None)
+        _check_range("tagger.tune.reduction_factor", self.reduction_factor, 2, None)
+        _check_range("tagger.tune.cpus_per_trial", self.cpus_per_trial, 1, 1024)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaggerSpec:
+    """The tagger stage: Collobert & Weston's window tagger or a deep bidirectional RNN (Irsoy & Cardie), softmax
+    or CRF output, one output layer per task over shared lookup tables and hidden layers, trained with Ray
+    Train.  Defaults are Collobert & Weston's window network (50-d words, 5-d caps, window 5, 300 hardtanh
+    units); ``model: rnn`` with ``crf: true`` is Lample et al.'s BiLSTM-CRF.  Word vectors come from this
+    run's ``sgns``/``glove`` stage or a vectors path (``vectors_format``); ``lowercase: null`` lowercases the
+    lookup when the vectors hold no uppercase token (or when there are no vectors)."""
+
+    tasks: tuple[TaggerTaskSpec, ...] = ()
+    model: Literal["window", "rnn"] = "window"
+    vectors: str | None = None
+    vectors_format: Literal["vectors", "word2vec", "word2vec-bin", "glove", "npy", "safetensors"] = "vectors"
+    max_vectors: int | None = 100_000  # the most frequent vectors added to the vocabulary (null: all)
+    lowercase: bool | None = None
+    min_count: int = 1  # training words seen less often are <unk> (unless they have a vector)
+    freeze_vectors: bool = False
+    dim: int = 50
+    case_dim: int = 5  # 0: no capitalisation feature
+    window: int = 5  # window model only, odd
+    hidden: int = 300  # window: hidden units; rnn: units per direction
+    layers: int = 1
+    cell: Literal["lstm", "gru", "rnn"] = "lstm"  # rnn model only; rnn = Elman (tanh)
+    activation: Literal["hardtanh", "tanh"] = "hardtanh"  # window model only
+    crf: bool = False
+    dropout: float = 0.0
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_decay: float = 0.0  # lr / (1 + lr_decay x epoch)
+    clip: float = 5.0
+    batch_size: int = 16  # sentences per task per worker
+    epochs: int = 20
+    patience: int | None = 5
+    seed: int = 1
+    workers: int = 1
+    threads: int = 1
+    use_gpu: bool = False
+    tune: TaggerTuneSpec = field(default_factory=TaggerTuneSpec)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            task.validate(f"tagger.tasks[{i}]")
+            if task.name in seen:
+                _fail(f"tagger.tasks[{i}].name", task.name, "a name not used by another task")
+            seen.add(task.name)
+        if self.max_vectors is not None:
+            _check_range("tagger.max_vectors", self.max_vectors, 1, None)
+        if self.vectors in LM_EMBEDDING_STAGES and self.vectors_format != "vectors":
+            _fail("tagger.vectors_format", self.vectors_format, f"'vectors' for the {self.vectors} stage")
+        if self.freeze_vectors and self.vectors is None:
+            _fail("tagger.freeze_vectors", True, "false unless `vectors` names the vectors to freeze")
+        _check_range("tagger.min_count", self.min_count, 1, None)
+        _check_range("tagger.dim", self.dim, 1, 1 << 16)
+        _check_range("tagger.case_dim", self.case_dim, 0, 1 << 10)
+        if self.window < 1 or self.window % 2 == 0:
+            _fail("tagger.window", self.window, "an odd number >= 1 (the token in the middle)")
+        _check_range("tagger.hidden", self.hidden, 1, 1 << 16)
+        _check_range("tagger.layers", self.layers, 1, 8)
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("tagger.dropout", self.dropout, "a number in [0 .. 1)")
+        if not self.lr > 0:
+            _fail("tagger.lr", self.lr, "a number > 0")
+        if not 0.0 <= self.momentum < 1.0:
+            _fail("tagger.momentum", self.momentum, "a number in [0 .. 1)")
+        if self.momentum and self.optimizer != "sgd":
+            _fail("tagger.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
+        _check_range("tagger.weight_decay", self.weight_decay, 0.0, None)
+        _check_range("tagger.lr_decay", self.lr_decay, 0.0, None)
+        _check_range("tagger.clip", self.clip, 0.0, None)
+        _check_range("tagger.batch_size", self.batch_size, 1, 1 << 20)
+        _check_range("tagger.epochs", self.epochs, 1, 100_000)
+        if self.patience is not None:
+            _check_range("tagger.patience", self.patience, 1, None)
+        _check_range("tagger.seed", self.seed, 0, (1 << 63) - 1)
+        _check_range("tagger.workers", self.workers, 1, 100_000)
+        _check_range("tagger.threads", self.threads, 1, 1024)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunSpec:
     """The whole pipeline: corpus, text handling and the settings of every stage."""
@@ -345,6 +735,10 @@ class RunSpec:
     sgns: SgnsSpec = field(default_factory=SgnsSpec)
     cooccur: CooccurSpec = field(default_factory=CooccurSpec)
     glove: GloveSpec = field(default_factory=GloveSpec)
+    lm: LmSpec = field(default_factory=LmSpec)
+    tagger: TaggerSpec = field(default_factory=TaggerSpec)
+    mix: MixSpec = field(default_factory=MixSpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -534,6 +928,22 @@ def _anchor_paths(data: dict[str, Any], base: Path) -> None:
     ngram = data.get("ngram")
     if isinstance(ngram, dict) and isinstance(ngram.get("limit_vocab"), str) and is_local_relative(ngram["limit_vocab"]):
         ngram["limit_vocab"] = str(base / ngram["limit_vocab"])
+    lm = data.get("lm")
+    models = lm.get("models") if isinstance(lm, dict) else None
+    for model in models if isinstance(models, list) else []:
+        ref = model.get("embeddings") if isinstance(model, dict) else None
+        if isinstance(ref, str) and ref not in LM_EMBEDDING_STAGES and is_local_relative(ref):
+            model["embeddings"] = str(base / ref)
+    tagger = data.get("tagger")
+    if isinstance(tagger, dict):
+        ref = tagger.get("vectors")
+        if isinstance(ref, str) and ref not in LM_EMBEDDING_STAGES and is_local_relative(ref):
+            tagger["vectors"] = str(base / ref)
+        tasks = tagger.get("tasks")
+        for task in tasks if isinstance(tasks, list) else []:
+            for split in ("train", "valid", "test") if isinstance(task, dict) else ():
+                if isinstance(task.get(split), str) and is_local_relative(task[split]):
+                    task[split] = str(base / task[split])
 
 
 def dump_spec(spec: RunSpec) -> str:

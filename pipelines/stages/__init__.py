@@ -26,6 +26,12 @@ STAGE_MODULES: dict[str, str] = {
     "tokenize": "pipelines.stages.tokenize",
     "ngram": "pipelines.stages.ngram",
     "sgns": "pipelines.stages.sgns",
+    "cooccur": "pipelines.stages.cooccur",
+    "glove": "pipelines.stages.glove",
+    "lm": "pipelines.stages.lm",
+    "tagger": "pipelines.stages.tagger",
+    "mix": "pipelines.stages.mix",
+    "report": "pipelines.stages.report",
 }
 
 

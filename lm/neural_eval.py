@@ -1,0 +1,101 @@
+"""Score a split with a neural LM into ``lm.perplexity.CorpusScore`` -- the accumulator the n-gram models use,
+so both columns of the perplexity table come out of the same sums.
+
+What is predicted is KenLM's token stream (``lm.batching``): every word of every sentence and one ``</s>`` per
+sentence; a target id 0 (``<unk>``) is an OOV, scored as the ``<unk>`` class like KenLM does; sums are over the
+whole split.  **Hidden-state policy** (the one legitimate difference from KenLM, stated in every manifest):
+
+* ``carry`` -- the split is cut into ``eval_columns`` contiguous runs of whole sentences; the state is zero at
+  the top of a run and carried across sentence ends inside it (the PyTorch example's evaluation);
+* ``reset`` -- the state is zero at the start of every sentence (KenLM's reset at ``<s>``).
+
+Either way the context of a sentence's first word is ``</s>``, the model's ``<s>``.
+
+``text_units`` gives the denominators of the tokenizer-independent figures (Mielke 2019, REFERENCES G):
+per-word perplexity = exp(total NLL / (words + sentences)) and bits per byte = total NLL / (ln 2 x bytes),
+bytes of the text rebuilt from the tokens plus one newline per sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lm.batching import EvalColumns
+from lm.models import RNNModel
+from lm.perplexity import CorpusScore
+from pipelines.schemas import EOS_ID, UNK_ID
+from pipelines.tokenizers import SPACE_MARK
+
+
+@torch.no_grad()
+def score_columns(
+    model: RNNModel,
+    cols: EvalColumns,
+    *,
+    bptt: int = 35,
+    device: torch.device | str = "cpu",
+    columns: Sequence[int] | None = None,
+    batch_columns: int = 64,
+) -> CorpusScore:
+    """Whole-corpus log-probabilities of the (selected) columns' targets; the state is carried down a column
+    in windows of ``bptt`` rows.  Columns are processed ``batch_columns`` at a time."""
+    was_training = model.training
+    model.eval()
+    picked = list(range(cols.inputs.size(1))) if columns is None else list(columns)
+    score = CorpusScore()
+    for start in range(0, len(picked), batch_columns):
+        idx = torch.tensor(picked[start : start + batch_columns], dtype=torch.int64)
+        inputs, targets, mask = (t.index_select(1, idx) for t in (cols.inputs, cols.targets, cols.mask))
+        rows = int(mask.sum(0).max().item()) if mask.numel() else 0
+        hidden = model.init_hidden(len(idx))
+        for i in range(0, rows, bptt):
+            x, y, m = inputs[i : i + bptt], targets[i : i + bptt], mask[i : i + bptt]
+            lp, hidden = model(x.to(device), hidden, y.to(device))
+            lp, y, m = lp.double().cpu().t(), y.t(), m.t()  # column-major: each column's tokens in order
+            keep = m.reshape(-1)
+            flat_y = y.reshape(-1)[keep]
+            score.add_natural(
+                lp.reshape(-1)[keep].numpy(),
+                (flat_y == UNK_ID).numpy(),
+                sentences=int((flat_y == EOS_ID).sum()),
+            )
+        del hidden
+    model.train(was_training)
+    return score
+
+
+def text_units(tokens: Sequence[str], sentences: Sequence[np.ndarray], kind: str) -> dict[str, int]:
+    """Words and UTF-8 bytes of the text the token ids stand for, for per-word perplexity and bits per byte.
+
+    ``whitespace``/``regex`` tokens are joined with one space; ``char`` and ``sentencepiece`` pieces are
+    concatenated and ``▁`` becomes a space.  ``<unk>`` counts as one word and one byte (its real text is not
+    stored).  ``bytes`` includes one newline per sentence (the byte ``</s>`` stands for); ``units`` = words +
+    sentences, KenLM's n + 1."""
+    words = n_bytes = 0
+    lengths = np.array([len(t.encode("utf-8")) for t in tokens], dtype=np.int64)
+    lengths[UNK_ID] = 1
+    marks = np.array([t.count(SPACE_MARK) for t in tokens], dtype=np.int64)
+    mark_bytes = len(SPACE_MARK.encode("utf-8"))
+    starts = np.array([t.startswith(SPACE_MARK) for t in tokens], dtype=bool)
+    for s in sentences:
+        s = np.asarray(s, dtype=np.int64)
+        if len(s) == 0:
+            n_bytes += 1
+            continue
+        if kind in ("char", "sentencepiece"):
+            # a ▁ is one space byte; sentencepiece's leading ▁ of the first piece is not text
+            b = int(lengths[s].sum() - marks[s].sum() * (mark_bytes - 1)) - int(starts[s[0]])
+            w = (
+                int(starts[s].sum()) + int(not starts[s[0]])
+                if kind == "sentencepiece"
+                else int(marks[s].sum()) + 1
+            )
+        else:
+            b = int(lengths[s].sum()) + len(s) - 1
+            w = len(s)
+        n_bytes += b + 1
+        words += w
+    return {"words": words, "sentences": len(sentences), "units": words + len(sentences), "bytes": n_bytes}

@@ -1,0 +1,447 @@
+"""Recurrent LM training entry: one ``train_loop(config)`` for one worker and for N DDP workers.
+
+The lm stage runs it under Ray Train (``cluster.training.fit``: ``TorchTrainer``, gloo on CPU, NCCL with
+``use_gpu``); it also runs as a plain function (one process; the tests and the benchmark's plain-loop baseline
+call it so) or under ``torchrun``.  One worker is the degree-1 case of the same code: no DDP wrapper, no
+collectives.
+
+    stream   </s> s1 </s> s2 </s> ... (lm.batching)  cut into W x B columns; rank r batchifies columns
+             r*B .. r*B+B-1 = one contiguous slice, so every rank runs the same number of bptt steps
+    step     loss = -sum_t mean_b log p(y_tb) over the window (Zaremba's units: lr 1 and clip 5 here are lr 20
+             and clip 0.25 of the PyTorch example's per-token mean at bptt 20); backward (DDP averages the
+             gradients over ranks); clip the global gradient norm (Pascanu et al. 2013); optimiser step; the
+             hidden state is carried, detached, into the next window (truncated BPTT)
+    epoch    validation perplexity with KenLM's accounting (lm.neural_eval; each rank scores every W-th eval
+             column, the five sums are all-reduced: the figure does not depend on W); learning-rate schedule;
+             checkpoint; report to Ray Train
+
+Schedules (``TrainConfig.schedule``): ``plateau`` divides the rate by ``lr_factor`` whenever the validation
+perplexity fails to improve by the ratio ``min_improvement`` (Mikolov's rnnlm; the PyTorch example's /4);
+``fixed`` keeps ``lr`` for ``decay_after`` epochs and multiplies it by ``lr_decay`` every epoch after that
+(Zaremba et al. 2014: 0.5 after epoch 4); ``none`` keeps it.  With ``patience`` set, training stops after that
+many epochs in a row without improvement; the model kept is always the best validation epoch's.
+
+Checkpoints: after every epoch rank 0 writes ``<checkpoint_dir>/epoch-NNN/state.pt`` (model, optimiser, best
+model, schedule, history and every rank's torch RNG state; ``cluster.training.commit_checkpoint``).  A rerun
+loads the latest one and, with the same settings, ends with the same model and metrics as an uninterrupted
+run (every epoch starts from a zero hidden state, so an epoch boundary is a complete cut).  A non-finite loss
+or gradient norm stops every rank at the same step (the norm is all-reduced) with a FloatingPointError naming
+the step and a fix; the last good checkpoint stays on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cluster.training import (
+    WorkerGroup,
+    commit_checkpoint,
+    latest_checkpoint,
+    rank_seed,
+    read_checkpoint_meta,
+    report,
+)
+from lm.batching import batchify, eval_columns, get_batch, read_stream, stream_length, worker_slice
+from lm.models import ModelConfig, RNNModel, detach_hidden, init_embedding, parameter_count
+from lm.neural_eval import score_columns
+from lm.perplexity import CorpusScore
+from pipelines.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "lmpipe.lm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class StopAfterEpoch(RuntimeError):
+    """Raised on every rank after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainConfig:
+    """Optimisation of one model (validated for user input by ``pipelines.spec.LmModelSpec``)."""
+
+    optimizer: Literal["sgd", "adagrad", "adam"] = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0  # sgd only
+    weight_decay: float = 0.0
+    clip: float = 5.0  # max global gradient norm; 0 = no clipping
+    batch_size: int = 20  # columns per worker
+    bptt: int = 20
+    epochs: int = 13
+    schedule: Literal["plateau", "fixed", "none"] = "plateau"
+    lr_factor: float = 4.0  # plateau: lr /= lr_factor when validation does not improve
+    min_improvement: float = 1.0  # plateau/patience: improved means ppl < best / min_improvement
+    decay_after: int = 4  # fixed: epochs at the initial rate
+    lr_decay: float = 0.5  # fixed: factor per epoch after decay_after
+    patience: int | None = None  # early stopping: epochs in a row without improvement
+    seed: int = 1
+    eval_columns: int = 10  # carry policy: contiguous runs of sentences scored side by side
+    eval_state: Literal["carry", "reset"] = "carry"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LmJob:
+    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""
+
+    name: str
+    vocab_path: str
+    train: tuple[str, ...]  # token shards per split, input order
+    valid: tuple[str, ...]
+    test: tuple[str, ...]
+    out_dir: str  # rank 0 writes model.pt + model.json here
+    checkpoint_dir: str  # RUN/.checkpoints/lm-<model fingerprint>; survives a crash
+    model: ModelConfig
+    train_config: TrainConfig
+    embedding_init: str | None = None  # .npz with the aligned vectors (matrix, found) written by the stage
+    threads: int = 1
+    use_gpu: bool = False
+    stop_after_epoch: int | None = None
+
+    def to_config(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"] = dataclasses.asdict(self.model)
+        out["train_config"] = dataclasses.asdict(self.train_config)
+        return out
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> LmJob:
+        model = dict(config["model"])
+        model["cutoffs"] = tuple(model.get("cutoffs", ()))
+        return cls(
+            **{
+                **config,
+                **{k: tuple(config[k]) for k in ("train", "valid", "test")},
+                "model": ModelConfig(**model),
+                "train_config": TrainConfig(**config["train_config"]),
+            }
+        )
+
+
+# ------------------------------------------------------------------------------------------ schedule
+@dataclass(slots=True)
+class Schedule:
+    """Learning rate, best validation perplexity and early stopping: plain numbers, checkpointed."""
+
+    lr: float
+    best: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+
+    def start_epoch(self, cfg: TrainConfig, epoch: int) -> float:
+        """The rate of 0-based ``epoch``; the fixed schedule's is a function of the epoch alone."""
+        if cfg.schedule == "fixed":
+            self.lr = cfg.lr * cfg.lr_decay ** max(0, epoch + 1 - cfg.decay_after)
+        return self.lr
+
+    def end_epoch(self, cfg: TrainConfig, epoch: int, valid_ppl: float | None) -> bool:
+        """Record the validation perplexity of 0-based ``epoch``; True when it is the best so far."""
+        if valid_ppl is None:  # no validation split: the last epoch is the model
+            self.best_epoch = epoch + 1
+            return True
+        improved = valid_ppl < self.best / cfg.min_improvement
+        if valid_ppl < self.best:
+            self.best, self.best_epoch = valid_ppl, epoch + 1
+        if improved:
+            self.bad_epochs = 0
+        else:
+            self.bad_epochs += 1
+            if cfg.schedule == "plateau":
+                self.lr /= cfg.lr_factor
+            if cfg.patience is not None and self.bad_epochs >= cfg.patience:
+                self.stopped = True
+        return valid_ppl <= self.best
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer {cfg.optimizer!r}; options are ['sgd', 'adagrad', 'adam']")
+
+
+def build_model(
+    job: LmJob, counts: np.ndarray, device: torch.device
+) -> tuple[RNNModel, dict[str, int] | None]:
+    """The model with the same initial parameters on every rank (seeded), embedding rows from the vectors."""
+    torch.manual_seed(job.train_config.seed)
+    model = RNNModel(job.model, counts=counts)
+    init = None
+    if job.embedding_init:
+        with np.load(job.embedding_init) as z:
+            aligned, found = z["matrix"], z["found"]
+        done = init_embedding(model, aligned, found)
+        init = {"found": done.found, "missing": done.missing, "vectors_dim": done.vectors_dim}
+    return model.to(device), init
+
+
+def read_sentences(paths: tuple[str, ...]) -> list[np.ndarray]:
+    """All sentences of small splits (validation, test) as int64 arrays."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: list[np.ndarray] = []
+    for path in paths:
+        reader = pa.ipc.open_file(pa.memory_map(path))
+        for i in range(reader.num_record_batches):
+            ids = reader.get_batch(i).column("ids")
+            flat = np.asarray(pc.list_flatten(ids), dtype=np.int64)
+            offsets = np.asarray(ids.offsets, dtype=np.int64)
+            out.extend(np.split(flat, (offsets - offsets[0])[1:-1]))
+    return out
+
+
+def evaluate_split(
+    model: RNNModel, sentences: list[np.ndarray], cfg: TrainConfig, group: WorkerGroup
+) -> CorpusScore:
+    """Whole-split score, computed as every W-th column per rank and summed over ranks."""
+    cols = eval_columns(sentences, cfg.eval_columns, reset=cfg.eval_state == "reset")
+    mine = range(group.rank, cols.inputs.size(1), group.world_size)
+    part = score_columns(model, cols, bptt=max(cfg.bptt, 35), device=group.device, columns=mine)
+    if group.world_size == 1:
+        return part
+    sums = torch.tensor(
+        [part.log10_sum, part.tokens, part.sentences, part.oov, part.oov_log10_sum],
+        dtype=torch.float64, device=group.device,
+    )  # fmt: skip
+    group.all_reduce_(sums)
+    s = sums.cpu().tolist()
+    return CorpusScore(s[0], round(s[1]), round(s[2]), round(s[3]), s[4])
+
+
+def _nonfinite(
+    job: LmJob, epoch: int, batch: int, step: int, loss: float, norm: float, lr: float
+) -> FloatingPointError:
+    cfg = job.train_config
+    hint = f"lower lm lr (the rate was {lr:g})" + (
+        f" or set clip (now {cfg.clip:g}; 5 is Zaremba's)"
+        if cfg.clip <= 0
+        else f" or clip (now {cfg.clip:g})"
+    )
+    kept = (
+        f"the last good checkpoint is kept in {job.checkpoint_dir} (epoch {epoch})"
+        if epoch
+        else "no epoch had completed, so there is no checkpoint"
+    )
+    return FloatingPointError(
+        f"lm model {job.name!r}: the loss became {loss} (gradient norm {norm}) at step {step} (epoch {epoch + 1}, "
+        f"batch {batch + 1}); {kept}; {hint} and rerun"
+    )
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _save(job: LmJob, epoch: int, model, optimizer, best_state, schedule, history, rng_states) -> Path:
+    def write(folder: Path) -> None:
+        torch.save(
+            {
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "best": best_state,
+                "schedule": dataclasses.asdict(schedule),
+                "history": history,
+                "rng": rng_states,
+            },
+            folder / "state.pt",
+        )
+
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "world_size": len(rng_states),
+        "model": job.name,
+    }
+    return commit_checkpoint(Path(job.checkpoint_dir), epoch, write, meta)
+
+
+def _load(path: Path, group: WorkerGroup) -> dict[str, Any]:
+    meta = read_checkpoint_meta(path)
+    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("world_size") != group.world_size:
+        raise ValueError(
+            f"{path}: not an lm checkpoint of {group.world_size} worker(s) ({meta}); remove it to start over"
+        )
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    state["epoch"] = int(meta["epoch"])
+    return state
+
+
+def _get_rng(group: WorkerGroup) -> list[torch.Tensor]:
+    """This rank's dropout streams: the CPU generator and, on a GPU, the device's."""
+    cuda = (
+        torch.cuda.get_rng_state(group.device)
+        if group.device.type == "cuda"
+        else torch.empty(0, dtype=torch.uint8)
+    )
+    return [torch.get_rng_state(), cuda]
+
+
+def _set_rng(states: list[torch.Tensor], group: WorkerGroup) -> None:
+    torch.set_rng_state(states[0])
+    if group.device.type == "cuda" and states[1].numel():
+        torch.cuda.set_rng_state(states[1], group.device)
+
+
+# ------------------------------------------------------------------------------------------ loop
+def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train one model on this worker's slice; rank 0 writes ``<out_dir>/model.pt`` and returns the metrics."""
+    job = LmJob.from_config(config)
+    cfg = job.train_config
+    group = WorkerGroup.current(job.use_gpu)
+    torch.set_num_threads(job.threads)
+    # an IRNN's decaying ReLU states reach subnormal floats: 20x slower on CPU unless flushed to zero
+    torch.set_flush_denormal(True)
+    vocab = Vocab.load(Path(job.vocab_path))
+    model, embedding_init = build_model(job, vocab.counts, group.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, cfg)
+    schedule = Schedule(lr=cfg.lr)
+    torch.manual_seed(rank_seed(cfg.seed, group.rank))  # dropout streams differ per rank
+    total = stream_length(job.train)
+    start, stop = worker_slice(total, cfg.batch_size, group.rank, group.world_size)
+    data = batchify(read_stream(job.train, start, stop), cfg.batch_size).to(group.device)  # (rows, B)
+    valid = read_sentences(job.valid) if job.valid else []
+    history: list[dict[str, Any]] = []
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    first = 0
+    found = latest_checkpoint(Path(job.checkpoint_dir))
+    if found is not None:
+        state = _load(found, group)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best_state, history, first = state["best"], state["history"], state["epoch"]
+        schedule = Schedule(**state["schedule"])
+        _set_rng(state["rng"][group.rank], group)
+        logger.info("lm %s rank %d: resuming after epoch %d from %s", job.name, group.rank, first, found)
+    net: torch.nn.Module = model
+    if group.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[group.device.index] if group.device.type == "cuda" else None,
+            find_unused_parameters=job.model.softmax == "adaptive",  # tail clusters absent from a batch
+        )
+    steps_per_epoch = math.ceil((data.size(0) - 1) / cfg.bptt)
+    epoch = first
+    for epoch in range(first, cfg.epochs):
+        if schedule.stopped:
+            break
+        lr = schedule.start_epoch(cfg, epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        model.train()
+        hidden = model.init_hidden(cfg.batch_size)
+        started = time.perf_counter()
+        nll = torch.zeros((), dtype=torch.float64, device=group.device)
+        tokens = 0
+        for batch, i in enumerate(range(0, data.size(0) - 1, cfg.bptt)):
+            x, y = get_batch(data, i, cfg.bptt)
+            hidden = detach_hidden(hidden)
+            optimizer.zero_grad(set_to_none=True)
+            lp, hidden = net(x, hidden, y)
+            loss = -lp.sum() / cfg.batch_size  # summed over the window's steps, mean over columns
+            loss.backward()
+            if cfg.clip > 0:
+                norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                raise _nonfinite(
+                    job, epoch, batch, epoch * steps_per_epoch + batch + 1, loss.item(), norm.item(), lr
+                )
+            optimizer.step()
+            nll += -lp.detach().double().sum()
+            tokens += y.numel()
+        seconds = time.perf_counter() - started
+        per_rank = group.per_rank_sum([nll.item(), tokens, seconds])
+        train_tokens = int(per_rank[:, 1].sum())
+        summary: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_tokens": train_tokens,
+            "train_perplexity": math.exp(min(per_rank[:, 0].sum() / max(train_tokens, 1), 700.0)),
+            "seconds": round(float(per_rank[:, 2].max()), 3),
+            "tokens_per_second": round(train_tokens / max(float(per_rank[:, 2].max()), 1e-9), 1),
+        }
+        valid_ppl = None
+        if valid:
+            t = time.perf_counter()
+            valid_ppl = evaluate_split(model, valid, cfg, group).perplexity()
+            summary["valid_perplexity"] = valid_ppl
+            summary["valid_seconds"] = round(time.perf_counter() - t, 3)
+        if schedule.end_epoch(cfg, epoch, valid_ppl):
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        history.append(summary)
+        rngs = group.gather(_get_rng(group))
+        written = (
+            _save(job, epoch + 1, model, optimizer, best_state, schedule, history, rngs)
+            if group.rank == 0
+            else None
+        )
+        report(group, {k: v for k, v in summary.items() if isinstance(v, int | float)}, written)
+        if group.rank == 0:
+            logger.info(
+                "lm %s epoch %d/%d: lr %.4g, train ppl %.2f, valid ppl %s, %.0f tokens/s",
+                job.name, epoch + 1, cfg.epochs, lr, summary["train_perplexity"],
+                f"{valid_ppl:.2f}" if valid_ppl is not None else "-", summary["tokens_per_second"],
+            )  # fmt: skip
+        if epoch + 1 == job.stop_after_epoch and epoch + 1 < cfg.epochs:
+            raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {cfg.epochs} (stop_after_epoch)")
+    model.load_state_dict(best_state)
+    results: dict[str, Any] = {}
+    for split, paths in (("valid", job.valid), ("test", job.test)):
+        if paths:
+            results[split] = evaluate_split(
+                model, valid if split == "valid" else read_sentences(paths), cfg, group
+            ).to_dict()
+    if group.rank != 0:
+        return None
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+    (out / "model.json").write_text(
+        json.dumps({"model": dataclasses.asdict(job.model)}, indent=2) + "\n", encoding="utf-8"
+    )
+    return {
+        "name": job.name,
+        "epochs": history,
+        "resumed_after_epoch": first,
+        "best_epoch": schedule.best_epoch,
+        "stopped_early": schedule.stopped,
+        "world_size": group.world_size,
+        "device": str(group.device),
+        "parameters": parameter_count(model),
+        "embedding_init": embedding_init,
+        "perplexity": results,
+    }
+
+
+def train_models(config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """``train_loop`` for each of ``config["jobs"]`` in turn, in one worker group: a list of models pays Ray
+    Train's worker start-up once.  Rank 0 returns the list of results."""
+    if not logging.getLogger().handlers:  # a Ray Train worker: forward progress lines to the driver's output
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    results = [train_loop(job) for job in config["jobs"]]
+    return None if any(r is None for r in results) else results
+
+
+def load_model(model_dir: Path, counts: np.ndarray, device: torch.device | str = "cpu") -> RNNModel:
+    """A trained model from ``RUN/lm/<name>/`` (``model.json`` + ``model.pt``, loaded with weights_only)."""
+    meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+    cfg = dict(meta["model"])
+    cfg["cutoffs"] = tuple(cfg.get("cutoffs", ()))
+    model = RNNModel(ModelConfig(**cfg), counts=counts)
+    model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True))
+    return model.to(device).eval()

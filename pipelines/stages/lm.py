@@ -1,0 +1,327 @@
+"""The lm stage: recurrent language models (RNN, IRNN, LSTM, GRU) trained with Ray Train, scored like KenLM.
+
+Input: ``RUN/tokenize`` (train/valid/test shards, ``vocab.tsv``) and, for models whose ``embeddings`` names
+them, ``RUN/sgns/vectors`` / ``RUN/glove/vectors`` or a vectors file.  Output (``RUN/lm/``): per model
+``<name>/model.pt`` (the best validation epoch's state dict) and ``<name>/model.json`` (its architecture), and
+``manifest.json`` with per-epoch training figures and each model's valid/test perplexity with KenLM's
+accounting (``lm.neural_eval`` -> ``lm.perplexity.CorpusScore``), next to the n-gram model's when the run has one.
+
+    === 1/3 embeddings === per model with `embeddings`: vectors aligned to the vocabulary by token (counts of
+                           found / random-init rows), dimension checked (error or projection)
+    === 2/3 train ===      per model: TorchTrainer(lm.train.train_loop), ScalingConfig(num_workers=workers);
+                           checkpoints per epoch in RUN/.checkpoints/lm-<name>-<fingerprint>/ (resumed on rerun)
+    === 3/3 evaluate ===   inside the workers after training: valid and test, every target once; per-word
+                           perplexity and bits per byte from the words/bytes the tokens stand for
+
+``LMPIPE_LM_STOP_AFTER_EPOCH=N`` (read by the driver) stops training with an error right after epoch N's
+checkpoint, as a kill would: the resume tests use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.training import check_resources, fit, remove_checkpoints
+from lm.models import ModelConfig, align_vectors
+from lm.softmax import default_classes, default_cutoffs
+from lm.train import LmJob, TrainConfig, read_sentences, train_models
+from pipelines.rundir import fingerprint, read_manifest
+from pipelines.shards import sha256_file, split_shards
+from pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
+from pipelines.stages import StageContext
+from pipelines.vocab import Vocab
+
+logger = logging.getLogger(__name__)
+
+STOP_ENV = "LMPIPE_LM_STOP_AFTER_EPOCH"
+HIDDEN_STATE = {
+    "carry": "zero at the top of each of eval_columns contiguous runs of sentences, carried across sentence ends",
+    "reset": "zero at the start of every sentence (KenLM's reset at <s>)",
+}
+
+
+# ------------------------------------------------------------------------------------------ vectors
+def vectors_location(run_dir: Path, model: LmModelSpec) -> tuple[Path, str]:
+    """Where a model's initial vectors are and their format (``vectors`` = an lmpipe Vectors directory)."""
+    assert model.embeddings is not None
+    if model.embeddings in LM_EMBEDDING_STAGES:
+        return run_dir / model.embeddings / "vectors", "vectors"
+    return Path(model.embeddings), model.embeddings_format
+
+
+def vectors_dim(path: Path, fmt: str) -> int | None:
+    """The dimension of stored vectors, read cheaply (a header, a first line, a meta file); None if unknown."""
+    import json
+
+    if fmt == "vectors":
+        return int(json.loads((path / "meta.json").read_text(encoding="utf-8"))["dim"])
+    if fmt in ("word2vec", "word2vec-bin"):
+        with open(path, "rb") as f:
+            return int(f.readline().split()[1])
+    if fmt == "glove":
+        with open(path, "rb") as f:
+            return len(f.readline().rstrip().split(b" ")) - 1
+    if fmt == "npy":
+        return int(np.load(path, mmap_mode="r").shape[1])
+    return None
+
+
+def _check_vectors(ctx: StageContext, i: int, model: LmModelSpec) -> None:
+    where = f"lm.models[{i}].embeddings"
+    path, fmt = vectors_location(ctx.run_dir, model)
+    if model.embeddings in LM_EMBEDDING_STAGES:
+        if model.embeddings not in ctx.selected and read_manifest(ctx.run_dir, model.embeddings) is None:
+            raise FileNotFoundError(
+                f"{where}: {model.embeddings!r} needs the {model.embeddings} stage of this run; run it first or "
+                f"add it to --stages"
+            )
+        if model.embeddings in ctx.selected:
+            return  # produced in this run: checked again before training
+    elif not path.exists():
+        raise FileNotFoundError(f"{where}: {path}: no such vectors file or directory")
+    dim = vectors_dim(path, fmt)
+    if dim is not None and dim != model.emb_dim and model.dim_mismatch == "error":
+        raise SpecError(
+            f"{where}: the vectors have dimension {dim}, lm.models[{i}].emb_dim is {model.emb_dim}; set emb_dim: "
+            f"{dim}, or dim_mismatch: project to learn a {dim} -> {model.emb_dim} projection"
+        )
+
+
+def load_vectors(path: Path, fmt: str):
+    from embeddings.vectors import Vectors
+
+    if fmt == "vectors":
+        return Vectors.load(path)
+    from embeddings.formats import import_vectors
+
+    return import_vectors(path, fmt)
+
+
+# ------------------------------------------------------------------------------------------ contract
+def check(ctx: StageContext) -> None:
+    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
+        raise FileNotFoundError(
+            f"{ctx.run_dir / 'tokenize'}: the lm stage needs the tokenize stage; run it first"
+        )
+    for i, model in enumerate(ctx.spec.lm.models):
+        if model.embeddings is not None:
+            _check_vectors(ctx, i, model)
+
+
+def _input_identity(ctx: StageContext, model: LmModelSpec) -> str | None:
+    if model.embeddings is None:
+        return None
+    if model.embeddings in LM_EMBEDDING_STAGES:
+        upstream = read_manifest(ctx.run_dir, model.embeddings)
+        return upstream["fingerprint"] if upstream else None
+    path, _ = vectors_location(ctx.run_dir, model)
+    if path.is_dir():
+        return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
+    return sha256_file(path) if path.exists() else None
+
+
+def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings = ctx.spec.to_dict()["lm"]
+    settings.pop("threads")
+    tokenize = read_manifest(ctx.run_dir, "tokenize")
+    inputs: dict[str, Any] = {"tokenize": tokenize["fingerprint"] if tokenize else None}
+    for model in ctx.spec.lm.models:
+        if model.embeddings is not None:
+            inputs[f"embeddings:{model.name}"] = _input_identity(ctx, model)
+    return settings, inputs
+
+
+# ------------------------------------------------------------------------------------------ execute
+def model_config(model: LmModelSpec, vocab: Vocab, vectors_dim: int | None) -> ModelConfig:
+    """The architecture for ``lm.models``: spec settings + vocabulary size + defaults that need V."""
+    v = len(vocab)
+    return ModelConfig(
+        kind=model.kind, vocab_size=v, emb_dim=model.emb_dim, hidden=model.hidden, layers=model.layers,
+        dropout=model.dropout, tie=model.tie, forget_bias=model.forget_bias, init=model.init,
+        init_scale=model.init_scale, irnn_input_std=model.irnn_input_std,
+        irnn_identity_scale=model.irnn_identity_scale,
+        vectors_dim=vectors_dim if vectors_dim not in (None, model.emb_dim) else None,
+        freeze_embedding=model.freeze_embeddings, softmax=model.softmax,
+        classes=model.classes or default_classes(v), cutoffs=model.cutoffs or default_cutoffs(v),
+    )  # fmt: skip
+
+
+def train_config(model: LmModelSpec, spec: LmSpec) -> TrainConfig:
+    return TrainConfig(
+        optimizer=model.optimizer, lr=model.lr, momentum=model.momentum, weight_decay=model.weight_decay,
+        clip=model.clip, batch_size=model.batch_size, bptt=model.bptt, epochs=model.epochs,
+        schedule=model.schedule, lr_factor=model.lr_factor, min_improvement=model.min_improvement,
+        decay_after=model.decay_after, lr_decay=model.lr_decay, patience=model.patience, seed=model.seed,
+        eval_columns=spec.eval_columns, eval_state=spec.eval_state,
+    )  # fmt: skip
+
+
+def _prepare_embedding(
+    ctx: StageContext, i: int, model: LmModelSpec, vocab: Vocab, checkpoint_dir: Path
+) -> tuple[str | None, int | None]:
+    """Align the model's vectors to the vocabulary into ``checkpoint_dir/embedding-init.npz``."""
+    if model.embeddings is None:
+        return None, None
+    path, fmt = vectors_location(ctx.run_dir, model)
+    vectors = load_vectors(path, fmt)
+    if vectors.dim != model.emb_dim and model.dim_mismatch == "error":
+        raise SpecError(
+            f"lm.models[{i}].embeddings: the vectors have dimension {vectors.dim}, lm.models[{i}].emb_dim is "
+            f"{model.emb_dim}; set emb_dim: {vectors.dim}, or dim_mismatch: project"
+        )
+    aligned, found = align_vectors(vocab.tokens.to_pylist(), vectors.tokens, vectors.matrix)
+    logger.info(
+        "lm %s: input embedding from %s (%d x %d): %d of %d vocabulary tokens found, %d random",
+        model.name, path, len(vectors), vectors.dim, int(found.sum()), len(vocab), len(vocab) - int(found.sum()),
+    )  # fmt: skip
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    out = checkpoint_dir / "embedding-init.npz"
+    np.savez(out, matrix=aligned, found=found)
+    return str(out), vectors.dim
+
+
+def text_units_of(ctx: StageContext, split: str, vocab: Vocab, paths: list[Path]) -> dict[str, int]:
+    from lm.neural_eval import text_units
+
+    return text_units(
+        vocab.tokens.to_pylist(), read_sentences(tuple(str(p) for p in paths)), ctx.spec.tokenizer.kind
+    )
+
+
+def _with_units(score: dict[str, Any], units: dict[str, int], kind: str, policy: str) -> dict[str, Any]:
+    from lm.perplexity import CorpusScore
+
+    s = CorpusScore(
+        score["log10_sum"], score["tokens"], score["sentences"], score["oov"], score["oov_log10_sum"]
+    )
+    out = {
+        **score,
+        "hidden_state": policy,
+        "bits_per_byte": s.bits_per(units["bytes"]),
+        "bytes": units["bytes"],
+    }
+    if kind in ("char", "sentencepiece"):
+        out["words"] = units["units"]
+        out["perplexity_per_word"] = s.perplexity_per(units["units"])
+    return out
+
+
+def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+    spec: LmSpec = ctx.spec.lm
+    tokenize_dir = ctx.run_dir / "tokenize"
+    vocab = Vocab.load(tokenize_dir / "vocab.tsv")
+    shards = {s: split_shards(tokenize_dir, s) for s in ("train", "valid", "test")}
+    if not shards["train"]:
+        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
+    for i, model in enumerate(spec.models):
+        if not shards["valid"] and (model.schedule == "plateau" or model.patience is not None):
+            raise SpecError(
+                f"lm.models[{i}].schedule: {model.schedule!r} (patience {model.patience}) needs a validation split, "
+                "and the corpus has none: set corpus.valid or corpus.split, or schedule: fixed/none and patience: null"
+            )
+    check_resources("lm", spec.workers, spec.threads, spec.use_gpu)
+    settings, inputs = plan(ctx)
+    stop = os.environ.get(STOP_ENV)
+    storage = ctx.run_dir / ".ray-train"
+    units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
+    policy = HIDDEN_STATE[spec.eval_state]
+    jobs: list[LmJob] = []
+    checkpoints: list[Path] = []
+    logger.info("=== 1/3 Input embeddings ===")
+    for i, model in enumerate(spec.models):
+        fp = fingerprint(
+            {"stage": "lm", "model": settings["models"][i], "workers": spec.workers, "inputs": inputs}
+        )
+        checkpoint_dir = ctx.run_dir / ".checkpoints" / f"lm-{model.name}-{fp[:16]}"
+        checkpoints.append(checkpoint_dir)
+        init_path, vdim = _prepare_embedding(ctx, i, model, vocab, checkpoint_dir)
+        jobs.append(
+            LmJob(
+                name=model.name,
+                vocab_path=str(tokenize_dir / "vocab.tsv"),
+                train=tuple(map(str, shards["train"])),
+                valid=tuple(map(str, shards["valid"])),
+                test=tuple(map(str, shards["test"])),
+                out_dir=str(tmp_dir / model.name),
+                checkpoint_dir=str(checkpoint_dir),
+                model=model_config(model, vocab, vdim),
+                train_config=train_config(model, spec),
+                embedding_init=init_path,
+                threads=spec.threads,
+                use_gpu=spec.use_gpu,
+                stop_after_epoch=int(stop) if stop else None,
+            )  # fmt: skip
+        )
+    described = [
+        f"{m.name} ({m.kind} {m.layers}x{m.hidden}, {m.softmax} softmax, batch {m.batch_size}, bptt {m.bptt}, "
+        f"{m.epochs} epochs)"
+        for m in spec.models
+    ]
+    logger.info("=== 2/3 Training %s on %d worker(s) ===", ", ".join(described), spec.workers)
+    started = time.perf_counter()
+    outs = fit(
+        train_models, {"jobs": [j.to_config() for j in jobs]}, workers=spec.workers, threads=spec.threads,
+        use_gpu=spec.use_gpu, storage=storage, name=f"lm-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
+    seconds = round(time.perf_counter() - started, 3)
+    logger.info("=== 3/3 Scored valid/test with KenLM's accounting ===")
+    results: dict[str, Any] = {}
+    for job, out in zip(jobs, outs, strict=True):
+        out["config"] = dataclasses.asdict(job.model)
+        out["perplexity"] = {
+            split: _with_units(score, units[split], ctx.spec.tokenizer.kind, policy)
+            for split, score in out["perplexity"].items()
+        }
+        results[job.name] = out
+    for (
+        path
+    ) in checkpoints:  # only once every model is done: a rerun after a crash re-evaluates, not retrains
+        remove_checkpoints(path)
+    files = []
+    for name in results:
+        for fname in ("model.pt", "model.json"):
+            path = tmp_dir / name / fname
+            files.append(
+                {"path": f"{name}/{fname}", "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            )
+    ngram = read_manifest(ctx.run_dir, "ngram")
+    compare = {
+        split: {"model": "ngram", "perplexity": ev["perplexity"], "tokens": ev["tokens"], "oov": ev["oov"]}
+        for split, ev in (ngram or {}).get("perplexity", {}).items()
+    }
+    return {
+        "outputs": {"files": files, "models": list(results)},
+        "models": results,
+        "hidden_state": policy,
+        "ngram": compare,
+        "training": {"workers": spec.workers, "threads": spec.threads, "seconds": seconds},
+    }
+
+
+def summary(manifest: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, m in manifest["models"].items():
+        cfg, ppl = m["config"], m["perplexity"]
+        figures = ", ".join(f"{s} ppl {v['perplexity']:.2f}" for s, v in ppl.items())
+        tps = m["epochs"][-1]["tokens_per_second"] if m["epochs"] else 0
+        rows.append(
+            f"{name}: {cfg['kind']} {cfg['layers']}x{cfg['hidden']}, {m['parameters']['total']:,} parameters, "
+            f"best epoch {m['best_epoch']} of {len(m['epochs'])}: {figures} ({tps:,.0f} train tokens/s)"
+        )
+        if m.get("embedding_init"):
+            e = m["embedding_init"]
+            rows.append(f"{name}: input embedding {e['found']:,} rows from vectors, {e['missing']:,} random")
+        if m["resumed_after_epoch"]:
+            rows.append(f"{name}: resumed after epoch {m['resumed_after_epoch']} from a checkpoint")
+    for split, ev in manifest.get("ngram", {}).items():
+        rows.append(f"n-gram model {split} ppl {ev['perplexity']:.2f} (same {ev['tokens']:,} tokens)")
+    rows.append(f"hidden state: {manifest['hidden_state']}")
+    return rows
