@@ -28,16 +28,17 @@ import datetime  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
+import runpy  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import yaml  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+_common = runpy.run_path(str(BENCH / "common.py"))
+machine = _common["machine"]
 REPO = BENCH.parent
 SPEC = REPO / "pipelines" / "specs" / "ptb-lm.yaml"
 PAPER = {
@@ -48,22 +49,8 @@ PAPER = {
 logger = logging.getLogger("bench.ptb_lm")
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu})"
-
-
 def versions() -> str:
-    out = [f"Python {platform.python_version()}"]
-    out += [f"{name} {metadata.version(name)}" for name in ("ray", "torch", "numpy", "kenlm")]
-    return ", ".join(out)
+    return _common["versions"]("ray", "torch", "numpy", "kenlm")
 
 
 def head_lines(src: Path, dst: Path, lines: int) -> Path:
@@ -87,6 +74,11 @@ def base_spec(args: argparse.Namespace) -> dict[str, Any]:
         data["lm"]["models"] = [m for m in data["lm"]["models"] if m["name"] in keep]
         if not any(m.get("embeddings") == "sgns" for m in data["lm"]["models"]):
             data["stages"] = [s for s in data["stages"] if s != "sgns"]
+        names = keep | {f"kn{data['ngram']['order']}"}
+        mixtures = [m for m in data.get("mix", {}).get("mixtures", []) if set(m["models"]) <= names]
+        data.setdefault("mix", {})["mixtures"] = mixtures
+        if not mixtures:
+            data["stages"] = [s for s in data["stages"] if s != "mix"]
     if args.other_epochs:
         for model in data["lm"]["models"]:
             if model["name"] != "lstm":
@@ -190,7 +182,12 @@ def table_rows(manifests: dict[str, dict[str, Any]]) -> list[str]:
     for name, m in lm["models"].items():
         cfg, ev = m["config"], m["perplexity"]
         init = m.get("embedding_init")
-        what = f"{cfg['kind']} {cfg['layers']}x{cfg['hidden']}" + (
+        shape = (
+            f"nplm n={cfg['context'] + 1}, {cfg['emb_dim']}-d vectors, {cfg['hidden']} {cfg['activation']}, direct {cfg['direct']}"
+            if cfg["kind"] == "nplm"
+            else f"{cfg['kind']} {cfg['layers']}x{cfg['hidden']}"
+        )
+        what = shape + (
             f", embedding from sgns ({init['found']:,} found, {init['missing']:,} random)"
             if init
             else ", random init"
@@ -201,6 +198,18 @@ def table_rows(manifests: dict[str, dict[str, Any]]) -> list[str]:
             f"| {name}: {what} | {m['best_epoch']}/{len(epochs)} ep, {train_s / 60:.1f} min, "
             f"{epochs[-1]['tokens_per_second']:,.0f} tok/s | {ev['valid']['perplexity']:.1f} | {ev['test']['perplexity']:.1f} | "
             f"{ev['test']['tokens']:,} / {ev['test']['oov']} | {ev['test']['bits_per_byte']:.3f} | {PAPER.get(name, '–')} |"
+        )
+    for label, m in manifests.get("mix", {}).get("mixtures", {}).items():
+        ev = m["perplexity"]
+        weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(m["weights"]["models"], m["weights"]["weights"][0], strict=True))
+        cis = "; ".join(
+            f"vs {n} {b['difference']:+.1f} [{b['low']:+.1f}, {b['high']:+.1f}]" for n, b in m.get("bootstrap", {}).items()
+        )
+        below = all(ev["test"]["perplexity"] < p for p in m["components"]["test"].values())
+        rows.append(
+            f"| {label}: interpolation, weights {weights} (EM on valid) | test ppl − component, 95% CI: {cis} | "
+            f"{ev['valid']['perplexity']:.1f} | {ev['test']['perplexity']:.1f} | {ev['test']['tokens']:,} / {ev['test']['oov']} | "
+            f"{-ev['test']['log10_sum'] / test_bytes / math.log10(2.0):.3f} | below both components: {'yes' if below else 'NO'} |"
         )
     return rows
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from lm.softmax import AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
-KINDS = ("rnn", "irnn", "lstm", "gru")
+KINDS = ("rnn", "irnn", "lstm", "gru", "nplm")  # nplm: lm.nplm (Bengio et al. 2003)
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
@@ -39,7 +39,7 @@ Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 class ModelConfig:
     """The architecture of one recurrent LM (validated by ``pipelines.spec.LmModelSpec`` for user input)."""
 
-    kind: Literal["rnn", "irnn", "lstm", "gru"] = "lstm"
+    kind: Literal["rnn", "irnn", "lstm", "gru", "nplm"] = "lstm"
     vocab_size: int
     emb_dim: int = 200
     hidden: int = 200
@@ -57,6 +57,9 @@ class ModelConfig:
     softmax: Literal["full", "class", "adaptive"] = "full"
     classes: int = 100
     cutoffs: tuple[int, ...] = ()
+    context: int = 4  # nplm: n - 1 previous tokens
+    activation: Literal["tanh", "hardtanh", "softsign", "relu"] = "tanh"  # nplm hidden units
+    direct: bool = True  # nplm: direct connections from the word vectors to the output
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -224,3 +227,12 @@ def init_embedding(model: RNNModel, aligned: np.ndarray, found: np.ndarray) -> E
         weight[mask] = torch.from_numpy(np.asarray(aligned, dtype=np.float32))[mask].to(weight)
     n = int(mask.sum())
     return EmbeddingInit(found=n, missing=model.cfg.vocab_size - n, vectors_dim=int(aligned.shape[1]))
+
+
+def build_network(cfg: ModelConfig, counts: np.ndarray | None = None) -> nn.Module:
+    """The network of ``cfg.kind``: a recurrent ``RNNModel`` or Bengio's ``lm.nplm.NPLM`` (same interface)."""
+    if cfg.kind == "nplm":
+        from lm.nplm import NPLM
+
+        return NPLM(cfg)
+    return RNNModel(cfg, counts=counts)

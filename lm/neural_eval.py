@@ -25,7 +25,8 @@ import torch
 
 from lm.batching import EvalColumns
 from lm.models import RNNModel
-from lm.perplexity import CorpusScore
+from lm.perplexity import LN10, CorpusScore
+from lm.token_scores import TokenScores
 from pipelines.schemas import EOS_ID, UNK_ID
 from pipelines.tokenizers import SPACE_MARK
 
@@ -65,6 +66,39 @@ def score_columns(
         del hidden
     model.train(was_training)
     return score
+
+
+@torch.no_grad()
+def token_scores(
+    model: RNNModel, cols: EvalColumns, *, bptt: int = 35, device: torch.device | str = "cpu", batch_columns: int = 64
+) -> TokenScores:
+    """Every target's log10 probability in the split's order (``lm.token_scores``), for mixtures and
+    significance tests.  Columns are contiguous runs of sentences in order, so concatenating each column's
+    targets column after column restores the split's token order; the sums equal :func:`score_columns`'s."""
+    was_training = model.training
+    model.eval()
+    per_column: list[list[np.ndarray]] = [[] for _ in range(cols.inputs.size(1))]
+    targets_of: list[list[np.ndarray]] = [[] for _ in range(cols.inputs.size(1))]
+    for start in range(0, cols.inputs.size(1), batch_columns):
+        idx = torch.arange(start, min(start + batch_columns, cols.inputs.size(1)))
+        inputs, targets, mask = (t.index_select(1, idx) for t in (cols.inputs, cols.targets, cols.mask))
+        rows = int(mask.sum(0).max().item()) if mask.numel() else 0
+        hidden = model.init_hidden(len(idx))
+        for i in range(0, rows, bptt):
+            x, y, m = inputs[i : i + bptt], targets[i : i + bptt], mask[i : i + bptt]
+            lp, hidden = model(x.to(device), hidden, y.to(device))
+            lp = lp.double().cpu()
+            for j, col in enumerate(idx.tolist()):
+                keep = m[:, j]
+                per_column[col].append(lp[:, j][keep].numpy())
+                targets_of[col].append(y[:, j][keep].numpy())
+        del hidden
+    model.train(was_training)
+    token = np.concatenate([a for col in targets_of for a in col]) if cols.inputs.size(1) else np.zeros(0, np.int64)
+    ln_p = np.concatenate([a for col in per_column for a in col]) if cols.inputs.size(1) else np.zeros(0)
+    ends = token == EOS_ID
+    sentence = np.concatenate([[0], np.cumsum(ends)[:-1]]) if len(token) else np.zeros(0, np.int64)
+    return TokenScores(sentence.astype(np.uint32), token.astype(np.uint32), ln_p / LN10, token == UNK_ID)
 
 
 def text_units(tokens: Sequence[str], sentences: Sequence[np.ndarray], kind: str) -> dict[str, int]:

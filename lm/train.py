@@ -52,7 +52,7 @@ from cluster.training import (
     report,
 )
 from lm.batching import batchify, eval_columns, get_batch, read_stream, stream_length, worker_slice
-from lm.models import ModelConfig, RNNModel, detach_hidden, init_embedding, parameter_count
+from lm.models import ModelConfig, RNNModel, build_network, detach_hidden, init_embedding, parameter_count
 from lm.neural_eval import score_columns
 from lm.perplexity import CorpusScore
 from pipelines.vocab import Vocab
@@ -166,6 +166,12 @@ class Schedule:
 
 # ------------------------------------------------------------------------------------------ pieces
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on weight matrices and word vectors only, never on biases (Bengio et al. 2003)."""
+    params = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    params = [g for g in params if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adagrad":
@@ -180,7 +186,7 @@ def build_model(
 ) -> tuple[RNNModel, dict[str, int] | None]:
     """The model with the same initial parameters on every rank (seeded), embedding rows from the vectors."""
     torch.manual_seed(job.train_config.seed)
-    model = RNNModel(job.model, counts=counts)
+    model = build_network(job.model, counts=counts)
     init = None
     if job.embedding_init:
         with np.load(job.embedding_init) as z:
@@ -442,6 +448,6 @@ def load_model(model_dir: Path, counts: np.ndarray, device: torch.device | str =
     meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
     cfg = dict(meta["model"])
     cfg["cutoffs"] = tuple(cfg.get("cutoffs", ()))
-    model = RNNModel(ModelConfig(**cfg), counts=counts)
+    model = build_network(ModelConfig(**cfg), counts=counts)
     model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval()

@@ -371,7 +371,11 @@ class LmModelSpec:
     over the bptt steps, averaged over the batch).  Share settings between models with YAML anchors."""
 
     name: str
-    kind: Literal["rnn", "irnn", "lstm", "gru"] = "lstm"
+    #: ``nplm``: Bengio et al.'s feed-forward model (``lm.nplm``): ``context`` previous tokens, ``hidden`` units.
+    kind: Literal["rnn", "irnn", "lstm", "gru", "nplm"] = "lstm"
+    context: int = 4  # nplm: n - 1
+    activation: Literal["tanh", "hardtanh", "softsign", "relu"] = "tanh"  # nplm hidden units
+    direct: bool = True  # nplm: direct connections from the word vectors to the output
     emb_dim: int = 200
     hidden: int = 200
     layers: int = 2
@@ -419,6 +423,11 @@ class LmModelSpec:
         for name in ("emb_dim", "hidden"):
             _check_range(f"{where}.{name}", getattr(self, name), 1, 1 << 16)
         _check_range(f"{where}.layers", self.layers, 1, 4)
+        _check_range(f"{where}.context", self.context, 1, 32)
+        if self.kind == "nplm" and self.softmax != "full":
+            _fail(f"{where}.softmax", self.softmax, "full for kind nplm (its output layer is b + Wx + U act(d + Hx))")
+        if self.kind == "nplm" and self.tie:
+            _fail(f"{where}.tie", self.tie, "false for kind nplm (its output layer reads the hidden units)")
         _check_range(f"{where}.bptt", self.bptt, 1, 100_000)
         _check_range(f"{where}.batch_size", self.batch_size, 1, 1 << 20)
         _check_range(f"{where}.epochs", self.epochs, 1, 100_000)

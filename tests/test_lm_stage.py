@@ -84,6 +84,31 @@ def test_two_workers_train_both_models_and_score_like_kenlm(two_workers, vectors
     assert not (run / ".checkpoints").exists() and not (run / ".ray-train").exists()
 
 
+def test_token_scores_and_report_rows(two_workers, tmp_path):
+    """Every model's per-token scores sum to its manifest figures; the models reach the report with their
+    learning curves, and two of them can be mixed (weights fitted on valid) without re-running either."""
+    from lm.mixture import apply, fit_em
+    from lm.token_scores import find_token_scores, read_token_scores
+    from pipelines.report import collect, write_report
+
+    run, manifest = two_workers
+    found = find_token_scores(run)
+    for name, m in manifest["models"].items():
+        for split in ("valid", "test"):
+            score = read_token_scores(found[name][split]).corpus_score()
+            assert score.tokens == m["perplexity"][split]["tokens"]
+            assert score.perplexity() == pytest.approx(m["perplexity"][split]["perplexity"], rel=1e-9)
+    report = collect(run)
+    assert {r.model for r in report.models} >= {"lstm", "gru-w2v"}
+    assert {(c.model, c.epoch) for c in report.curves} >= {("lstm", 1), ("lstm", 2)}
+    assert "valid_ppl.png" in write_report(report, tmp_path / "report")["files"]
+    valid = {n: read_token_scores(found[n]["valid"]) for n in ("lstm", "gru-w2v")}
+    test = {n: read_token_scores(found[n]["test"]) for n in ("lstm", "gru-w2v")}
+    weights = fit_em(valid)
+    mixed = apply(test, weights).corpus_score().perplexity()
+    assert mixed <= max(s.corpus_score().perplexity() for s in test.values())
+
+
 def manifest_vocab(run: Path) -> int:
     return len(Vocab.load(run / "tokenize" / "vocab.tsv"))
 

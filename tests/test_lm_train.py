@@ -12,6 +12,7 @@ import pytest
 from lm.models import ModelConfig
 from lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, read_sentences, train_loop
 from pipelines.spec import SpecError, parse_spec
+from pipelines.vocab import Vocab
 
 from .lm_helpers import make_corpus
 
@@ -54,6 +55,21 @@ def test_tiny_model_overfits_a_tiny_corpus(corpus, tmp_path):
     assert out["epochs"][0]["train_perplexity"] > 3 * out["epochs"][-1]["train_perplexity"]
     assert (tmp_path / "out" / "model.pt").is_file() and (tmp_path / "out" / "model.json").is_file()
 
+
+
+def test_nplm_trains_and_scores_like_the_recurrent_models(corpus, tmp_path):
+    """Bengio's NPLM through the same train_loop: every valid token scored once, training perplexity falls,
+    and the saved model reloads through load_model."""
+    from lm.nplm import NPLM
+    from lm.train import load_model
+
+    job = _job(corpus, tmp_path, epochs=6, schedule="none", eval_columns=2, optimizer="adam", lr=0.01,
+               model={"kind": "nplm", "context": 3, "hidden": 24, "emb_dim": 8})  # fmt: skip
+    out = train_loop(job.to_config())
+    assert out["perplexity"]["valid"]["tokens"] == sum(len(s) + 1 for s in read_sentences(job.valid))
+    assert out["epochs"][-1]["train_perplexity"] < 0.7 * out["epochs"][0]["train_perplexity"]
+    counts = Vocab.load(Path(job.vocab_path)).counts
+    assert isinstance(load_model(tmp_path / "out", counts), NPLM)
 
 @pytest.mark.parametrize(
     "kind,optimizer,model",

@@ -151,6 +151,7 @@ def model_config(model: LmModelSpec, vocab: Vocab, vectors_dim: int | None) -> M
         vectors_dim=vectors_dim if vectors_dim not in (None, model.emb_dim) else None,
         freeze_embedding=model.freeze_embeddings, softmax=model.softmax,
         classes=model.classes or default_classes(v), cutoffs=model.cutoffs or default_cutoffs(v),
+        context=model.context, activation=model.activation, direct=model.direct,
     )  # fmt: skip
 
 
@@ -281,9 +282,8 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
             for split, score in out["perplexity"].items()
         }
         results[job.name] = out
-    for (
-        path
-    ) in checkpoints:  # only once every model is done: a rerun after a crash re-evaluates, not retrains
+    token_scores = _write_token_scores(ctx, spec, jobs, vocab, tmp_dir, results)
+    for path in checkpoints:  # only once every model is done: a rerun after a crash re-evaluates, not retrains
         remove_checkpoints(path)
     files = []
     for name in results:
@@ -300,10 +300,80 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     return {
         "outputs": {"files": files, "models": list(results)},
         "models": results,
+        "token_scores": token_scores,
         "hidden_state": policy,
         "ngram": compare,
         "training": {"workers": spec.workers, "threads": spec.threads, "seconds": seconds},
     }
+
+
+def _write_token_scores(
+    ctx: StageContext, spec: LmSpec, jobs: list[LmJob], vocab: Vocab, tmp_dir: Path, results: dict[str, Any]
+) -> dict[str, dict[str, str]]:
+    """Each model's per-token log10 p of valid and test (``scores/<model>/<split>.arrow``), scored in the
+    driver with the same column layout as the workers' evaluation; their sums are checked against it."""
+    from lm.batching import eval_columns
+    from lm.neural_eval import token_scores as score_tokens
+    from lm.token_scores import write_token_scores
+    from lm.train import load_model, read_sentences
+
+    out: dict[str, dict[str, str]] = {}
+    for job in jobs:
+        model = load_model(tmp_dir / job.name, vocab.counts)
+        cfg = job.train_config
+        out[job.name] = {}
+        for split, paths in (("valid", job.valid), ("test", job.test)):
+            if not paths:
+                continue
+            cols = eval_columns(read_sentences(paths), cfg.eval_columns, reset=spec.eval_state == "reset")
+            scores = score_tokens(model, cols, bptt=max(cfg.bptt, 35))
+            reported = results[job.name]["perplexity"][split]
+            mine = scores.corpus_score()
+            if mine.tokens != reported["tokens"] or abs(mine.log10_sum - reported["log10_sum"]) > 1e-6 * max(1.0, abs(mine.log10_sum)):
+                raise RuntimeError(
+                    f"lm {job.name}: token scores of {split} sum to {mine.log10_sum} over {mine.tokens} tokens, the "
+                    f"workers' evaluation to {reported['log10_sum']} over {reported['tokens']}"
+                )
+            rel = f"scores/{job.name}/{split}.arrow"
+            write_token_scores(tmp_dir / rel, scores)
+            out[job.name][split] = rel
+    return out
+
+
+def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
+    """One row per model and split, and each model's validation perplexity per epoch, for the report."""
+    from pipelines.report import CurvePoint, hardware, perplexity_row
+
+    tokenize = read_manifest(run_dir, "tokenize") or {}
+    stream_manifest = {**manifest, "inputs": {"tokenize": tokenize.get("fingerprint", "")}}
+    training = manifest.get("training", {})
+    rows: list[Any] = []
+    for name, m in manifest["models"].items():
+        cfg = m["config"]
+        family = {"rnn": "RNN (tanh)", "irnn": "IRNN", "lstm": "LSTM", "gru": "GRU", "nplm": "NPLM (Bengio 2003)"}.get(cfg["kind"], cfg["kind"])
+        init = " + vectors" if m.get("embedding_init") else ""
+        shape = (
+            f"n={cfg['context'] + 1}, {cfg['hidden']} {cfg['activation']} units, direct {'on' if cfg['direct'] else 'off'}"
+            if cfg["kind"] == "nplm"
+            else f"{cfg['layers']}x{cfg['hidden']}"
+        )
+        details = f"{shape}, emb {cfg['emb_dim']}{init}, {cfg['softmax']} softmax, best epoch {m['best_epoch']}"
+        seconds = sum(e.get("seconds", 0.0) for e in m["epochs"]) or None
+        for split, score in m["perplexity"].items():
+            rows.append(
+                perplexity_row(
+                    stream_manifest, run_dir, split, score, model=name, family=family,
+                    parameters=m["parameters"]["total"], train_seconds=seconds,
+                    hardware=hardware(manifest, m.get("device", "cpu"), training.get("workers", 1)), details=details,
+                    scores=manifest.get("token_scores", {}).get(name, {}).get(split),
+                )  # fmt: skip
+            )
+        rows += [
+            CurvePoint(run=str(run_dir), model=name, epoch=int(e["epoch"]), perplexity=float(e["valid_perplexity"]))
+            for e in m["epochs"]
+            if e.get("valid_perplexity") is not None
+        ]
+    return rows
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
