@@ -34,13 +34,14 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
+import runpy  # noqa: E402
 import time  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+_common = runpy.run_path(str(BENCH / "common.py"))
+machine = _common["machine"]
 logger = logging.getLogger("bench.taggers")
 
 #: Task -> (tagger task entries, headline metric); full data through the dataset mirror.
@@ -175,23 +176,8 @@ def run_tagger(
     }  # fmt: skip
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu})"
-
-
 def versions() -> str:
-    return ", ".join(
-        [f"Python {platform.python_version()}"]
-        + [f"{n} {metadata.version(n)}" for n in ("ray", "torch", "numpy")]
-    )
+    return _common["versions"]("ray", "torch", "numpy")
 
 
 def main(argv: list[str] | None = None) -> None:

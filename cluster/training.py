@@ -33,6 +33,11 @@ import torch
 import torch.distributed as dist
 
 
+class StopAfterEpoch(RuntimeError):
+    """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
+    (each training stage reads ``LMPIPE_<STAGE>_STOP_AFTER_EPOCH`` in the driver)."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerGroup:
     """This process's place among the data-parallel workers."""

@@ -48,7 +48,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cluster.training import (
+from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+    StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
     latest_checkpoint,
@@ -66,9 +67,6 @@ CHECKPOINT_VERSION = 1
 #: Entries of a worker's share between merges when ``syncs_per_epoch`` is not given.
 SYNC_ENTRIES = 1_000_000
 
-
-class StopAfterEpoch(RuntimeError):
-    """Raised on every rank after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -58,7 +58,8 @@ import torch
 import torch.distributed as dist
 
 from cluster.process import process_info
-from cluster.training import (
+from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+    StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
     latest_checkpoint,
@@ -81,9 +82,6 @@ CHECKPOINT_VERSION = 1
 #: ~450k words lost a third of the analogy accuracy.
 SYNC_WORDS = 100_000
 
-
-class StopAfterEpoch(RuntimeError):
-    """Raised on every rank after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -43,7 +43,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cluster.training import (
+from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+    StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
     latest_checkpoint,
@@ -62,9 +63,6 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "lmpipe.lm-checkpoint"
 CHECKPOINT_VERSION = 1
 
-
-class StopAfterEpoch(RuntimeError):
-    """Raised on every rank after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from cluster.process import process_info
-from cluster.training import (
+from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+    StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
     latest_checkpoint,
@@ -52,9 +53,6 @@ CHECKPOINT_FORMAT = "lmpipe.tagger-checkpoint"
 CHECKPOINT_VERSION = 1
 EVAL_BATCH = 256
 
-
-class StopAfterEpoch(RuntimeError):
-    """Raised on every rank after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
