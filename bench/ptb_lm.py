@@ -79,6 +79,11 @@ def base_spec(args: argparse.Namespace) -> dict[str, Any]:
         data.setdefault("mix", {})["mixtures"] = mixtures
         if not mixtures:
             data["stages"] = [s for s in data["stages"] if s != "mix"]
+    if args.lstm_epochs:  # a shorter run: Zaremba's halving then starts after half the epochs
+        for model in data["lm"]["models"]:
+            if model["name"] == "lstm":
+                model["epochs"] = args.lstm_epochs
+                model["decay_after"] = max(1, min(model.get("decay_after", 4), args.lstm_epochs // 2))
     if args.other_epochs:
         for model in data["lm"]["models"]:
             if model["name"] != "lstm":
@@ -221,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--other-epochs", type=int, help="epochs of every model but `lstm` (default: the spec's 13)"
     )
+    p.add_argument("--lstm-epochs", type=int, help="epochs of `lstm` (default: the spec's 13, Zaremba's)")
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker and for the plain loop")
     p.add_argument("--throughput-tokens", type=int, default=None, help="default 200k (quick: 40k)")
     p.add_argument(
