@@ -38,8 +38,10 @@ kenlm: sysdeps install
 
 demo: install
 	$(VENV)/bin/lmpipe data fetch ptb
+	$(VENV)/bin/lmpipe data fetch embedding-eval
 	$(VENV)/bin/lmpipe run pipelines/specs/ptb.yaml --run-dir runs/ptb
 	$(VENV)/bin/lmpipe eval runs/ptb --split test
+	cat runs/ptb/report/report.md
 
 lint: install
 	$(VENV)/bin/ruff check .

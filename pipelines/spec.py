@@ -361,6 +361,7 @@ class GloveSpec:
 #: Where the lm stage's input embedding may come from: an earlier stage of the run, or a file/directory.
 LM_EMBEDDING_STAGES = ("sgns", "glove")
 _LM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_MIX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -529,6 +530,12 @@ class MixtureSpec:
         return self.name or "+".join(self.models)
 
     def validate(self, path: str) -> None:
+        # the label names the mixture's score files (RUN/mix/scores/<label>/): never a path outside the run
+        for i, model in enumerate(self.models):
+            if not _LM_NAME.fullmatch(model):
+                _fail(f"{path}.models[{i}]", model, "a model name of the run (letters, digits, '.', '_', '-')")
+        if not _MIX_NAME.fullmatch(self.label) or ".." in self.label:
+            _fail(f"{path}.name", self.label, "letters, digits, '.', '_', '-', '+', starting with a letter or digit")
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
             _fail(f"{path}.models", list(self.models), "two or more different model names, e.g. [kn5, lstm]")
         if self.method == "fixed":

@@ -109,6 +109,8 @@ def test_weights_and_streams_are_checked():
         ({"models": ["kn5", "lstm"], "weights": [0.5, 0.5]}, "no weights unless method is fixed"),
         ({"models": ["a", "b", "c"], "method": "grid"}, "grid is for two"),
         ({"models": ["a", "b"], "context_bins": [100, 10]}, "increasing positive counts"),
+        ({"models": ["a", "b"], "name": "../../etc"}, "mix.mixtures\\[0\\].name"),
+        ({"models": ["a", "../b"]}, "a model name of the run"),
     ],
 )
 def test_mix_spec_errors(mixture, message):
