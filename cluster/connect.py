@@ -25,9 +25,10 @@ class ClusterInfo:
     nodes: int
 
 
-def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True) -> ClusterInfo:
+def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False) -> ClusterInfo:
     """Start or join Ray once per process.  ``address`` falls back to ``RAY_ADDRESS``; without either an
-    embedded local instance is started (``num_cpus`` limits it; tests use 2)."""
+    embedded local instance is started (``num_cpus`` limits it; tests use 2).  Workers' output reaches this
+    process (training stages log one line per epoch from their workers) unless ``quiet``."""
     import ray
 
     if not ray.is_initialized():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -67,6 +68,13 @@ class WorkerGroup:
             else:
                 device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)  # NCCL object collectives use the current device
+        if in_ray and not logging.getLogger().handlers:
+            # a Ray Train worker has no log handler: without one its per-epoch progress lines are dropped;
+            # with one they reach the driver's terminal (ray.init(log_to_driver=True), prefixed by Ray)
+            logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+            for package in ("embeddings", "lm", "pipelines", "cluster"):  # ours at INFO, Ray's own at WARNING
+                logging.getLogger(package).setLevel(logging.INFO)
+            logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint created" / "Reporting ..." x epochs
         return cls(rank, world, device, in_ray)
 
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -435,8 +435,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 def train_models(config: dict[str, Any]) -> list[dict[str, Any]] | None:
     """``train_loop`` for each of ``config["jobs"]`` in turn, in one worker group: a list of models pays Ray
     Train's worker start-up once.  Rank 0 returns the list of results."""
-    if not logging.getLogger().handlers:  # a Ray Train worker: forward progress lines to the driver's output
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     results = [train_loop(job) for job in config["jobs"]]
     return None if any(r is None for r in results) else results
 
