@@ -97,7 +97,8 @@ def test_token_scores_and_report_rows(two_workers, tmp_path):
         for split in ("valid", "test"):
             score = read_token_scores(found[name][split]).corpus_score()
             assert score.tokens == m["perplexity"][split]["tokens"]
-            assert score.perplexity() == pytest.approx(m["perplexity"][split]["perplexity"], rel=1e-9)
+            # the driver scores all columns in one batch, the workers their share: float32 rounding differs
+            assert score.perplexity() == pytest.approx(m["perplexity"][split]["perplexity"], rel=1e-6)
     report = collect(run)
     assert {r.model for r in report.models} >= {"lstm", "gru-w2v"}
     assert {(c.model, c.epoch) for c in report.curves} >= {("lstm", 1), ("lstm", 2)}
