@@ -68,7 +68,6 @@ CHECKPOINT_VERSION = 1
 SYNC_ENTRIES = 1_000_000
 
 
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GloveJob:
     """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""

@@ -83,7 +83,6 @@ CHECKPOINT_VERSION = 1
 SYNC_WORDS = 100_000
 
 
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainJob:
     """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""

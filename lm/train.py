@@ -64,7 +64,6 @@ CHECKPOINT_FORMAT = "lmpipe.lm-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainConfig:
     """Optimisation of one model (validated for user input by ``pipelines.spec.LmModelSpec``)."""

@@ -54,7 +54,6 @@ CHECKPOINT_VERSION = 1
 EVAL_BATCH = 256
 
 
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaskData:
     """One task as the workers see it: where its encoded splits are and how to read its tags."""
