@@ -31,7 +31,6 @@ from pipelines.schemas import EOS_ID, UNK_ID
 from pipelines.tokenizers import SPACE_MARK
 
 
-@torch.no_grad()
 def score_columns(
     model: RNNModel,
     cols: EvalColumns,
@@ -41,46 +40,33 @@ def score_columns(
     columns: Sequence[int] | None = None,
     batch_columns: int = 64,
 ) -> CorpusScore:
-    """Whole-corpus log-probabilities of the (selected) columns' targets; the state is carried down a column
-    in windows of ``bptt`` rows.  Columns are processed ``batch_columns`` at a time."""
-    was_training = model.training
-    model.eval()
-    picked = list(range(cols.inputs.size(1))) if columns is None else list(columns)
-    score = CorpusScore()
-    for start in range(0, len(picked), batch_columns):
-        idx = torch.tensor(picked[start : start + batch_columns], dtype=torch.int64)
-        inputs, targets, mask = (t.index_select(1, idx) for t in (cols.inputs, cols.targets, cols.mask))
-        rows = int(mask.sum(0).max().item()) if mask.numel() else 0
-        hidden = model.init_hidden(len(idx))
-        for i in range(0, rows, bptt):
-            x, y, m = inputs[i : i + bptt], targets[i : i + bptt], mask[i : i + bptt]
-            lp, hidden = model(x.to(device), hidden, y.to(device))
-            lp, y, m = lp.double().cpu().t(), y.t(), m.t()  # column-major: each column's tokens in order
-            keep = m.reshape(-1)
-            flat_y = y.reshape(-1)[keep]
-            score.add_natural(
-                lp.reshape(-1)[keep].numpy(),
-                (flat_y == UNK_ID).numpy(),
-                sentences=int((flat_y == EOS_ID).sum()),
-            )
-        del hidden
-    model.train(was_training)
-    return score
+    """Whole-corpus log-probabilities of the (selected) columns' targets (the sums of :func:`token_scores`)."""
+    return token_scores(
+        model, cols, bptt=bptt, device=device, columns=columns, batch_columns=batch_columns
+    ).corpus_score()
 
 
 @torch.no_grad()
 def token_scores(
-    model: RNNModel, cols: EvalColumns, *, bptt: int = 35, device: torch.device | str = "cpu", batch_columns: int = 64
+    model: RNNModel,
+    cols: EvalColumns,
+    *,
+    bptt: int = 35,
+    device: torch.device | str = "cpu",
+    columns: Sequence[int] | None = None,
+    batch_columns: int = 64,
 ) -> TokenScores:
-    """Every target's log10 probability in the split's order (``lm.token_scores``), for mixtures and
-    significance tests.  Columns are contiguous runs of sentences in order, so concatenating each column's
-    targets column after column restores the split's token order; the sums equal :func:`score_columns`'s."""
+    """Every target's log10 probability (``lm.token_scores``) of the (selected) columns; the state is carried
+    down a column in windows of ``bptt`` rows, ``batch_columns`` columns at a time.  Columns are contiguous
+    runs of sentences in order, so concatenating the columns' targets column after column restores the
+    split's token order (all columns: the whole split, for mixtures and significance tests)."""
     was_training = model.training
     model.eval()
-    per_column: list[list[np.ndarray]] = [[] for _ in range(cols.inputs.size(1))]
-    targets_of: list[list[np.ndarray]] = [[] for _ in range(cols.inputs.size(1))]
-    for start in range(0, cols.inputs.size(1), batch_columns):
-        idx = torch.arange(start, min(start + batch_columns, cols.inputs.size(1)))
+    picked = list(range(cols.inputs.size(1))) if columns is None else list(columns)
+    per_column: dict[int, list[np.ndarray]] = {c: [] for c in picked}
+    targets_of: dict[int, list[np.ndarray]] = {c: [] for c in picked}
+    for start in range(0, len(picked), batch_columns):
+        idx = torch.tensor(picked[start : start + batch_columns], dtype=torch.int64)
         inputs, targets, mask = (t.index_select(1, idx) for t in (cols.inputs, cols.targets, cols.mask))
         rows = int(mask.sum(0).max().item()) if mask.numel() else 0
         hidden = model.init_hidden(len(idx))
@@ -94,8 +80,8 @@ def token_scores(
                 targets_of[col].append(y[:, j][keep].numpy())
         del hidden
     model.train(was_training)
-    token = np.concatenate([a for col in targets_of for a in col]) if cols.inputs.size(1) else np.zeros(0, np.int64)
-    ln_p = np.concatenate([a for col in per_column for a in col]) if cols.inputs.size(1) else np.zeros(0)
+    token = np.concatenate([a for c in picked for a in targets_of[c]] or [np.zeros(0, np.int64)])
+    ln_p = np.concatenate([a for c in picked for a in per_column[c]] or [np.zeros(0)])
     ends = token == EOS_ID
     sentence = np.concatenate([[0], np.cumsum(ends)[:-1]]) if len(token) else np.zeros(0, np.int64)
     return TokenScores(sentence.astype(np.uint32), token.astype(np.uint32), ln_p / LN10, token == UNK_ID)

@@ -95,9 +95,10 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------ rows helpers
-def split_text_bytes(run_dir: Path) -> dict[str, int]:
-    """Raw bytes of each split's input, when every source of the split is a plain text file (bits per byte
-    of compressed or structured sources would not be per byte of text)."""
+def token_stream(run_dir: Path) -> tuple[str, dict[str, int]]:
+    """The run's token-stream identity (the tokenize stage's fingerprint) and the raw bytes of each split's
+    input, when every source of the split is a plain text file (bits per byte of compressed or structured
+    sources would not be per byte of text)."""
     manifest = read_manifest(run_dir, "tokenize") or {}
     total: dict[str, int] = {}
     plain: dict[str, bool] = {}
@@ -105,7 +106,7 @@ def split_text_bytes(run_dir: Path) -> dict[str, int]:
         split = source["split"]
         total[split] = total.get(split, 0) + int(source.get("bytes", 0))
         plain[split] = plain.get(split, True) and source.get("format") == "text"
-    return {split: n for split, n in total.items() if plain[split] and n > 0}
+    return manifest.get("fingerprint", ""), {split: n for split, n in total.items() if plain[split] and n > 0}
 
 
 def bits_per_byte(log10_sum: float, text_bytes: int | None) -> float | None:
@@ -120,8 +121,9 @@ def hardware(manifest: dict[str, Any], device: str = "cpu", workers: int = 1) ->
 def perplexity_row(
     manifest: dict[str, Any], run_dir: Path, split: str, score: dict[str, Any], **fields: Any
 ) -> ModelRow:
-    """A ModelRow from a ``CorpusScore.to_dict()`` of ``split``; ``fields`` fill the rest."""
-    text_bytes = split_text_bytes(run_dir).get(split)
+    """A ModelRow from a ``CorpusScore.to_dict()`` of ``split``; ``fields`` fill the rest.  Every model of a
+    run is scored on that run's tokenization, so the stream and byte counts come from its tokenize stage."""
+    stream, text_bytes = token_stream(run_dir)
     return ModelRow(
         run=str(run_dir),
         stage=manifest["stage"],
@@ -132,8 +134,8 @@ def perplexity_row(
         tokens=int(score["tokens"]),
         sentences=int(score["sentences"]),
         log10_sum=float(score["log10_sum"]),
-        stream=manifest.get("inputs", {}).get("tokenize") or "",
-        bits_per_byte=bits_per_byte(float(score["log10_sum"]), text_bytes),
+        stream=stream,
+        bits_per_byte=bits_per_byte(float(score["log10_sum"]), text_bytes.get(split)),
         **fields,
     )
 

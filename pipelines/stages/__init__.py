@@ -44,6 +44,14 @@ class StageContext:
     selected: tuple[str, ...] = ()
 
 
+def require_stage(ctx: StageContext, upstream: str, stage: str, hint: str = "") -> None:
+    """A stage's ``check``: ``upstream`` must run in this invocation or have completed in the run directory."""
+    from pipelines.rundir import read_manifest
+
+    if upstream not in ctx.selected and read_manifest(ctx.run_dir, upstream) is None:
+        raise FileNotFoundError(f"{ctx.run_dir / upstream}: the {stage} stage needs the {upstream} stage; run it first{hint}")
+
+
 def stage_module(name: str) -> ModuleType:
     if name not in STAGE_MODULES:
         raise ValueError(f"stage {name!r} is not implemented; implemented stages: {sorted(STAGE_MODULES)}")

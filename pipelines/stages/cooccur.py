@@ -56,7 +56,7 @@ from pipelines.rundir import read_manifest
 from pipelines.schemas import COOC_PARTIAL
 from pipelines.shards import sha256_file, split_shards
 from pipelines.spec import CooccurSpec
-from pipelines.stages import StageContext
+from pipelines.stages import StageContext, require_stage
 from pipelines.stages.ngram import run_tasks
 from pipelines.vocab import Vocab
 
@@ -71,10 +71,7 @@ BLOCKS_PER_WORKER = 2
 
 # ------------------------------------------------------------------------------------------ contract
 def check(ctx: StageContext) -> None:
-    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
-        raise FileNotFoundError(
-            f"{ctx.run_dir / 'tokenize'}: the cooccur stage needs the tokenize stage; run it first"
-        )
+    require_stage(ctx, "tokenize", "cooccur")
 
 
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -33,7 +33,7 @@ from embeddings.glove_train import GloveJob, train_loop
 from embeddings.vectors import Vectors, sha256_file
 from pipelines.rundir import fingerprint, read_manifest
 from pipelines.spec import GloveSpec
-from pipelines.stages import StageContext
+from pipelines.stages import StageContext, require_stage
 from pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
@@ -42,11 +42,7 @@ STOP_ENV = "LMPIPE_GLOVE_STOP_AFTER_EPOCH"
 
 
 def check(ctx: StageContext) -> None:
-    if "cooccur" not in ctx.selected and read_manifest(ctx.run_dir, "cooccur") is None:
-        raise FileNotFoundError(
-            f"{ctx.run_dir / 'cooccur'}: the glove stage needs the cooccur stage; run it first "
-            "(--stages tokenize,cooccur,glove)"
-        )
+    require_stage(ctx, "cooccur", "glove", " (--stages tokenize,cooccur,glove)")
 
 
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:

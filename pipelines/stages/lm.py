@@ -36,7 +36,7 @@ from lm.train import LmJob, TrainConfig, read_sentences, train_models
 from pipelines.rundir import fingerprint, read_manifest
 from pipelines.shards import sha256_file, split_shards
 from pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
-from pipelines.stages import StageContext
+from pipelines.stages import StageContext, require_stage
 from pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ def load_vectors(path: Path, fmt: str):
 
 # ------------------------------------------------------------------------------------------ contract
 def check(ctx: StageContext) -> None:
-    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
-        raise FileNotFoundError(
-            f"{ctx.run_dir / 'tokenize'}: the lm stage needs the tokenize stage; run it first"
-        )
+    require_stage(ctx, "tokenize", "lm")
     for i, model in enumerate(ctx.spec.lm.models):
         if model.embeddings is not None:
             _check_vectors(ctx, i, model)
@@ -344,8 +341,6 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per model and split, and each model's validation perplexity per epoch, for the report."""
     from pipelines.report import CurvePoint, hardware, perplexity_row
 
-    tokenize = read_manifest(run_dir, "tokenize") or {}
-    stream_manifest = {**manifest, "inputs": {"tokenize": tokenize.get("fingerprint", "")}}
     training = manifest.get("training", {})
     rows: list[Any] = []
     for name, m in manifest["models"].items():
@@ -362,7 +357,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
         for split, score in m["perplexity"].items():
             rows.append(
                 perplexity_row(
-                    stream_manifest, run_dir, split, score, model=name, family=family,
+                    manifest, run_dir, split, score, model=name, family=family,
                     parameters=m["parameters"]["total"], train_seconds=seconds,
                     hardware=hardware(manifest, m.get("device", "cpu"), training.get("workers", 1)), details=details,
                     scores=manifest.get("token_scores", {}).get(name, {}).get(split),

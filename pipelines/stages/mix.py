@@ -142,8 +142,6 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per mixture and split; details carry the weights and, on test, the bootstrap intervals."""
     from pipelines.report import hardware, perplexity_row
 
-    tokenize = read_manifest(run_dir, "tokenize") or {}
-    stream_manifest = {**manifest, "inputs": {"tokenize": tokenize.get("fingerprint", "")}}
     rows = []
     for label, entry in manifest["mixtures"].items():
         for split, score in entry["perplexity"].items():
@@ -159,7 +157,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
                 )
             rows.append(
                 perplexity_row(
-                    stream_manifest,
+                    manifest,
                     run_dir,
                     split,
                     score,

@@ -43,7 +43,7 @@ from pipelines.rundir import read_manifest
 from pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from pipelines.shards import sha256_file, split_shards
 from pipelines.spec import NgramSpec, parse_resources
-from pipelines.stages import StageContext
+from pipelines.stages import StageContext, require_stage
 from pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def check(ctx: StageContext) -> None:
         find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
     if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
         raise FileNotFoundError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
-    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
-        raise FileNotFoundError(f"{ctx.run_dir / 'tokenize'}: the ngram stage needs the tokenize stage; run it first")
+    require_stage(ctx, "tokenize", "ngram")
 
 
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:

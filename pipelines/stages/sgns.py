@@ -35,7 +35,7 @@ from embeddings.vectors import Vectors, sha256_file
 from pipelines.rundir import fingerprint, read_manifest
 from pipelines.shards import split_shards
 from pipelines.spec import SgnsSpec
-from pipelines.stages import StageContext
+from pipelines.stages import StageContext, require_stage
 from pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 from pipelines.vocab import Vocab
 
@@ -45,10 +45,7 @@ STOP_ENV = "LMPIPE_SGNS_STOP_AFTER_EPOCH"
 
 
 def check(ctx: StageContext) -> None:
-    if "tokenize" not in ctx.selected and read_manifest(ctx.run_dir, "tokenize") is None:
-        raise FileNotFoundError(
-            f"{ctx.run_dir / 'tokenize'}: the sgns stage needs the tokenize stage; run it first"
-        )
+    require_stage(ctx, "tokenize", "sgns")
 
 
 def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
