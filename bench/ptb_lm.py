@@ -88,6 +88,12 @@ def base_spec(args: argparse.Namespace) -> dict[str, Any]:
         for model in data["lm"]["models"]:
             if model["name"] != "lstm":
                 model["epochs"] = args.other_epochs
+    for item in args.epochs or []:  # NAME=N, after --lstm-epochs / --other-epochs
+        name, _, count = item.partition("=")
+        chosen = [m for m in data["lm"]["models"] if m["name"] == name]
+        if not chosen or not count.isdigit():
+            raise SystemExit(f"--epochs {item!r}: expected NAME=N with NAME one of the spec's models")
+        chosen[0]["epochs"] = int(count)
     if args.quick:
         train = resolve("data:ptb/train", mirror=str(args.mirror))
         data["corpus"]["train"] = str(head_lines(Path(train), args.work / "ptb-quick.train.txt", 3000))
@@ -132,7 +138,12 @@ def plain_loop(run: Path, model_cfg, train_cfg, threads: int) -> dict[str, float
 
 
 def throughput(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train (1 worker) vs the plain loop on the same first N training tokens, same model and threads."""
+    """Ray Train (1 worker) vs the plain loop on the same first N training tokens, same model and threads.
+
+    The two are run ``--repeats`` times, alternating, and compared by their medians: on 2 cores a single pair is
+    at the mercy of whatever else wakes up during one of the two measurements."""
+    import statistics
+
     from lm.train import TrainConfig
     from pipelines.datasets import resolve
     from pipelines.run import run_pipeline
@@ -154,23 +165,33 @@ def throughput(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]
     run = args.work / "ptb-lm-throughput"
     shutil.rmtree(run, ignore_errors=True)
     run_pipeline(spec, run_dir=run, stages=["tokenize"], mirror=str(args.mirror))
-    t0 = time.perf_counter()
-    manifest = run_pipeline(spec, run_dir=run, stages=["lm"], mirror=str(args.mirror))["lm"]
-    stage_wall = time.perf_counter() - t0
-    epoch = manifest["models"]["lstm"]["epochs"][0]
     vocab = Vocab.load(run / "tokenize" / "vocab.tsv")
     m = spec.lm.models[0]
     cfg: TrainConfig = train_config(m, spec.lm)
-    plain = plain_loop(run, model_config(m, vocab, None), cfg, args.threads)
+    ray_runs: list[dict[str, float]] = []
+    plain_runs: list[dict[str, float]] = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        manifest = run_pipeline(spec, run_dir=run, stages=["lm"], mirror=str(args.mirror), force=["lm"])["lm"]
+        stage_wall = time.perf_counter() - t0
+        epoch = manifest["models"]["lstm"]["epochs"][0]
+        ray_runs.append({
+            "tps": epoch["tokens_per_second"], "epoch_s": epoch["seconds"], "tokens": epoch["train_tokens"],
+            "fit_s": manifest["training"]["seconds"], "stage_wall_s": stage_wall,
+        })  # fmt: skip
+        plain = plain_loop(run, model_config(m, vocab, None), cfg, args.threads)
+        plain_runs.append({"tps": plain["tokens_per_second"], "seconds": plain["seconds"]})
+    ray_tps = statistics.median(r["tps"] for r in ray_runs)
+    plain_tps = statistics.median(r["tps"] for r in plain_runs)
     return {
-        "tokens": epoch["train_tokens"],
-        "ray_tps": epoch["tokens_per_second"],
-        "ray_epoch_s": epoch["seconds"],
-        "ray_fit_s": manifest["training"]["seconds"],
-        "stage_wall_s": stage_wall,
-        "plain_tps": plain["tokens_per_second"],
-        "plain_s": plain["seconds"],
-        "plain_tokens": plain["tokens"],
+        "tokens": ray_runs[0]["tokens"],
+        "ray_tps": ray_tps,
+        "plain_tps": plain_tps,
+        "ray_all": [r["tps"] for r in ray_runs],
+        "plain_all": [r["tps"] for r in plain_runs],
+        "ray_fit_s": statistics.median(r["fit_s"] for r in ray_runs),
+        "ray_epoch_s": statistics.median(r["epoch_s"] for r in ray_runs),
+        "plain_s": statistics.median(r["seconds"] for r in plain_runs),
     }
 
 
@@ -206,9 +227,12 @@ def table_rows(manifests: dict[str, dict[str, Any]]) -> list[str]:
         )
     for label, m in manifests.get("mix", {}).get("mixtures", {}).items():
         ev = m["perplexity"]
-        weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(m["weights"]["models"], m["weights"]["weights"][0], strict=True))
+        weights = ", ".join(
+            f"{n} {w:.2f}" for n, w in zip(m["weights"]["models"], m["weights"]["weights"][0], strict=True)
+        )
         cis = "; ".join(
-            f"vs {n} {b['difference']:+.1f} [{b['low']:+.1f}, {b['high']:+.1f}]" for n, b in m.get("bootstrap", {}).items()
+            f"vs {n} {b['difference']:+.1f} [{b['low']:+.1f}, {b['high']:+.1f}]"
+            for n, b in m.get("bootstrap", {}).items()
         )
         below = all(ev["test"]["perplexity"] < p for p in m["components"]["test"].values())
         rows.append(
@@ -227,6 +251,14 @@ def main(argv: list[str] | None = None) -> None:
         "--other-epochs", type=int, help="epochs of every model but `lstm` (default: the spec's 13)"
     )
     p.add_argument("--lstm-epochs", type=int, help="epochs of `lstm` (default: the spec's 13, Zaremba's)")
+    p.add_argument("--epochs", nargs="*", metavar="NAME=N", help="epochs of one model, e.g. rnn=6 irnn=6")
+    p.add_argument(
+        "--part", choices=["all", "table", "throughput"], default="all",
+        help="the perplexity table, the throughput comparison, or both (default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--repeats", type=int, default=3, help="alternating Ray Train / plain-loop throughput pairs"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker and for the plain loop")
     p.add_argument("--throughput-tokens", type=int, default=None, help="default 200k (quick: 40k)")
     p.add_argument(
@@ -248,38 +280,49 @@ def main(argv: list[str] | None = None) -> None:
     connect(num_cpus=os.cpu_count())
     started = time.perf_counter()
     data = base_spec(args)
-    run = args.work / data["name"]
-    shutil.rmtree(run, ignore_errors=True)
-    manifests = run_pipeline(parse_spec(data, source=str(SPEC)), run_dir=run, mirror=str(args.mirror))
-    table_s = time.perf_counter() - started
-    tp = throughput(args, data)
-    total_s = time.perf_counter() - started
-    load_after = os.getloadavg()
-
-    rows = table_rows(manifests)
-    lm = manifests["lm"]
-    ratio = tp["ray_tps"] / tp["plain_tps"]
     command = ".venv/bin/python bench/ptb_lm.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = [
         "",
-        f"## lm stage on PTB: recurrent LMs vs KN5 ({datetime.date.today().isoformat()}{', --quick' if args.quick else ''})",
+        f"## lm stage on PTB: {'recurrent LMs vs KN5' if args.part != 'throughput' else 'Ray Train vs plain loop throughput'}"
+        f" ({datetime.date.today().isoformat()}{', --quick' if args.quick else ''})",
         "",
         f"Command: `LMPIPE_DATA_MIRROR={args.mirror} {command.strip()}`  ",
         f"Machine: {machine()}; {versions()}.  ",
-        f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; the whole benchmark took "
-        f"{total_s / 60:.1f} min (table {table_s / 60:.1f} min).  ",
-        f"Spec `pipelines/specs/ptb-lm.yaml`: 1 Ray Train worker x {args.threads} torch threads; perplexity = whole "
-        f"corpus, KenLM's accounting (words + one </s> per sentence); hidden state: {lm['hidden_state']}.",
+    ]
+    body: list[str] = []
+    if args.part in ("all", "table"):
+        run = args.work / data["name"]
+        shutil.rmtree(run, ignore_errors=True)
+        manifests = run_pipeline(parse_spec(data, source=str(SPEC)), run_dir=run, mirror=str(args.mirror))
+        body += [
+            f"Spec `pipelines/specs/ptb-lm.yaml`: 1 Ray Train worker x {args.threads} torch threads; perplexity = "
+            f"whole corpus, KenLM's accounting (words + one </s> per sentence); hidden state: "
+            f"{manifests['lm']['hidden_state']}; table {(time.perf_counter() - started) / 60:.1f} min.",
+            "",
+            "| model | training | valid ppl | test ppl | test tokens / OOV | test bits/byte | published valid / test |",
+            "|---|---|---|---|---|---|---|",
+            *table_rows(manifests),
+            "",
+        ]
+    if args.part in ("all", "throughput"):
+        tp = throughput(args, data)
+        ratio = tp["ray_tps"] / tp["plain_tps"]
+        pairs = ", ".join(f"{r:,.0f}/{q:,.0f}" for r, q in zip(tp["ray_all"], tp["plain_all"], strict=True))
+        body += [
+            f"Throughput, LSTM 2x200 (batch 20, bptt 20, SGD, clip 5), first {tp['tokens']:,} training tokens, "
+            f"{args.threads} thread(s), {args.repeats} alternating runs each (Ray/plain tokens/s: {pairs}): Ray Train "
+            f"1 worker median {tp['ray_tps']:,.0f} tokens/s (epoch {tp['ray_epoch_s']:.1f} s, measured in the worker; "
+            f"whole fit incl. worker start-up and evaluation {tp['ray_fit_s']:.1f} s) vs plain PyTorch loop median "
+            f"{tp['plain_tps']:,.0f} tokens/s ({tp['plain_s']:.1f} s): **{ratio:.2f}x** (target >= 0.9x).",
+            "",
+        ]
+    total_s = time.perf_counter() - started
+    load_after = os.getloadavg()
+    section += [
+        f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; the benchmark took "
+        f"{total_s / 60:.1f} min.",
         "",
-        "| model | training | valid ppl | test ppl | test tokens / OOV | test bits/byte | published valid / test |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        f"Throughput, LSTM 2x200 (batch 20, bptt 20, SGD, clip 5), first {tp['tokens']:,} training tokens, "
-        f"{args.threads} threads: Ray Train 1 worker {tp['ray_tps']:,.0f} tokens/s (epoch {tp['ray_epoch_s']:.1f} s; whole "
-        f"fit incl. worker start-up and evaluation {tp['ray_fit_s']:.1f} s) vs plain PyTorch loop {tp['plain_tps']:,.0f} "
-        f"tokens/s ({tp['plain_s']:.1f} s): **{ratio:.2f}x** (target >= 0.9x).",
-        "",
+        *body,
     ]
     text = "\n".join(section)
     print(text)

@@ -11,8 +11,8 @@ appended to ``bench/RESULTS.md``.
     LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/taggers.py --quick   # ~5 min smoke, no append
 
 Pre-trained vectors: the ``sgns`` stage (dim 100, window 5, 5 epochs, min_count 5) on the English corpus of
-``bench/corpora.py`` (PTB + Brown + BBC + KJV, ~3.7M words, lowercased, ``[a-z]+('[a-z]+)?|[0-9]+`` tokens),
-built here first (the tagger looks words up lowercased and keeps capitalisation in its caps feature).
+``bench/corpora.py`` (PTB + Brown + BBC + KJV, ~3.7M words, lowercased, ``[a-z]+('[a-z]+)?|[0-9]+`` tokens)
+plus the words of the three tasks' training files (~0.6M; ``--no-tagger-text`` leaves them out), built here first (the tagger looks words up lowercased and keeps capitalisation in its caps feature).
 ``--vectors sgns glove`` adds a GloVe column pair.  CoNLL-2000 has no dev set: 10% of the training sentences
 (by sentence hash) are held out for early stopping.  ``--quick`` cuts every data set to a few hundred
 sentences, the corpus to 300k words and training to 2 epochs: it checks that the script works, its figures
@@ -88,9 +88,13 @@ def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
     from pipelines.run import run_pipeline
     from pipelines.spec import parse_spec
 
-    text_path = work / ("english-quick.txt" if args.quick else "english.txt")
+    text_path = work / (
+        f"english{'-taggers' if args.tagger_text else ''}{'-quick' if args.quick else ''}.txt"
+    )
     if not text_path.exists():
         text = _load_bench_module("corpora").english_text(args.mirror)
+        if args.tagger_text:
+            text += "\n" + tagger_train_text(args.mirror)
         if args.quick:
             text = " ".join(text.split()[:300_000])
             text = "\n".join(text[i : i + 400] for i in range(0, len(text), 400))
@@ -104,11 +108,24 @@ def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
         "sgns": {"dim": args.dim, "window": 5, "min_count": 5, "epochs": epochs, "shared_negatives": 16, "evaluate": False},
         "glove": {"dim": args.dim, "epochs": 5 if args.quick else 25, "evaluate": False},
     }  # fmt: skip
-    run = work / f"vectors-{kind}{'-quick' if args.quick else ''}"
+    run = work / f"vectors-{kind}{'-taggers' if args.tagger_text else ''}{'-quick' if args.quick else ''}"
     t0 = time.perf_counter()
     manifests = run_pipeline(parse_spec(data, source="bench"), run_dir=run, mirror=str(args.mirror))
     out = manifests[kind]["outputs"]
     return run / kind / "vectors", {"count": out["count"], "seconds": time.perf_counter() - t0}
+
+
+def tagger_train_text(mirror: Path) -> str:
+    """The words of the three tasks' *training* files, a sentence per line: unlabelled in-domain text for the
+    vectors (Reuters news, WSJ, web text), as a semi-supervised tagger would use; dev and test stay unseen."""
+    from pipelines import datasets
+    from pipelines.conll import read_conll
+
+    lines: list[str] = []
+    for task in TASKS.values():
+        for sentence in read_conll(datasets.resolve(task["train"], mirror=str(mirror)), task["format"]):
+            lines.append(" ".join(sentence.tokens))
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -154,6 +171,7 @@ def run_tagger(
     tagger = {
         **model, "tasks": tasks, "dim": args.dim, "batch_size": 16, "threads": args.threads, "seed": args.seed,
         **({"vectors": str(vectors), "max_vectors": None} if vectors else {}),
+        **({"epochs": min(model["epochs"], args.max_epochs)} if args.max_epochs else {}),
         **({"epochs": 2, "patience": None} if args.quick else {}),
     }  # fmt: skip
     data = {"name": "bench-tagger", "corpus": {"train": str(work)}, "stages": ["tagger"], "tagger": tagger}
@@ -192,20 +210,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dim", type=int, default=100, help="word vector size (random and pre-trained alike)")
     p.add_argument("--vector-epochs", type=int, default=5)
     p.add_argument(
+        "--tagger-text", action=argparse.BooleanOptionalAction, default=True,
+        help="add the tasks' training sentences (words only) to the vectors' corpus (default: on)",
+    )  # fmt: skip
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch threads of the one training worker (2 oversubscribed a loaded 2-core VM)",
     )
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--max-epochs", type=int, help="cap every model's epochs (a time budget; default: none)")
     p.add_argument(
         "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-taggers"))
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--no-append", action="store_true", help="print the section, do not append it")
+    p.add_argument("--verbose", action="store_true", help="log the stages' progress (one line per epoch)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     args.work.mkdir(parents=True, exist_ok=True)
     from cluster.connect import connect
 
@@ -217,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     for kind in args.vectors:
         vectors[kind], info = build_vectors(kind, args, args.work)
         notes.append(
-            f"{kind} vectors: {info['count']:,} words x {args.dim}, built in {info['seconds']:.0f} s"
+            f"{kind} vectors: {info['count']:,} words x {args.dim}, built in {info['seconds']:.0f} s on PTB + Brown + "
+            f"BBC + KJV{' + the tasks training sentences' if args.tagger_text else ''} (lowercased)"
         )
         print(notes[-1], flush=True)
     tasks = quick_tasks(args, args.work) if args.quick else TASKS
@@ -275,7 +302,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after on {os.cpu_count()} cores; "
         f"the whole benchmark took {total_s / 60:.1f} min.  ",
         f"Settings: word vectors {args.dim}-d (random N(0, 0.1) or the pipeline's; lowercase lookup + 5-d caps "
-        "feature), batch 16 sentences, Adam, gradient norm clip 5, early stopping on dev (CoNLL-2000: 10% of train). "
+        "feature), batch 16 sentences, Adam, gradient norm clip 5, early stopping on dev (CoNLL-2000: 10% of train)"
+        + (f", epochs capped at {args.max_epochs}" if args.max_epochs else "")
+        + ". "
         f"window = {json.dumps({k: v for k, v in WINDOW.items() if k != 'model'})}; "
         f"bilstm-crf = {json.dumps({k: v for k, v in BILSTM_CRF.items() if k != 'model'})}. "
         "Scores: conlleval F1 (tests/test_conll.py checks it against seqeval) and token accuracy, from the stage's manifest.",

@@ -125,6 +125,9 @@ def _special_error(chunk: Chunk, position: int) -> InputError:
 def encode_batch(batch: LineBatch, chunk: Chunk, job: ChunkJob, tokenizer) -> dict[str, Encoded]:
     """Tokenize one batch of lines and route them to their splits; lines left empty are rejected."""
     text = batch.text
+    # bytes of each line as read (after normalisation) plus its newline: the denominator of bits per byte, the
+    # same for every tokenizer of the same text
+    line_bytes = np.asarray(pc.binary_length(text).fill_null(0), dtype=np.int64) + 1
     is_sp = isinstance(tokenizer, SentencePieceTokenizer)
     if is_sp:
         text, special_counts, bad = _text_level_specials(text, job.normalize.literal_specials)
@@ -142,6 +145,7 @@ def encode_batch(batch: LineBatch, chunk: Chunk, job: ChunkJob, tokenizer) -> di
         keep = pa.array(~empty)
         tokens = tokens.filter(keep)
         positions = batch.positions[~empty]
+        line_bytes = line_bytes[~empty]
     else:
         positions = batch.positions
     if job.corpus.documents == "file":
@@ -155,6 +159,7 @@ def encode_batch(batch: LineBatch, chunk: Chunk, job: ChunkJob, tokenizer) -> di
         if mask.any():
             sel = pa.array(mask)
             out[name] = Encoded(tokens.filter(sel), positions[mask], docs[mask])
+            batch.counts[f"{name}_text_bytes"] += int(line_bytes[mask].sum())
     batch.counts["lines_kept"] += len(positions)
     return out
 

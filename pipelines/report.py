@@ -96,17 +96,13 @@ class Report:
 
 # ------------------------------------------------------------------------------------------ rows helpers
 def token_stream(run_dir: Path) -> tuple[str, dict[str, int]]:
-    """The run's token-stream identity (the tokenize stage's fingerprint) and the raw bytes of each split's
-    input, when every source of the split is a plain text file (bits per byte of compressed or structured
-    sources would not be per byte of text)."""
+    """The run's token-stream identity (the tokenize stage's fingerprint) and each split's text bytes: the
+    UTF-8 bytes of the lines its sentences came from, one newline each, counted by the tokenize stage.  The
+    one definition of "per byte" for every model of the run, whatever the tokenizer or the file compression."""
     manifest = read_manifest(run_dir, "tokenize") or {}
-    total: dict[str, int] = {}
-    plain: dict[str, bool] = {}
-    for source in manifest.get("sources", []):
-        split = source["split"]
-        total[split] = total.get(split, 0) + int(source.get("bytes", 0))
-        plain[split] = plain.get(split, True) and source.get("format") == "text"
-    return manifest.get("fingerprint", ""), {split: n for split, n in total.items() if plain[split] and n > 0}
+    splits = manifest.get("outputs", {}).get("splits", {})
+    text_bytes = {split: int(s["text_bytes"]) for split, s in splits.items() if s.get("text_bytes")}
+    return manifest.get("fingerprint", ""), text_bytes
 
 
 def bits_per_byte(log10_sum: float, text_bytes: int | None) -> float | None:

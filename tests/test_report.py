@@ -38,11 +38,9 @@ def make_run(
     _write(run, "tokenize", {
         "fingerprint": stream, "settings": {"normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}},
         "inputs": {"train": "abc"},
-        "sources": [
-            {"split": "train", "format": "text", "bytes": 40000},
-            {"split": "test", "format": "text", "bytes": test_bytes},
-            {"split": "valid", "format": "jsonl", "bytes": 3000},
-        ],
+        "outputs": {"splits": {
+            "train": {"text_bytes": 40000}, "test": {"text_bytes": test_bytes}, "valid": {"text_bytes": 0},
+        }},
     })  # fmt: skip
     _write(run, "ngram", {
         "fingerprint": f"ng{order}", "inputs": {"tokenize": stream}, "settings": {"order": order, "estimator": "lmplz"},
@@ -63,9 +61,9 @@ def test_rows_come_from_the_stage_manifests(tmp_path):
     (row,) = [r for r in report.models if r.split == "test"]
     assert row.model == "kn3" and row.parameters == 600 and row.train_seconds == 1.5
     assert row.perplexity == pytest.approx(10**2.0) and row.oov_rate == pytest.approx(0.05)
-    assert row.bits_per_byte == pytest.approx(2000.0 / 5000 / math.log10(2))  # -sum log2 p / raw text bytes
+    assert row.bits_per_byte == pytest.approx(2000.0 / 5000 / math.log10(2))  # -sum log2 p / the lines' bytes
     (valid,) = [r for r in report.models if r.split == "valid"]
-    assert valid.bits_per_byte is None  # a JSONL source: bytes are not bytes of text
+    assert valid.bits_per_byte is None  # no byte count recorded: no figure rather than a wrong one
     (vec,) = report.embeddings
     assert (
         vec.model,

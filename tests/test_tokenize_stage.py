@@ -86,6 +86,8 @@ def test_ptb_vocabulary_counts_equal_a_brute_force_counter(tmp_path, mirror):
     splits = manifest["outputs"]["splits"]
     assert (splits["train"]["tokens"], splits["valid"]["tokens"], splits["test"]["tokens"]) == (887521, 70390, 78669)
     assert splits["valid"]["oov_tokens"] == splits["test"]["oov_tokens"] == 0
+    for split in ("train", "valid", "test"):  # no blank line in PTB: the lines' bytes + newlines = the file
+        assert splits[split]["text_bytes"] == (mirror / "ptb" / f"ptb.{split}.txt").stat().st_size
     all_unk = sum((mirror / "ptb" / f"ptb.{s}.txt").read_text().split().count("<unk>") for s in ("train", "valid", "test"))
     assert manifest["lines"]["specials"]["specials_renamed"] == all_unk
 

@@ -230,6 +230,12 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     stop = os.environ.get(STOP_ENV)
     storage = ctx.run_dir / ".ray-train"
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
+    from pipelines.report import token_stream
+
+    _, text_bytes = token_stream(ctx.run_dir)  # bits per byte: the tokenize stage's byte count, as every row
+    for split, n in text_bytes.items():
+        if split in units:
+            units[split]["bytes"] = n
     policy = HIDDEN_STATE[spec.eval_state]
     jobs: list[LmJob] = []
     checkpoints: list[Path] = []

@@ -178,6 +178,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
             "sentences": accounting[f"{split}_sentences"],
             "tokens": accounting[f"{split}_tokens"],
             "oov_tokens": accounting[f"{split}_oov_tokens"],
+            "text_bytes": accounting[f"{split}_text_bytes"],  # UTF-8 bytes of the kept lines + newlines
             "shards": len(shards[split]),
         }
         for split in ("train", "valid", "test")
