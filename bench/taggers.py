@@ -172,6 +172,7 @@ def run_tagger(
         **model, "tasks": tasks, "dim": args.dim, "batch_size": 16, "threads": args.threads, "seed": args.seed,
         **({"vectors": str(vectors), "max_vectors": None} if vectors else {}),
         **({"epochs": min(model["epochs"], args.max_epochs)} if args.max_epochs else {}),
+        **({"unk_replace": args.unk_replace} if args.unk_replace else {}),
         **({"epochs": 2, "patience": None} if args.quick else {}),
     }  # fmt: skip
     data = {"name": "bench-tagger", "corpus": {"train": str(work)}, "stages": ["tagger"], "tagger": tagger}
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-epochs", type=int, help="cap every model's epochs (a time budget; default: none)")
+    p.add_argument(
+        "--unk-replace", type=float, default=0.0,
+        help="tagger.unk_replace for every model: singletons read as <unk> with this probability (Lample: 0.5)",
+    )  # fmt: skip
     p.add_argument(
         "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
     )
@@ -304,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Settings: word vectors {args.dim}-d (random N(0, 0.1) or the pipeline's; lowercase lookup + 5-d caps "
         "feature), batch 16 sentences, Adam, gradient norm clip 5, early stopping on dev (CoNLL-2000: 10% of train)"
         + (f", epochs capped at {args.max_epochs}" if args.max_epochs else "")
+        + (f", training singletons read as <unk> with p = {args.unk_replace}" if args.unk_replace else "")
         + ". "
         f"window = {json.dumps({k: v for k, v in WINDOW.items() if k != 'model'})}; "
         f"bilstm-crf = {json.dumps({k: v for k, v in BILSTM_CRF.items() if k != 'model'})}. "

@@ -685,6 +685,9 @@ class TaggerSpec:
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_decay: float = 0.0  # lr / (1 + lr_decay x epoch)
+    #: Lample et al. (2016): a training word seen once is read as <unk> with this probability at each
+    #: occurrence, so the <unk> vector is trained on words like the unseen ones of dev/test (their 0.5); 0: off.
+    unk_replace: float = 0.0
     clip: float = 5.0
     batch_size: int = 16  # sentences per task per worker
     epochs: int = 20
@@ -725,6 +728,8 @@ class TaggerSpec:
             _fail("tagger.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
         _check_range("tagger.weight_decay", self.weight_decay, 0.0, None)
         _check_range("tagger.lr_decay", self.lr_decay, 0.0, None)
+        if not 0.0 <= self.unk_replace < 1.0:
+            _fail("tagger.unk_replace", self.unk_replace, "a probability in [0 .. 1)")
         _check_range("tagger.clip", self.clip, 0.0, None)
         _check_range("tagger.batch_size", self.batch_size, 1, 1 << 20)
         _check_range("tagger.epochs", self.epochs, 1, 100_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from cluster.training import WorkerGroup
 from lm.tagging.data import build_vocab, encode
 from lm.tagging.models import CRF, Tagger, TaggerConfig, case_of
-from lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_tagger
+from lm.tagging.train import OptimConfig, TaggerJob, TaskData, replace_singletons, train_tagger
 from pipelines.spec import SpecError, parse_spec
 
 PLAIN = WorkerGroup(0, 1, torch.device("cpu"), False)
@@ -120,6 +121,30 @@ def test_a_diverging_run_stops_with_the_step_and_a_fix(tmp_path):
     assert not any(p.name.startswith(".epoch") for p in (tmp_path / "ckpt").glob("*"))  # no half checkpoint
 
 
+def test_singleton_replacement_touches_singletons_only_at_rate_p():
+    singleton = torch.tensor([False, False, True, False, True])  # ids 2 and 4 were seen once in training
+    words = torch.tensor([[2, 3, 4, 0], [4, 4, 3, 2]]).repeat(5000, 1)
+    case, lengths, tags = torch.ones_like(words), torch.full((10000,), 4), torch.zeros_like(words)
+    torch.manual_seed(0)
+    out = replace_singletons((words, case, lengths, tags), singleton, 0.3)
+    changed = out[0] != words
+    assert torch.equal(out[0][changed], torch.ones(int(changed.sum()), dtype=torch.long))  # always to <unk> = 1
+    assert not changed[~singleton[words]].any()  # non-singletons and padding are never touched
+    rate = changed[singleton[words]].double().mean().item()
+    assert abs(rate - 0.3) < 0.01  # 25,000 draws: 4 standard deviations is 0.012
+    assert out[1] is case and out[3] is tags
+
+
+def test_singleton_replacement_trains_and_is_reproducible(tmp_path):
+    job = tiny_job(tmp_path, model="rnn", crf=True)
+    job = dataclasses.replace(job, optim=dataclasses.replace(job.optim, unk_replace=0.5, epochs=3))
+    first = train_tagger(job, PLAIN)
+    for path in (tmp_path / "ckpt", tmp_path / "out"):
+        shutil.rmtree(path, ignore_errors=True)
+    again = train_tagger(job, PLAIN)
+    assert [e["train_loss"] for e in first["epochs"]] == [e["train_loss"] for e in again["epochs"]]
+
+
 def test_multitask_heads_share_the_encoder(tmp_path):
     cfg = TaggerConfig(model="rnn", vocab_size=20, tasks=(("ner", 5), ("pos", 7)), dim=4, hidden=6)
     net = Tagger(cfg)
@@ -147,6 +172,7 @@ TASK = {"name": "ner", "format": "conll2003", "column": "ner", "train": "data:co
         ({"window": 4}, "tagger.window"),
         ({"dropout": 1.0}, "tagger.dropout"),
         ({"lr": 0}, "tagger.lr"),
+        ({"unk_replace": 1.0}, "tagger.unk_replace"),
         ({"model": "cnn"}, "tagger.model"),
         ({"tasks": [{**TASK, "column": "upos"}]}, r"tagger.tasks\[0\].column"),
         ({"tasks": [TASK, TASK]}, r"tagger.tasks\[1\].name"),

@@ -43,7 +43,7 @@ from cluster.training import (  # StopAfterEpoch: re-exported for the stage and 
     read_checkpoint_meta,
     report,
 )
-from lm.tagging.data import Encoded, epoch_batches, pad_batch
+from lm.tagging.data import UNK, Encoded, epoch_batches, pad_batch
 from lm.tagging.metrics import score
 from lm.tagging.models import Tagger, TaggerConfig, parameter_count
 
@@ -73,6 +73,7 @@ class OptimConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_decay: float = 0.0  # lr_t = lr / (1 + lr_decay * t) (Ma & Hovy 2016: 0.05)
+    unk_replace: float = 0.0  # P(a training singleton is read as <unk>) per occurrence (Lample et al.: 0.5)
     clip: float = 5.0  # max global gradient norm; 0 = off
     batch_size: int = 16  # sentences per task per worker
     epochs: int = 20
@@ -197,6 +198,17 @@ def _nonfinite(
     )
 
 
+def replace_singletons(
+    batch: tuple[torch.Tensor, ...], singleton: torch.Tensor, p: float
+) -> tuple[torch.Tensor, ...]:
+    """``batch`` (words, case, lengths, tags) with each singleton word id replaced by ``<unk>`` with probability
+    ``p`` (torch's RNG: seeded per rank and kept in checkpoints, so a resumed run draws the same).  The case
+    feature is kept: an unseen capitalised word still looks capitalised."""
+    words = batch[0]
+    drop = singleton[words] & (torch.rand(words.shape, device=words.device) < p)
+    return (words.masked_fill(drop, UNK), *batch[1:])
+
+
 def _rng_state(group: WorkerGroup) -> dict[str, torch.Tensor]:
     state = {"cpu": torch.get_rng_state()}
     if group.device.type == "cuda":
@@ -253,6 +265,10 @@ def train_tagger(
     optimizer = make_optimizer(trainable, cfg)
     torch.manual_seed(rank_seed(cfg.seed, group.rank))  # dropout streams differ per rank
     shares = [np.arange(group.rank, len(d["train"]), group.world_size) for d in data]
+    vocab_size = model.words.num_embeddings
+    singletons = [  # over the whole training set, which every rank loads: the same words on every rank
+        torch.from_numpy(np.bincount(d["train"].words, minlength=vocab_size) == 1).to(group.device) for d in data
+    ]
     steps = max(math.ceil(math.ceil(len(d["train"]) / group.world_size) / cfg.batch_size) for d in data)
     weights = tuple(t.weight for t in job.tasks)
     primary, primary_valid = job.tasks[0], "valid" in job.tasks[0].splits
@@ -301,6 +317,10 @@ def train_tagger(
             batches = tuple(
                 pad_batch(d["train"], next(s), group.device) for d, s in zip(data, streams, strict=True)
             )
+            if cfg.unk_replace > 0:
+                batches = tuple(
+                    replace_singletons(b, singletons[k], cfg.unk_replace) for k, b in enumerate(batches)
+                )
             optimizer.zero_grad(set_to_none=True)
             loss, parts = net(batches, weights)
             loss.backward()

@@ -289,7 +289,7 @@ def prepare(
         ),
         optim=OptimConfig(
             optimizer=spec.optimizer, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-            lr_decay=spec.lr_decay, clip=spec.clip, batch_size=spec.batch_size, epochs=spec.epochs,
+            lr_decay=spec.lr_decay, unk_replace=spec.unk_replace, clip=spec.clip, batch_size=spec.batch_size, epochs=spec.epochs,
             patience=spec.patience if "valid" in task_data[0].splits else None, seed=spec.seed,
         ),
         out_dir=str(out_dir), checkpoint_dir=str(checkpoint_dir), embedding_init=vectors is not None,
