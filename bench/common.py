@@ -10,6 +10,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 def machine() -> str:
@@ -71,3 +72,16 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._sample())
+
+
+def embedding_scores(ev: dict[str, Any]) -> str:
+    """``sem / syn / total (answered) | ws353 / simlex / men / rw`` of an embedding stage's evaluation: the two
+    quality columns of the GloVe tables (a skipped evaluation keeps both columns)."""
+    if "skipped" in ev:
+        return f"skipped ({ev['skipped'][:60]}) | –"
+    a = ev["analogy"]
+    sims = " / ".join(
+        f"{ev[n]['spearman']:.3f}" if "spearman" in ev[n] else "–"
+        for n in ("wordsim353", "simlex999", "men", "rw")
+    )
+    return f"{100 * a['semantic']:.2f} / {100 * a['syntactic']:.2f} / {100 * a['total']:.2f} ({a['answered']:,}) | {sims}"

@@ -42,6 +42,7 @@ _corpora = runpy.run_path(str(HERE / "corpora.py"))
 english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
 _common = runpy.run_path(str(HERE / "common.py"))
 RssSampler, machine, versions = _common["RssSampler"], _common["machine"], _common["versions"]
+_scores = _common["embedding_scores"]
 
 
 def _base(name: str, train: str, kind: str, shard_mb: float) -> dict[str, Any]:
@@ -148,17 +149,6 @@ def quality_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         )  # fmt: skip
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("glove", "sgns")}), flush=True)
     return rows
-
-
-def _scores(ev: dict[str, Any]) -> str:
-    if "skipped" in ev:
-        return f"skipped ({ev['skipped'][:60]})"
-    a = ev["analogy"]
-    sims = " / ".join(
-        f"{ev[n]['spearman']:.3f}" if "spearman" in ev[n] else "–"
-        for n in ("wordsim353", "simlex999", "men", "rw")
-    )
-    return f"{100 * a['semantic']:.2f} / {100 * a['syntactic']:.2f} / {100 * a['total']:.2f} ({a['answered']:,}) | {sims}"
 
 
 def report(

@@ -80,6 +80,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+_common = runpy.run_path(str(BENCH / "common.py"))
 logger = logging.getLogger("bench.stanford_glove")
 
 SDIST_NAME = "crucyble-0.1.0.dev4"
@@ -548,18 +549,6 @@ def evaluate(vectors: Any, mirror: str | None) -> dict[str, Any]:
     return evaluate_stage("stanford_glove", vectors, enabled=True, mirror=mirror)
 
 
-def scores(ev: dict[str, Any]) -> str:
-    """``sem / syn / total (answered) | ws353 / simlex / men / rw``, as bench/glove.py prints them."""
-    if "skipped" in ev:
-        return f"skipped ({ev['skipped'][:60]}) | –"
-    a = ev["analogy"]
-    sims = " / ".join(
-        f"{ev[n]['spearman']:.3f}" if "spearman" in ev[n] else "–"
-        for n in ("wordsim353", "simlex999", "men", "rw")
-    )
-    return f"{100 * a['semantic']:.2f} / {100 * a['syntactic']:.2f} / {100 * a['total']:.2f} ({a['answered']:,}) | {sims}"
-
-
 # ------------------------------------------------------------------------------------------ corpora
 def write_token_text(tokenize_dir: Path, out: Path) -> dict[str, int]:
     """The tokenize stage's training shards as text: one row per line, tokens joined by spaces.
@@ -658,6 +647,17 @@ def bench_corpus(corpus: str, args: argparse.Namespace, bins: dict[str, Path]) -
         "seconds": cooc["counting"]["count_seconds"] + cooc["counting"]["merge_seconds"],
     }  # fmt: skip
     systems: dict[str, Any] = {}
+
+    def add_stanford(name: str, trained: Any) -> None:
+        """Load, evaluate and tabulate one Stanford run (``stanford`` or ``stanford-matrix``)."""
+        vecs = load_glove(trained.vectors)
+        systems[name] = vecs
+        secs = " + ".join(f"{k} {v:.1f}" for k, v in trained.seconds.items())
+        result["rows"].append(
+            _row(corpus, name, vecs, evaluate(vecs, str(args.mirror)), trained.costs[-1], secs)
+        )
+        result[f"{name.replace('-', '_')}_costs"] = trained.costs
+
     if "ours" in args.systems:
         g = manifests["glove"]
         ours = Vectors.load(run / "glove" / "vectors")
@@ -674,22 +674,9 @@ def bench_corpus(corpus: str, args: argparse.Namespace, bins: dict[str, Path]) -
         st = run_text(text, work / "stanford", s, bins)
         result["matrix_check"] = compare_matrices(st.cooccurrence, st.vocab, run / "cooccur")
         st.cooccurrence.unlink()
-        vecs = load_glove(st.vectors)
-        systems["stanford"] = vecs
-        secs = " + ".join(f"{k} {v:.1f}" for k, v in st.seconds.items())
-        result["rows"].append(
-            _row(corpus, "stanford", vecs, evaluate(vecs, str(args.mirror)), st.costs[-1], secs)
-        )
-        result["stanford_costs"] = st.costs
+        add_stanford("stanford", st)
     if "stanford-matrix" in args.systems:
-        sm = run_matrix(run / "cooccur", work / "stanford-matrix", s, bins)
-        vecs = load_glove(sm.vectors)
-        systems["stanford-matrix"] = vecs
-        secs = " + ".join(f"{k} {v:.1f}" for k, v in sm.seconds.items())
-        result["rows"].append(
-            _row(corpus, "stanford-matrix", vecs, evaluate(vecs, str(args.mirror)), sm.costs[-1], secs)
-        )
-        result["stanford_matrix_costs"] = sm.costs
+        add_stanford("stanford-matrix", run_matrix(run / "cooccur", work / "stanford-matrix", s, bins))
     if "ours" in args.systems:
         result["ours_costs"] = [e["cost"] for e in manifests["glove"]["training"]["epochs"]]
     if len(systems) > 1:
@@ -719,7 +706,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in res["rows"]:
             cost = f"{r['final_cost']:.4f}" if r["final_cost"] is not None else "–"
             lines.append(
-                f"| {r['corpus']} | {r['system']} | {r['vocab']:,} | {scores(r['evaluation'])} | {cost} | {r['seconds']} |"
+                f"| {r['corpus']} | {r['system']} | {r['vocab']:,} | {_common['embedding_scores'](r['evaluation'])} | {cost} | {r['seconds']} |"
             )
     return "\n".join(lines)
 
