@@ -1,7 +1,8 @@
 """Benchmark the tagger stage: CoNLL-2003 NER, CoNLL-2000 chunking and UD EWT UPOS, beside Collobert & Weston.
 
 For every task: the window tagger (Collobert & Weston 2011: window 5, 300 hardtanh units, caps feature) and the
-BiLSTM-CRF (Lample et al. 2016 without character features), each with random word vectors and with the
+BiLSTM-CRF (Lample et al. 2016 without character features; ``--models bilstm-crf-charcnn bilstm-crf-charlstm``
+add Ma & Hovy's character CNN or Lample's character BiLSTM), each with random word vectors and with the
 pipeline's own vectors; and multitask (NER + POS + chunk on CoNLL-2003, shared lookup and hidden layers) against
 single-task NER.  Scores are the stage's own (conlleval F1 on testb / the CoNLL-2000 test set, UPOS accuracy on
 the EWT test set); the published rows of REFERENCES.md section E are printed beside them.  The section is
@@ -59,6 +60,14 @@ WINDOW = {"model": "window", "window": 5, "hidden": 300, "activation": "hardtanh
 #: BiLSTM-CRF: 1 x 100 units per direction, dropout 0.5 (Lample et al. without character features).
 BILSTM_CRF = {"model": "rnn", "cell": "lstm", "layers": 1, "hidden": 100, "crf": True, "dropout": 0.5,
               "optimizer": "adam", "lr": 0.002, "epochs": 25, "patience": 5}  # fmt: skip
+#: The same BiLSTM-CRF with character features of each word: Ma & Hovy's (2016) CNN (30-d characters, 30
+#: filters of width 3) or Lample et al.'s (2016) character BiLSTM (25-d characters, 25 units per direction).
+MODELS: dict[str, dict[str, Any]] = {
+    "window": WINDOW,
+    "bilstm-crf": BILSTM_CRF,
+    "bilstm-crf-charcnn": {**BILSTM_CRF, "chars": "cnn", "char_dim": 30, "char_size": 30, "char_width": 3},
+    "bilstm-crf-charlstm": {**BILSTM_CRF, "chars": "lstm", "char_dim": 25, "char_size": 25},
+}
 PUBLISHED = [
     ("Collobert & Weston 2011, NN+WLL (window, random emb.)", "96.31", "89.13", "79.53"),
     ("Collobert & Weston 2011, NN+SLL (window + sentence-level likelihood)", "96.37", "90.33", "81.47"),
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         "--quick", action="store_true", help="tiny slices, 2 epochs: checks the script, prints, no append"
     )
     p.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
-    p.add_argument("--models", nargs="*", default=["window", "bilstm-crf"], choices=["window", "bilstm-crf"])
+    p.add_argument("--models", nargs="*", default=["window", "bilstm-crf"], choices=list(MODELS))
     p.add_argument("--vectors", nargs="*", default=["sgns"], choices=["sgns", "glove"])
     p.add_argument("--no-multitask", action="store_true", help="skip the multitask rows")
     p.add_argument("--dim", type=int, default=100, help="word vector size (random and pre-trained alike)")
@@ -253,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(notes[-1], flush=True)
     tasks = quick_tasks(args, args.work) if args.quick else TASKS
-    models = {"window": WINDOW, "bilstm-crf": BILSTM_CRF}
+    models = MODELS
     rows: list[tuple[str, str, str, str, dict[str, Any]]] = []
 
     def record(task: str, model: str, init: str, setting: str, result: dict[str, Any]) -> None:
@@ -312,7 +321,13 @@ def main(argv: list[str] | None = None) -> None:
         + (f", training singletons read as <unk> with p = {args.unk_replace}" if args.unk_replace else "")
         + ". "
         f"window = {json.dumps({k: v for k, v in WINDOW.items() if k != 'model'})}; "
-        f"bilstm-crf = {json.dumps({k: v for k, v in BILSTM_CRF.items() if k != 'model'})}. "
+        f"bilstm-crf = {json.dumps({k: v for k, v in BILSTM_CRF.items() if k != 'model'})}"
+        + "".join(
+            f"; {m} = bilstm-crf + {json.dumps({k: v for k, v in MODELS[m].items() if k not in BILSTM_CRF})}"
+            for m in args.models
+            if m.startswith("bilstm-crf-")
+        )
+        + ". "
         "Scores: conlleval F1 (tests/test_conll.py checks it against seqeval) and token accuracy, from the stage's manifest.",
         "",
         *table,

@@ -679,6 +679,13 @@ class TaggerSpec:
     cell: Literal["lstm", "gru", "rnn"] = "lstm"  # rnn model only; rnn = Elman (tanh)
     activation: Literal["hardtanh", "tanh"] = "hardtanh"  # window model only
     crf: bool = False
+    #: Character features of each word, concatenated to its vector: ``cnn`` (Ma & Hovy 2016: 30-d character
+    #: embeddings, 30 filters of width 3, max-pooled) or ``lstm`` (Lample et al. 2016: a character BiLSTM; set
+    #: char_dim 25, char_size 25); ``none``: words only (Collobert & Weston).
+    chars: Literal["none", "cnn", "lstm"] = "none"
+    char_dim: int = 30
+    char_size: int = 30  # cnn: filters; lstm: units per direction
+    char_width: int = 3  # cnn only, odd
     dropout: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 0.01
@@ -718,6 +725,10 @@ class TaggerSpec:
             _fail("tagger.window", self.window, "an odd number >= 1 (the token in the middle)")
         _check_range("tagger.hidden", self.hidden, 1, 1 << 16)
         _check_range("tagger.layers", self.layers, 1, 8)
+        _check_range("tagger.char_dim", self.char_dim, 1, 1 << 12)
+        _check_range("tagger.char_size", self.char_size, 1, 1 << 12)
+        if self.char_width < 1 or self.char_width % 2 == 0:
+            _fail("tagger.char_width", self.char_width, "an odd number >= 1 (characters per filter)")
         if not 0.0 <= self.dropout < 1.0:
             _fail("tagger.dropout", self.dropout, "a number in [0 .. 1)")
         if not self.lr > 0:

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cluster.training import WorkerGroup
-from lm.tagging.data import build_vocab, encode
-from lm.tagging.models import CRF, Tagger, TaggerConfig, case_of
+from lm.tagging.data import MAX_WORD_CHARS, build_char_vocab, build_vocab, encode, pad_batch
+from lm.tagging.models import CRF, CharEncoder, Tagger, TaggerConfig, case_of
 from lm.tagging.train import OptimConfig, TaggerJob, TaskData, replace_singletons, train_tagger
 from pipelines.spec import SpecError, parse_spec
 
@@ -125,14 +125,15 @@ def test_singleton_replacement_touches_singletons_only_at_rate_p():
     singleton = torch.tensor([False, False, True, False, True])  # ids 2 and 4 were seen once in training
     words = torch.tensor([[2, 3, 4, 0], [4, 4, 3, 2]]).repeat(5000, 1)
     case, lengths, tags = torch.ones_like(words), torch.full((10000,), 4), torch.zeros_like(words)
+    chars = torch.ones(*words.shape, 3, dtype=torch.long)
     torch.manual_seed(0)
-    out = replace_singletons((words, case, lengths, tags), singleton, 0.3)
+    out = replace_singletons((words, case, chars, lengths, tags), singleton, 0.3)
     changed = out[0] != words
     assert torch.equal(out[0][changed], torch.ones(int(changed.sum()), dtype=torch.long))  # always to <unk> = 1
     assert not changed[~singleton[words]].any()  # non-singletons and padding are never touched
     rate = changed[singleton[words]].double().mean().item()
     assert abs(rate - 0.3) < 0.01  # 25,000 draws: 4 standard deviations is 0.012
-    assert out[1] is case and out[3] is tags
+    assert out[1] is case and out[2] is chars and out[4] is tags  # the spelling stays: only the lookup is <unk>
 
 
 def test_singleton_replacement_trains_and_is_reproducible(tmp_path):
@@ -151,9 +152,10 @@ def test_multitask_heads_share_the_encoder(tmp_path):
     words = torch.tensor([[2, 3, 4]])
     case = torch.ones_like(words)
     lengths = torch.tensor([3])
+    chars = torch.zeros(1, 3, 1, dtype=torch.long)
     batches = (
-        (words, case, lengths, torch.tensor([[0, 1, 2]])),
-        (words, case, lengths, torch.tensor([[3, 6, 0]])),
+        (words, case, chars, lengths, torch.tensor([[0, 1, 2]])),
+        (words, case, chars, lengths, torch.tensor([[3, 6, 0]])),
     )
     loss, parts = net(batches, (1.0, 1.0))
     loss.backward()
@@ -174,6 +176,9 @@ TASK = {"name": "ner", "format": "conll2003", "column": "ner", "train": "data:co
         ({"lr": 0}, "tagger.lr"),
         ({"unk_replace": 1.0}, "tagger.unk_replace"),
         ({"model": "cnn"}, "tagger.model"),
+        ({"chars": "cnn3"}, "tagger.chars"),
+        ({"char_width": 4}, "tagger.char_width"),
+        ({"char_size": 0}, "tagger.char_size"),
         ({"tasks": [{**TASK, "column": "upos"}]}, r"tagger.tasks\[0\].column"),
         ({"tasks": [TASK, TASK]}, r"tagger.tasks\[1\].name"),
         ({"tasks": [{**TASK, "valid": "a", "valid_fraction": 0.1}]}, r"tagger.tasks\[0\].valid_fraction"),
@@ -196,3 +201,105 @@ def test_encode_uses_lowercase_lookup_and_unk():
     enc = encode([["THE", "cat", "Dog"]], [["O", "O", "O"]], vocab, {"O": 0})
     assert enc.words.tolist() == [2, 1, 3] and enc.case.tolist() == [3, 1, 2]
     assert np.array_equal(enc.offsets, [0, 3])
+
+
+# ------------------------------------------------------------------------------------------ characters
+def test_pad_batch_holds_every_words_characters_as_written():
+    train = [["The", "cat"], ["Paris", "is", "x" * 20 + "-" + "y" * 19]]
+    vocab = build_vocab(train, min_count=1, lowercase=True)
+    chars = build_char_vocab(train)
+    assert chars.chars[:3] == ("<pad>", "<unk>", "x") and "T" in chars.chars and "t" in chars.chars
+    index = chars.index()
+    sents = [["The", "cat"], ["Paris", "is", "x" * 20 + "-" + "y" * 19], ["Zoë"]]
+    enc = encode(sents, [["O"] * len(s) for s in sents], vocab, {"O": 0}, chars)
+    words, case, ids, lengths, tags = pad_batch(enc, [2, 1, 0], torch.device("cpu"))
+    assert ids.shape == (3, 3, MAX_WORD_CHARS) and lengths.tolist() == [1, 3, 2]
+    for j, sent in enumerate([sents[2], sents[1], sents[0]]):
+        for k in range(3):
+            if k >= len(sent):
+                assert not ids[j, k].any()  # a padding token has no character
+                continue
+            word = sent[k] if len(sent[k]) <= MAX_WORD_CHARS else sent[k][:15] + sent[k][-15:]  # prefix + suffix
+            expect = [index.get(c, 1) for c in word]
+            assert ids[j, k, : len(expect)].tolist() == expect and not ids[j, k, len(expect) :].any()
+    assert ids[0, 0, :3].tolist() == [1, 1, 1]  # Z, o, ë: never in a training word -> <unk>
+    assert words[0, 0].item() == 1 and tags[0, 1].item() == -1 and case[0, 0].item() == 2
+    no_chars = encode(sents, [["O"] * len(s) for s in sents], vocab, {"O": 0})
+    assert pad_batch(no_chars, [0], torch.device("cpu"))[2].tolist() == [[[0], [0]]]
+
+
+def _brute_char_cnn(enc: CharEncoder, ids: list[int]) -> torch.Tensor:
+    """Ma & Hovy's feature of one word by its definition: zero-padded window sums, max over positions, tanh."""
+    w = enc.conv.weight.detach()  # (filters, dim, width)
+    half = w.size(2) // 2
+    emb = enc.embed.weight.detach()
+    x = [torch.zeros(emb.size(1))] * half + [emb[i] for i in ids] + [torch.zeros(emb.size(1))] * half
+    per_position = [
+        torch.stack([sum(w[f, :, o] @ x[p + o] for o in range(w.size(2))) for f in range(w.size(0))])
+        + enc.conv.bias.detach()
+        for p in range(len(ids))
+    ]
+    return torch.tanh(torch.stack(per_position).max(dim=0).values)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "lstm"])
+def test_a_words_character_vector_ignores_the_rest_of_the_batch(kind):
+    """Eval mode: a word's vector alone equals its vector among longer words and padding; the CNN's equals the
+    brute-force definition; a token with no character gets zeros."""
+    torch.manual_seed(0)
+    enc = CharEncoder(kind, vocab=12, dim=4, size=5, width=3, dropout=0.5).eval()
+    alone = enc(torch.tensor([[[3, 4, 5]]]))[0, 0]
+    batch = torch.tensor([[[7, 8, 9, 10, 11, 2], [3, 4, 5, 0, 0, 0]], [[6, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]]])
+    out = enc(batch)
+    assert out.shape == (2, 2, enc.out_dim)
+    assert torch.allclose(out[0, 1], alone, atol=1e-6)
+    assert not out[1, 1].any()
+    if kind == "cnn":
+        assert torch.allclose(alone, _brute_char_cnn(enc, [3, 4, 5]), atol=1e-5)
+        assert torch.allclose(out[1, 0], _brute_char_cnn(enc, [6]), atol=1e-5)
+
+
+SUFFIXES = {"ing": "V", "ly": "R", "ness": "N"}
+
+
+def _suffix_sentences(rng: np.random.Generator, n: int) -> list[tuple[list[str], list[str]]]:
+    """Made-up words whose tag is their suffix's: a word model cannot tag an unseen one, a character model can."""
+    letters = list("bcdfghklmnprstvz")
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(5):
+            suffix = list(SUFFIXES)[rng.integers(len(SUFFIXES))]
+            words.append("".join(rng.choice(letters, rng.integers(3, 6))) + suffix)
+            tags.append(SUFFIXES[suffix])
+        out.append((words, tags))
+    return out
+
+
+@pytest.mark.parametrize("chars", ["none", "cnn", "lstm"])
+def test_character_features_tag_words_never_seen_in_training(tmp_path, chars):
+    rng = np.random.default_rng(0)
+    train, valid = _suffix_sentences(rng, 120), _suffix_sentences(rng, 40)
+    vocab = build_vocab([s for s, _ in train], min_count=1, lowercase=False)
+    char_vocab = build_char_vocab([s for s, _ in train])
+    tag_ids = {t: i for i, t in enumerate(sorted(SUFFIXES.values()))}
+    for split, sents in (("train", train), ("valid", valid)):
+        enc = encode([s for s, _ in sents], [t for _, t in sents], vocab, tag_ids, char_vocab)
+        enc.save(tmp_path / f"task-0-{split}.npz")
+    unseen = {w for s, _ in valid for w in s} - set(vocab.tokens)
+    assert len(unseen) > 150  # nearly every valid word is <unk> to the word lookup
+    cfg = TaggerConfig(
+        model="rnn", vocab_size=len(vocab.tokens), tasks=(("pos", 3),), dim=8, hidden=16, case_dim=0,
+        chars=chars, char_vocab_size=len(char_vocab.chars), char_dim=8, char_size=8,
+    )  # fmt: skip
+    job = TaggerJob(
+        data_dir=str(tmp_path), tasks=(TaskData(name="pos", kind="token", tags=tuple(tag_ids), train_tags=3,
+                                                splits=("train", "valid")),),
+        model=cfg, optim=OptimConfig(optimizer="adam", lr=0.02, batch_size=8, epochs=8, patience=None),
+        out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+    )  # fmt: skip
+    accuracy = train_tagger(job, PLAIN)["scores"]["pos"]["valid"]
+    if chars == "none":
+        assert accuracy < 50  # a constant guess for <unk>: about a third
+    else:
+        assert accuracy > 95

@@ -52,6 +52,11 @@ def corpus(tmp_path_factory) -> dict[str, str]:
     }
 
 
+def corpus_words(path: str) -> list[str]:
+    return [line.split()[0] for line in Path(path).read_text(encoding="utf-8").splitlines()
+            if line and not line.startswith("-DOCSTART-")]  # fmt: skip
+
+
 def spec_data(corpus: dict[str, str], **tagger) -> dict:
     task = {"format": "conll2003", **corpus}
     return {
@@ -99,7 +104,7 @@ def test_resume_after_a_kill_ends_as_an_uninterrupted_run(corpus, tmp_path, monk
     monkeypatch.setattr(stage, "fit", lambda loop, config, **kw: loop(config))
     monkeypatch.setattr(stage, "check_resources", lambda *a, **kw: None)
     monkeypatch.setattr("cluster.connect.connect", lambda *a, **kw: None)
-    spec = parse_spec(spec_data(corpus, model="rnn", crf=True, dropout=0.3), source="test")
+    spec = parse_spec(spec_data(corpus, model="rnn", crf=True, dropout=0.3, chars="cnn"), source="test")
     whole = run_pipeline(spec, run_dir=tmp_path / "a")["tagger"]
     monkeypatch.setenv(STOP_ENV, "1")
     with pytest.raises(StopAfterEpoch):
@@ -117,6 +122,9 @@ def test_resume_after_a_kill_ends_as_an_uninterrupted_run(corpus, tmp_path, monk
             a = (tmp_path / "a" / "tagger" / task / f"{split}.conll").read_text()
             assert a == (tmp_path / "b" / "tagger" / task / f"{split}.conll").read_text()
     assert not list((tmp_path / "b" / ".checkpoints").glob("tagger-*"))
+    chars = json.loads((tmp_path / "b" / "tagger" / "chars.json").read_text(encoding="utf-8"))
+    assert chars[:2] == ["<pad>", "<unk>"] and set(chars[2:]) == set("".join(corpus_words(corpus["train"])))
+    assert "char-cnn" in " ".join(stage.summary(resumed))
 
 
 def test_a_malformed_line_fails_the_stage_with_file_and_line(ray_local, corpus, tmp_path):

@@ -1,22 +1,27 @@
-"""Tagger inputs: the word vocabulary, word/case/tag ids of every sentence, and padded batches.
+"""Tagger inputs: the word and character vocabularies, word/case/character/tag ids of every sentence, and
+padded batches.
 
-An encoded split is four flat arrays plus offsets, saved with ``np.savez`` (no pickle) by the stage and read
-by every Ray Train worker::
+An encoded split is flat arrays plus offsets, saved with ``np.savez`` (no pickle) by the stage and read by every
+Ray Train worker::
 
-    offsets  int64 (n + 1,)   sentence i is rows offsets[i] .. offsets[i + 1]
-    words    int32 (tokens,)  0 <pad>, 1 <unk>, then the vocabulary
-    case     int8  (tokens,)  lm.tagging.models.case_of (1 .. 5)
-    tags     int32 (tokens,)  ids into the task's tag list; ids >= the number of training tags are tags seen
-                              only in valid/test (reported, kept as gold, never predicted)
+    offsets       int64 (n + 1,)       sentence i is tokens offsets[i] .. offsets[i + 1]
+    words         int32 (tokens,)      0 <pad>, 1 <unk>, then the vocabulary
+    case          int8  (tokens,)      lm.tagging.models.case_of (1 .. 5)
+    tags          int32 (tokens,)      ids into the task's tag list; ids >= the number of training tags are tags
+                                       seen only in valid/test (reported, kept as gold, never predicted)
+    char_offsets  int64 (tokens + 1,)  token j is characters char_offsets[j] .. char_offsets[j + 1]
+    chars         int32 (characters,)  0 <pad>, 1 <unk>, then the training characters (case kept)
 
-Word lookup is lowercased when the vectors are (``lowercase``), with capitalisation kept by the case feature.
+Word lookup is lowercased when the vectors are (``lowercase``), with capitalisation kept by the case feature and
+by the characters, which are never lowercased: a character model (Ma & Hovy 2016, Lample et al. 2016) sees the
+word as written, including words without a vector or unseen in training.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -25,6 +30,9 @@ from lm.tagging.models import case_of
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
+#: A longer word is read by its first and last MAX_WORD_CHARS // 2 characters (prefix and suffix carry the
+#: morphology; CoNLL-2003 has no token this long outside URLs and e-mail addresses).
+MAX_WORD_CHARS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +65,47 @@ def build_vocab(
 
 
 @dataclass(frozen=True, slots=True)
+class CharVocab:
+    """``<pad>``, ``<unk>``, then the characters of the training words (by count, then code point)."""
+
+    chars: tuple[str, ...]
+
+    def index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.chars)}
+
+
+def build_char_vocab(train: Sequence[Sequence[str]]) -> CharVocab:
+    counts = Counter(c for sent in train for t in sent for c in t)
+    return CharVocab(tuple(SPECIALS) + tuple(sorted(counts, key=lambda c: (-counts[c], c))))
+
+
+def word_chars(token: str) -> str:
+    """The characters a character model reads: the word, or its first and last MAX_WORD_CHARS // 2."""
+    if len(token) <= MAX_WORD_CHARS:
+        return token
+    half = MAX_WORD_CHARS // 2
+    return token[:half] + token[-half:]
+
+
+@dataclass(frozen=True, slots=True)
 class Encoded:
     offsets: np.ndarray
     words: np.ndarray
     case: np.ndarray
     tags: np.ndarray
+    char_offsets: np.ndarray
+    chars: np.ndarray
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def save(self, path) -> None:
-        np.savez(path, offsets=self.offsets, words=self.words, case=self.case, tags=self.tags)
+        np.savez(path, **{f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def load(cls, path) -> Encoded:
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["offsets"], z["words"], z["case"], z["tags"])
+            return cls(**{f.name: z[f.name] for f in fields(cls)})
 
     def sentence(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
@@ -84,8 +117,10 @@ def encode(
     tags: Sequence[Sequence[str]],
     vocab: WordVocab,
     tag_ids: dict[str, int],
+    char_vocab: CharVocab | None = None,
 ) -> Encoded:
-    """Ids of every token; a tag missing from ``tag_ids`` is a programming error (the stage extends the list)."""
+    """Ids of every token; a tag missing from ``tag_ids`` is a programming error (the stage extends the list).
+    Without ``char_vocab`` the character arrays are empty (every word has no characters)."""
     index = vocab.index()
     lengths = np.array([len(s) for s in sentences], dtype=np.int64)
     offsets = np.zeros(len(sentences) + 1, dtype=np.int64)
@@ -94,11 +129,17 @@ def encode(
     words = np.array([index.get(vocab.key(t), UNK) for t in flat], dtype=np.int32)
     case = np.array([case_of(t) for t in flat], dtype=np.int8)
     tag = np.array([tag_ids[t] for ts in tags for t in ts], dtype=np.int32)
-    return Encoded(offsets, words, case, tag)
+    forms = [word_chars(t) for t in flat] if char_vocab is not None else [""] * len(flat)
+    char_offsets = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum([len(f) for f in forms], out=char_offsets[1:])
+    cindex = char_vocab.index() if char_vocab is not None else {}
+    chars = np.array([cindex.get(c, UNK) for f in forms for c in f], dtype=np.int32)
+    return Encoded(offsets, words, case, tag, char_offsets, chars)
 
 
 def pad_batch(data: Encoded, rows: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """``(words, case, lengths, tags)`` of the sentences ``rows``: (B, T) long tensors padded with 0 (tags: -1)."""
+    """``(words, case, chars, lengths, tags)`` of the sentences ``rows``: (B, T) long tensors padded with 0 (tags:
+    -1), ``chars`` (B, T, C) with C the longest word of the batch (at least 1), padded with 0."""
     lengths = [int(data.offsets[i + 1] - data.offsets[i]) for i in rows]
     width = max(lengths)
     words = np.zeros((len(rows), width), dtype=np.int64)
@@ -107,9 +148,25 @@ def pad_batch(data: Encoded, rows: Sequence[int], device: torch.device) -> tuple
     for j, i in enumerate(rows):
         w, c, t = data.sentence(i)
         words[j, : len(w)], case[j, : len(c)], tags[j, : len(t)] = w, c, t
+    # characters, vectorised: token (j, k) of the batch is data token offsets[rows[j]] + k
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    lens = np.asarray(lengths, dtype=np.int64)
+    slot = np.arange(width)[None, :]
+    present = slot < lens[:, None]  # (B, T)
+    token = (data.offsets[rows_arr][:, None] + slot)[present]  # data token ids, row-major
+    starts = data.char_offsets[token]
+    nchars = data.char_offsets[token + 1] - starts
+    depth = max(int(nchars.max()) if len(nchars) else 0, 1)
+    pos = np.arange(depth)[None, :]
+    has = pos < nchars[:, None]
+    chars = np.zeros((len(rows), width, depth), dtype=np.int64)
+    block = np.zeros((len(token), depth), dtype=np.int64)
+    block[has] = data.chars[(starts[:, None] + pos)[has]]
+    chars[present] = block
     return (
         torch.from_numpy(words).to(device),
         torch.from_numpy(case).to(device),
+        torch.from_numpy(chars).to(device),
         torch.tensor(lengths, dtype=torch.long),
         torch.from_numpy(tags).to(device),
     )

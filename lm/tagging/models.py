@@ -1,6 +1,9 @@
 """Tagger networks: a shared encoder, one output layer per task, softmax or a linear-chain CRF on top.
 
     words (B, T), case (B, T) --lookup--> (B, T, dim + case_dim)      shared by every task
+      + chars (B, T, C) --CharEncoder--> (B, T, char features)       optional, concatenated to the lookup:
+              cnn   (Ma & Hovy 2016): character embeddings, dropout, a convolution of width 3, max over the word
+              lstm  (Lample et al. 2016): a bidirectional LSTM over the characters, both final states
       window  (Collobert & Weston 2011, "window approach"): the w = 2k+1 vectors around each token,
               concatenated (B, T, w * (dim + case_dim)) -> [Linear -> hardtanh/tanh -> dropout] x layers
       rnn     (Irsoy & Cardie 2014; Lample et al. 2016): stacked bidirectional LSTM/GRU/Elman RNN; layer l reads
@@ -105,6 +108,57 @@ class CRF(nn.Module):
         return [row[:n] for row, n in zip(full, lengths, strict=True)]
 
 
+# ------------------------------------------------------------------------------------------ characters
+class CharEncoder(nn.Module):
+    """One vector per word from its characters (as written, case kept), so that a word without a vector, or never
+    seen in training, still shows its prefixes, suffixes, capitals, digits and hyphens to the tagger.
+
+    ``cnn``: Ma & Hovy (2016) -- embeddings, dropout, Conv1d (``width``, zero padding at both ends of the word),
+    max over the word's own positions, tanh; ``size`` filters.  ``lstm``: Lample et al. (2016) -- a BiLSTM over
+    the characters, the last forward state ++ the first backward state; ``size`` units per direction.  Both are
+    independent of how long the other words of the batch are (padding never reaches a word's vector)."""
+
+    def __init__(
+        self, kind: Literal["cnn", "lstm"], vocab: int, dim: int, size: int, width: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed = nn.Embedding(vocab, dim, padding_idx=0)
+        bound = (3.0 / dim) ** 0.5  # Ma & Hovy's uniform [-sqrt(3/dim), +sqrt(3/dim)]
+        nn.init.uniform_(self.embed.weight, -bound, bound)
+        with torch.no_grad():
+            self.embed.weight[0].zero_()
+        self.drop = nn.Dropout(dropout)
+        if kind == "cnn":
+            self.conv = nn.Conv1d(dim, size, width, padding=width // 2)
+            self.out_dim = size
+        else:
+            self.lstm = nn.LSTM(dim, size, batch_first=True, bidirectional=True)
+            self.out_dim = 2 * size
+
+    def forward(self, chars: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) character ids, 0 = padding -> (B, T, out_dim); a word with no character gets zeros."""
+        b, t, c = chars.shape
+        flat = chars.reshape(b * t, c)
+        counts = (flat != 0).sum(1)
+        words = torch.nonzero(counts > 0).squeeze(1)
+        out = torch.zeros(b * t, self.out_dim, device=chars.device, dtype=self.embed.weight.dtype)
+        if len(words) == 0:
+            return out.view(b, t, -1)
+        n = counts[words]
+        x = self.drop(self.embed(flat[words, : int(n.max())]))  # (N, C', dim)
+        if self.kind == "cnn":
+            h = self.conv(x.transpose(1, 2))  # (N, size, C')
+            inside = torch.arange(h.size(2), device=h.device)[None, :] < n[:, None]
+            h = torch.tanh(h.masked_fill(~inside.unsqueeze(1), -torch.inf).amax(dim=2))
+        else:
+            packed = pack_padded_sequence(x, n.cpu(), batch_first=True, enforce_sorted=False)
+            _, (last, _) = self.lstm(packed)  # (2, N, size): forward's last state, backward's first
+            h = torch.cat([last[0], last[1]], dim=1)
+        out = out.index_copy(0, words, h)
+        return out.view(b, t, -1)
+
+
 # ------------------------------------------------------------------------------------------ config
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaggerConfig:
@@ -122,6 +176,11 @@ class TaggerConfig:
     activation: Literal["hardtanh", "tanh"] = "hardtanh"
     dropout: float = 0.0
     crf: bool = False
+    chars: Literal["none", "cnn", "lstm"] = "none"  # character features (CharEncoder)
+    char_vocab_size: int = 0
+    char_dim: int = 30
+    char_size: int = 30  # cnn: filters; lstm: units per direction
+    char_width: int = 3  # cnn: characters per filter (odd)
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -134,7 +193,12 @@ class Tagger(nn.Module):
         with torch.no_grad():
             self.words.weight[0].zero_()
         self.case = nn.Embedding(N_CASE, cfg.case_dim, padding_idx=0) if cfg.case_dim else None
-        width = cfg.dim + cfg.case_dim
+        self.chars = (
+            CharEncoder(cfg.chars, cfg.char_vocab_size, cfg.char_dim, cfg.char_size, cfg.char_width, cfg.dropout)
+            if cfg.chars != "none"
+            else None
+        )
+        width = cfg.dim + cfg.case_dim + (self.chars.out_dim if self.chars is not None else 0)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.model == "window":
             act = nn.Hardtanh if cfg.activation == "hardtanh" else nn.Tanh
@@ -165,11 +229,18 @@ class Tagger(nn.Module):
         win = padded.unfold(1, self.cfg.window, 1)  # (B, T, F, w)
         return win.transpose(2, 3).reshape(x.size(0), x.size(1), -1)
 
-    def features(self, words: torch.Tensor, case: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Shared encoder output (B, T, H)."""
-        x = self.words(words)
+    def features(
+        self, words: torch.Tensor, case: torch.Tensor, lengths: torch.Tensor, chars: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Shared encoder output (B, T, H); ``chars`` (B, T, C) is required when the model has character features."""
+        parts = [self.words(words)]
         if self.case is not None:
-            x = torch.cat([x, self.case(case)], dim=2)
+            parts.append(self.case(case))
+        if self.chars is not None:
+            if chars is None:
+                raise ValueError(f"this tagger reads characters ({self.cfg.chars}): pass the chars tensor")
+            parts.append(self.chars(chars))
+        x = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         x = self.drop(x)
         if self.cfg.model == "window":
             return self.encoder(self._window(x))
@@ -179,13 +250,18 @@ class Tagger(nn.Module):
         return self.drop(out)
 
     def emissions(
-        self, words: torch.Tensor, case: torch.Tensor, lengths: torch.Tensor, task: int = 0
+        self,
+        words: torch.Tensor,
+        case: torch.Tensor,
+        lengths: torch.Tensor,
+        task: int = 0,
+        chars: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.heads[task](self.features(words, case, lengths))
+        return self.heads[task](self.features(words, case, lengths, chars))
 
-    def task_loss(self, task: int, words, case, lengths, tags) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_loss(self, task: int, words, case, chars, lengths, tags) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed NLL, token count) of one task's batch; tags (B, T) with -1 at padding."""
-        em = self.emissions(words, case, lengths, task)
+        em = self.emissions(words, case, lengths, task, chars)
         mask = tags >= 0
         if self.crfs is not None:
             nll = self.crfs[task].nll(em, tags.clamp(min=0), mask).sum()
@@ -195,19 +271,19 @@ class Tagger(nn.Module):
 
     def forward(self, batches: tuple, weights: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """The multitask loss: sum over tasks of weight x mean NLL per token.  ``batches`` holds one
-        ``(words, case, lengths, tags)`` per task (every task in every step, so DDP sees every parameter used).
+        ``(words, case, chars, lengths, tags)`` per task (every task in every step, so DDP sees every parameter used).
         Returns (loss, per-task summed NLL (detached))."""
         total = torch.zeros((), device=self.words.weight.device)
         parts = []
-        for k, (words, case, lengths, tags) in enumerate(batches):
-            nll, n = self.task_loss(k, words, case, lengths, tags)
+        for k, batch in enumerate(batches):
+            nll, n = self.task_loss(k, *batch)
             total = total + weights[k] * nll / n.clamp(min=1)
             parts.append(nll.detach())
         return total, torch.stack(parts)
 
     @torch.no_grad()
-    def predict(self, task: int, words, case, lengths) -> list[list[int]]:
-        em = self.emissions(words, case, lengths, task)
+    def predict(self, task: int, words, case, lengths, chars=None) -> list[list[int]]:
+        em = self.emissions(words, case, lengths, task, chars)
         mask = torch.arange(words.size(1), device=words.device)[None, :] < lengths.to(words.device)[:, None]
         if self.crfs is not None:
             return self.crfs[task].viterbi(em, mask)

@@ -166,8 +166,8 @@ def predict_split(model: Tagger, data: Encoded, task: int, group: WorkerGroup) -
     mine: dict[int, list[int]] = {}
     for start in range(0, len(rows), EVAL_BATCH):
         chunk = rows[start : start + EVAL_BATCH]
-        words, case, lens, _ = pad_batch(data, chunk, group.device)
-        for i, pred in zip(chunk.tolist(), model.predict(task, words, case, lens), strict=True):
+        words, case, chars, lens, _ = pad_batch(data, chunk, group.device)
+        for i, pred in zip(chunk.tolist(), model.predict(task, words, case, lens, chars), strict=True):
             mine[i] = pred
     model.train()
     merged: dict[int, list[int]] = {}
@@ -201,9 +201,9 @@ def _nonfinite(
 def replace_singletons(
     batch: tuple[torch.Tensor, ...], singleton: torch.Tensor, p: float
 ) -> tuple[torch.Tensor, ...]:
-    """``batch`` (words, case, lengths, tags) with each singleton word id replaced by ``<unk>`` with probability
+    """``batch`` (words, case, chars, lengths, tags) with each singleton word id replaced by ``<unk>`` with probability
     ``p`` (torch's RNG: seeded per rank and kept in checkpoints, so a resumed run draws the same).  The case
-    feature is kept: an unseen capitalised word still looks capitalised."""
+    feature and the characters are kept: an unseen capitalised word still looks capitalised and is still spelt."""
     words = batch[0]
     drop = singleton[words] & (torch.rand(words.shape, device=words.device) < p)
     return (words.masked_fill(drop, UNK), *batch[1:])
@@ -336,7 +336,7 @@ def train_tagger(
             optimizer.step()
             nll += parts.double()
             tokens += torch.tensor(
-                [float((b[3] >= 0).sum()) for b in batches], dtype=torch.float64, device=group.device
+                [float((b[-1] >= 0).sum()) for b in batches], dtype=torch.float64, device=group.device
             )
         seconds = time.perf_counter() - started
         group.all_reduce_(nll)

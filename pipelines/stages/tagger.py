@@ -6,6 +6,7 @@ path in ``vectors_format``).  Output (``RUN/tagger/``)::
 
     model.pt, model.json        the best valid epoch's state dict; architecture and task tag lists
     vocab.tsv                   the word vocabulary (id, token; lowercased when the lookup is)
+    chars.json                  the character vocabulary (a JSON list, id = position), with ``tagger.chars``
     <task>/valid.conll          ``token gold predicted`` a line, a blank line between sentences, tags in the
     <task>/test.conll           file's own scheme (IOB1 for CoNLL-2003): conlleval or seqeval read them as is
     manifest.json               per task and split: accuracy or conlleval P/R/F1 per type and overall,
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import time
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from cluster.training import check_resources, fit, remove_checkpoints
-from lm.tagging.data import UNK, WordVocab, build_vocab, encode
+from lm.tagging.data import UNK, CharVocab, WordVocab, build_char_vocab, build_vocab, encode
 from lm.tagging.metrics import score
 from lm.tagging.models import TaggerConfig
 from lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
@@ -150,6 +152,7 @@ class Prepared:
     job: TaggerJob
     tasks: list[PreparedTask]
     vocab: WordVocab
+    char_vocab: CharVocab | None
     report: dict[str, Any]
 
 
@@ -249,11 +252,16 @@ def prepare(
         [s.tokens for t in tasks for s in t.sentences["train"]], min_count=spec.min_count, lowercase=lowercase,
         extra=vec_tokens,
     )  # fmt: skip
+    char_vocab = (
+        build_char_vocab([s.tokens for t in tasks for s in t.sentences["train"]]) if spec.chars != "none" else None
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "vocabulary": {"size": len(vocab.tokens), "lowercase": lowercase},
         "unk_rate": {},
     }
+    if char_vocab is not None:
+        report["vocabulary"]["characters"] = len(char_vocab.chars)
     if vectors is not None:
         aligned, found = align(vocab, vec_tokens, vectors.matrix[: spec.max_vectors])
         np.savez(data_dir / "embedding-init.npz", matrix=aligned, found=found)
@@ -266,7 +274,7 @@ def prepare(
     for k, t in enumerate(tasks):
         ids = {tag: i for i, tag in enumerate(t.tags)}
         for split, sents in t.sentences.items():
-            enc = encode([s.tokens for s in sents], t.gold[split], vocab, ids)
+            enc = encode([s.tokens for s in sents], t.gold[split], vocab, ids, char_vocab)
             enc.save(data_dir / f"task-{k}-{split}.npz")
             report["unk_rate"].setdefault(t.spec.name, {})[split] = round(float((enc.words == UNK).mean()), 5)
         task_data.append(
@@ -285,7 +293,9 @@ def prepare(
         model=TaggerConfig(
             model=spec.model, vocab_size=len(vocab.tokens), tasks=tuple((t.name, t.train_tags) for t in task_data),
             dim=spec.dim, case_dim=spec.case_dim, window=spec.window, hidden=spec.hidden, layers=spec.layers,
-            cell=spec.cell, activation=spec.activation, dropout=spec.dropout, crf=spec.crf,
+            cell=spec.cell, activation=spec.activation, dropout=spec.dropout, crf=spec.crf, chars=spec.chars,
+            char_vocab_size=len(char_vocab.chars) if char_vocab is not None else 0, char_dim=spec.char_dim,
+            char_size=spec.char_size, char_width=spec.char_width,
         ),
         optim=OptimConfig(
             optimizer=spec.optimizer, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
@@ -302,7 +312,7 @@ def prepare(
                 f"tagger.workers: {spec.workers} workers but task {t.spec.name} has {len(t.sentences['train'])} training "
                 "sentence(s); lower tagger.workers"
             )
-    return Prepared(job, tasks, vocab, report)
+    return Prepared(job, tasks, vocab, char_vocab, report)
 
 
 # ------------------------------------------------------------------------------------------ execute
@@ -363,6 +373,8 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     from embeddings.vectors import write_vocab_tsv
 
     write_vocab_tsv(tmp_dir / "vocab.tsv", prepared.vocab.tokens, None)
+    if prepared.char_vocab is not None:
+        (tmp_dir / "chars.json").write_text(json.dumps(list(prepared.char_vocab.chars)) + "\n", encoding="utf-8")
     remove_checkpoints(checkpoint_dir)
     files = sorted(p for p in tmp_dir.rglob("*") if p.is_file())
     return {
@@ -389,6 +401,8 @@ def summary(manifest: dict[str, Any]) -> list[str]:
         if cfg["model"] == "rnn"
         else f" w{cfg['window']} h{cfg['hidden']}"
     )
+    if cfg.get("chars", "none") != "none":
+        arch += f" + char-{cfg['chars']}"
     rows = [
         f"{arch}{' + CRF' if cfg['crf'] else ''}, {tr['parameters']:,} parameters, best epoch {tr['best_epoch']} of "
         f"{len(tr['epochs'])}{' (stopped early)' if tr['stopped_early'] else ''}, {tr['world_size']} worker(s)"
