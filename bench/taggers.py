@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="*", default=["window", "bilstm-crf"], choices=list(MODELS))
     p.add_argument("--vectors", nargs="*", default=["sgns"], choices=["sgns", "glove"])
     p.add_argument("--no-multitask", action="store_true", help="skip the multitask rows")
+    p.add_argument(
+        "--no-random", action="store_true", help="skip the random-initialisation rows (e.g. a second seed)"
+    )
     p.add_argument("--dim", type=int, default=100, help="word vector size (random and pre-trained alike)")
     p.add_argument("--vector-epochs", type=int, default=5)
     p.add_argument(
@@ -272,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
 
     for task in args.tasks:
         for model in args.models:
-            for init in ["random", *args.vectors]:
-                label = f"{task}-{model}-{init}"
+            for init in [*([] if args.no_random else ["random"]), *args.vectors]:
+                label = f"{task}-{model}-{init}" + (f"-seed{args.seed}" if args.seed != 1 else "")
                 record(task, model, init, "single", run_tagger(label, [{"name": task, **tasks[task]}], models[model], vectors.get(init), args, args.work))  # fmt: skip
     if not args.no_multitask and "ner" in args.tasks:
         ner = tasks["ner"]
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
                  {"name": "chunk", **{**ner, "column": "chunk"}}]  # fmt: skip
         for model in args.models:
             for init in ["random", *args.vectors][-1:]:  # the pre-trained setting: C&W's multitask rows
-                record("ner", model, init, "multitask", run_tagger(f"ner-{model}-{init}-mtl", extra, models[model], vectors.get(init), args, args.work))  # fmt: skip
+                record("ner", model, init, "multitask", run_tagger(f"ner-{model}-{init}-mtl" + (f"-seed{args.seed}" if args.seed != 1 else ""), extra, models[model], vectors.get(init), args, args.work))  # fmt: skip
     total_s = time.perf_counter() - started
     load_after = os.getloadavg()
 

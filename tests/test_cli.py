@@ -36,6 +36,11 @@ def test_validate_prints_the_resolved_spec_and_exit_codes(capsys):
     assert "ptb.yaml: ngram.order: bad value 9" in err
 
 
+@pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("*.yaml")))
+def test_every_shipped_spec_validates(spec, capsys):
+    assert main(["validate", str(SPECS / spec)]) == 0, capsys.readouterr().err
+
+
 def test_run_reports_a_missing_input_before_work_with_exit_2(tmp_path, capsys):
     code = main(["run", str(SPECS / "tiny.yaml"), "--run-dir", str(tmp_path), "--set", f"corpus.train={tmp_path}/none.txt"])
     assert code == 2
