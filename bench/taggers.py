@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="*", default=["window", "bilstm-crf"], choices=list(MODELS))
     p.add_argument("--vectors", nargs="*", default=["sgns"], choices=["sgns", "glove"])
     p.add_argument("--no-multitask", action="store_true", help="skip the multitask rows")
+    p.add_argument("--no-single", action="store_true", help="skip the single-task rows (multitask only)")
     p.add_argument(
         "--no-random", action="store_true", help="skip the random-initialisation rows (e.g. a second seed)"
     )
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{task:6} {model:10} {init:7} {setting:10} dev {result['valid']:6.2f} test {result['test']:6.2f} "
               f"({result['best_epoch']}/{result['epochs']} epochs, {result['epoch_s']:.0f} s/epoch)", flush=True)  # fmt: skip
 
-    for task in args.tasks:
+    for task in [] if args.no_single else args.tasks:
         for model in args.models:
             for init in [*([] if args.no_random else ["random"]), *args.vectors]:
                 label = f"{task}-{model}-{init}" + (f"-seed{args.seed}" if args.seed != 1 else "")
