@@ -274,10 +274,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{task:6} {model:10} {init:7} {setting:10} dev {result['valid']:6.2f} test {result['test']:6.2f} "
               f"({result['best_epoch']}/{result['epochs']} epochs, {result['epoch_s']:.0f} s/epoch)", flush=True)  # fmt: skip
 
+    seed_label = f"-seed{args.seed}" if args.seed != 1 else ""  # seed 1 keeps the earlier run folders
     for task in [] if args.no_single else args.tasks:
         for model in args.models:
             for init in [*([] if args.no_random else ["random"]), *args.vectors]:
-                label = f"{task}-{model}-{init}" + (f"-seed{args.seed}" if args.seed != 1 else "")
+                label = f"{task}-{model}-{init}{seed_label}"
                 record(task, model, init, "single", run_tagger(label, [{"name": task, **tasks[task]}], models[model], vectors.get(init), args, args.work))  # fmt: skip
     if not args.no_multitask and "ner" in args.tasks:
         ner = tasks["ner"]
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                  {"name": "chunk", **{**ner, "column": "chunk"}}]  # fmt: skip
         for model in args.models:
             for init in ["random", *args.vectors][-1:]:  # the pre-trained setting: C&W's multitask rows
-                record("ner", model, init, "multitask", run_tagger(f"ner-{model}-{init}-mtl" + (f"-seed{args.seed}" if args.seed != 1 else ""), extra, models[model], vectors.get(init), args, args.work))  # fmt: skip
+                record("ner", model, init, "multitask", run_tagger(f"ner-{model}-{init}-mtl{seed_label}", extra, models[model], vectors.get(init), args, args.work))  # fmt: skip
     total_s = time.perf_counter() - started
     load_after = os.getloadavg()
 

@@ -139,36 +139,34 @@ def encode(
 
 def pad_batch(data: Encoded, rows: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
     """``(words, case, chars, lengths, tags)`` of the sentences ``rows``: (B, T) long tensors padded with 0 (tags:
-    -1), ``chars`` (B, T, C) with C the longest word of the batch (at least 1), padded with 0."""
-    lengths = [int(data.offsets[i + 1] - data.offsets[i]) for i in rows]
-    width = max(lengths)
-    words = np.zeros((len(rows), width), dtype=np.int64)
-    case = np.zeros((len(rows), width), dtype=np.int64)
-    tags = np.full((len(rows), width), -1, dtype=np.int64)
-    for j, i in enumerate(rows):
-        w, c, t = data.sentence(i)
-        words[j, : len(w)], case[j, : len(c)], tags[j, : len(t)] = w, c, t
-    # characters, vectorised: token (j, k) of the batch is data token offsets[rows[j]] + k
+    -1), ``chars`` (B, T, C) with C the longest word of the batch (at least 1), padded with 0.  Vectorised: slot
+    (j, k) of the batch is token ``offsets[rows[j]] + k`` of ``data`` when k < the sentence's length."""
     rows_arr = np.asarray(rows, dtype=np.int64)
-    lens = np.asarray(lengths, dtype=np.int64)
+    lengths = data.offsets[rows_arr + 1] - data.offsets[rows_arr]
+    width = int(lengths.max())
     slot = np.arange(width)[None, :]
-    present = slot < lens[:, None]  # (B, T)
+    present = slot < lengths[:, None]  # (B, T)
     token = (data.offsets[rows_arr][:, None] + slot)[present]  # data token ids, row-major
+
+    def spread(values: np.ndarray, fill: int) -> np.ndarray:
+        out = np.full(present.shape, fill, dtype=np.int64)
+        out[present] = values[token]
+        return out
+
     starts = data.char_offsets[token]
     nchars = data.char_offsets[token + 1] - starts
-    depth = max(int(nchars.max()) if len(nchars) else 0, 1)
-    pos = np.arange(depth)[None, :]
+    pos = np.arange(max(int(nchars.max()), 1))[None, :]
     has = pos < nchars[:, None]
-    chars = np.zeros((len(rows), width, depth), dtype=np.int64)
-    block = np.zeros((len(token), depth), dtype=np.int64)
-    block[has] = data.chars[(starts[:, None] + pos)[has]]
-    chars[present] = block
+    chars = np.zeros((*present.shape, pos.shape[1]), dtype=np.int64)
+    per_token = np.zeros((len(token), pos.shape[1]), dtype=np.int64)
+    per_token[has] = data.chars[(starts[:, None] + pos)[has]]
+    chars[present] = per_token
     return (
-        torch.from_numpy(words).to(device),
-        torch.from_numpy(case).to(device),
+        torch.from_numpy(spread(data.words, 0)).to(device),
+        torch.from_numpy(spread(data.case, 0)).to(device),
         torch.from_numpy(chars).to(device),
-        torch.tensor(lengths, dtype=torch.long),
-        torch.from_numpy(tags).to(device),
+        torch.from_numpy(lengths),
+        torch.from_numpy(spread(data.tags, -1)).to(device),
     )
 
 

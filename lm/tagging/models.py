@@ -240,8 +240,7 @@ class Tagger(nn.Module):
             if chars is None:
                 raise ValueError(f"this tagger reads characters ({self.cfg.chars}): pass the chars tensor")
             parts.append(self.chars(chars))
-        x = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
-        x = self.drop(x)
+        x = self.drop(torch.cat(parts, dim=2))
         if self.cfg.model == "window":
             return self.encoder(self._window(x))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)

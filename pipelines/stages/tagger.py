@@ -248,13 +248,9 @@ def prepare(
     lowercase = spec.lowercase
     if lowercase is None:
         lowercase = not any(t != t.lower() for t in vec_tokens)
-    vocab = build_vocab(
-        [s.tokens for t in tasks for s in t.sentences["train"]], min_count=spec.min_count, lowercase=lowercase,
-        extra=vec_tokens,
-    )  # fmt: skip
-    char_vocab = (
-        build_char_vocab([s.tokens for t in tasks for s in t.sentences["train"]]) if spec.chars != "none" else None
-    )
+    train_tokens = [s.tokens for t in tasks for s in t.sentences["train"]]
+    vocab = build_vocab(train_tokens, min_count=spec.min_count, lowercase=lowercase, extra=vec_tokens)
+    char_vocab = build_char_vocab(train_tokens) if spec.chars != "none" else None
     data_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "vocabulary": {"size": len(vocab.tokens), "lowercase": lowercase},
