@@ -83,8 +83,8 @@ def run_local(spec: Path, run_dir: Path, overrides: list[str], mirror: str | Non
 
 
 def run_cluster(cluster: Any, spec: Path, run_dir: Path, overrides: list[str], mirror: str | None) -> dict[str, float]:
-    from cluster.jobs import jobs_client, log_tail
-    from cluster.submit import plan_job, submit
+    from lmpipe.cluster.jobs import jobs_client, log_tail
+    from lmpipe.cluster.submit import plan_job, submit
 
     t0 = time.time()
     client = jobs_client(cluster.dashboard_url, env=cluster.client_env())
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     if "ptb" in args.specs and not args.mirror:
         raise SystemExit("the ptb spec needs the dataset mirror: set LMPIPE_DATA_MIRROR (e.g. /work/shared/data)")
 
-    from cluster.loopback import LoopbackCluster
+    from lmpipe.cluster.loopback import LoopbackCluster
 
     work = Path(tempfile.mkdtemp(prefix="lmpipe-bench-cluster-"))
     load_before = os.getloadavg()

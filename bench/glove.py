@@ -62,8 +62,8 @@ def _base(name: str, train: str, kind: str, shard_mb: float) -> dict[str, Any]:
 
 
 def _run(base: dict[str, Any], run: Path, stages: list[str], mirror: str, **sections: Any) -> dict[str, Any]:
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     spec = parse_spec({**base, **sections}, source="bench")
     return run_pipeline(
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sizes, args.quality_corpora, args.epochs, args.no_append = [5e5], ["ptb"], 2, True
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    from cluster.connect import connect
+    from lmpipe.cluster.connect import connect
 
     load_before = os.getloadavg()[0]
     connect()

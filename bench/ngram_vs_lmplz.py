@@ -42,7 +42,7 @@ RssSampler = runpy.run_path(str(HERE / "common.py"))["RssSampler"]
 
 
 def run_lmplz(text: Path, order: int, arpa: Path, memory_mb: int, fallback: list[float] | None) -> dict[str, float]:
-    from lm.kenlm_tools import find_kenlm_binary
+    from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
     cmd = [str(find_kenlm_binary("lmplz")), "-o", str(order), "-S", f"{memory_mb}M", "-T", str(arpa.parent), "--arpa", str(arpa), "--text", str(text)]
     if fallback:
@@ -64,11 +64,11 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/lmpipe-bench-ngram")
     args = parser.parse_args()
 
-    from cluster.connect import connect
-    from lm.arpa import compare_arpa, read_arpa
-    from lm.evaluate import evaluate_ngram, split_sentences
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.cluster.connect import connect
+    from lmpipe.lm.arpa import compare_arpa, read_arpa
+    from lmpipe.lm.evaluate import evaluate_ngram, split_sentences
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     mirror, work = Path(args.mirror), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

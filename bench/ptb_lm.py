@@ -65,7 +65,7 @@ def head_lines(src: Path, dst: Path, lines: int) -> Path:
 
 def base_spec(args: argparse.Namespace) -> dict[str, Any]:
     """ptb-lm.yaml as data; --quick: 1 epoch on 3,000 training sentences, sgns 1 epoch."""
-    from pipelines.datasets import resolve
+    from lmpipe.pipelines.datasets import resolve
 
     data = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
     data["lm"]["threads"] = args.threads
@@ -109,9 +109,9 @@ def plain_loop(run: Path, model_cfg, train_cfg, threads: int) -> dict[str, float
     """The same model and step as lm.train, as a bare loop (no Ray, no DDP, no checkpoints, no validation)."""
     import torch
 
-    from lm.batching import batchify, get_batch, read_stream
-    from lm.models import RNNModel, detach_hidden
-    from pipelines.shards import split_shards
+    from lmpipe.lm.batching import batchify, get_batch, read_stream
+    from lmpipe.lm.models import RNNModel, detach_hidden
+    from lmpipe.pipelines.shards import split_shards
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # as lm.train does
@@ -144,12 +144,12 @@ def throughput(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]
     at the mercy of whatever else wakes up during one of the two measurements."""
     import statistics
 
-    from lm.train import TrainConfig
-    from pipelines.datasets import resolve
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
-    from pipelines.stages.lm import model_config, train_config
-    from pipelines.vocab import Vocab
+    from lmpipe.lm.train import TrainConfig
+    from lmpipe.pipelines.datasets import resolve
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
+    from lmpipe.pipelines.stages.lm import model_config, train_config
+    from lmpipe.pipelines.vocab import Vocab
 
     lines = max(1, args.throughput_tokens // 21)  # PTB averages ~21 tokens per line incl. </s>
     train = head_lines(
@@ -272,9 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from cluster.connect import connect
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.cluster.connect import connect
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     load_before = os.getloadavg()
     connect(num_cpus=os.cpu_count())

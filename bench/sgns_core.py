@@ -34,9 +34,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from embeddings.evaluate import ANALOGY_SET, SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs  # noqa: E402
-from embeddings.sgns import SGNS, SGNSConfig  # noqa: E402
-from embeddings.vectors import Vectors  # noqa: E402
+from lmpipe.embeddings.evaluate import ANALOGY_SET, SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs  # noqa: E402
+from lmpipe.embeddings.sgns import SGNS, SGNSConfig  # noqa: E402
+from lmpipe.embeddings.vectors import Vectors  # noqa: E402
 
 logger = logging.getLogger("bench.sgns_core")
 

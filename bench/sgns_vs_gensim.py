@@ -67,8 +67,8 @@ def corpus_spec(corpus: str, mirror: Path, work: Path) -> dict[str, Any]:
 def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files) -> dict[str, Any]:
     from gensim.models import Word2Vec
 
-    from embeddings.vectors import Vectors
-    from pipelines.stages.embedding_eval import evaluate
+    from lmpipe.embeddings.vectors import Vectors
+    from lmpipe.pipelines.stages.embedding_eval import evaluate
 
     model = Word2Vec(
         vector_size=args.dim, window=args.window, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
@@ -93,9 +93,9 @@ def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files)
 def sgns_run(
     base: dict[str, Any], tokenized: Path, work: Path, workers: int, threads: int, sync: str, args
 ) -> dict[str, Any]:
-    from embeddings.vectors import Vectors
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.embeddings.vectors import Vectors
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     run = work / f"{base['name']}-{workers}x{threads}-{sync}"
     shutil.rmtree(run, ignore_errors=True)
@@ -166,12 +166,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
 
-    from cluster.connect import connect
-    from pipelines.run import run_pipeline
-    from pipelines.shards import read_ids
-    from pipelines.spec import parse_spec
-    from pipelines.stages.embedding_eval import eval_files as resolve_eval_files
-    from pipelines.vocab import Vocab
+    from lmpipe.cluster.connect import connect
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.shards import read_ids
+    from lmpipe.pipelines.spec import parse_spec
+    from lmpipe.pipelines.stages.embedding_eval import eval_files as resolve_eval_files
+    from lmpipe.pipelines.vocab import Vocab
 
     eval_files, reason = resolve_eval_files(str(args.mirror))
     if reason:

@@ -429,7 +429,7 @@ def write_crec(cooccur_dir: Path, crec_path: Path, vocab_path: Path) -> dict[str
     Row r of ``cooccur/vocab.tsv`` becomes line r + 1 of the vocabulary file, so id r is word r + 1 in
     glove.c; X[row, col] becomes ``{row + 1, col + 1, value}`` (row = the word, glove.c's W; col = the
     context, W~), in the shards' order (shuffle randomises it)."""
-    from embeddings.vectors import read_vocab_tsv
+    from lmpipe.embeddings.vectors import read_vocab_tsv
 
     tokens, counts = read_vocab_tsv(cooccur_dir / "vocab.tsv")
     with open(vocab_path, "w", encoding="utf-8", newline="\n") as f:
@@ -481,7 +481,7 @@ def compare_matrices(stanford_crec: Path, stanford_vocab: Path, cooccur_dir: Pat
     over 9.8M)."""
     import pyarrow as pa
 
-    from embeddings.vectors import read_vocab_tsv
+    from lmpipe.embeddings.vectors import read_vocab_tsv
 
     ours_tokens, _ = read_vocab_tsv(cooccur_dir / "vocab.tsv")
     theirs = [line.split(" ", 1)[0] for line in stanford_vocab.read_text(encoding="utf-8").splitlines()]
@@ -522,7 +522,7 @@ def compare_matrices(stanford_crec: Path, stanford_vocab: Path, cooccur_dir: Pat
 # ------------------------------------------------------------------------------------------ evaluation
 def restrict(vectors: Any, tokens: list[str]) -> Any:
     """The rows of ``tokens`` (in that order) as a new ``Vectors``: for scoring two systems on one vocabulary."""
-    from embeddings.vectors import Vectors
+    from lmpipe.embeddings.vectors import Vectors
 
     rows = np.array([vectors.index(t) for t in tokens], np.int64)
     return Vectors(tokens, np.ascontiguousarray(vectors.matrix[rows], np.float32), source=vectors.source)
@@ -544,7 +544,7 @@ def vocab_report(systems: dict[str, Any]) -> dict[str, Any]:
 def evaluate(vectors: Any, mirror: str | None) -> dict[str, Any]:
     """The shared evaluation of every embedding stage (``pipelines.stages.embedding_eval``): questions-words
     3CosAdd/3CosMul with restrict_vocab 300k, Spearman on WS353 / SimLex-999 / MEN / RW."""
-    from pipelines.stages.embedding_eval import evaluate_stage
+    from lmpipe.pipelines.stages.embedding_eval import evaluate_stage
 
     return evaluate_stage("stanford_glove", vectors, enabled=True, mirror=mirror)
 
@@ -556,9 +556,9 @@ def write_token_text(tokenize_dir: Path, out: Path) -> dict[str, int]:
     Specials (ids below FIRST_WORD_ID, i.e. words cut from the tokenize vocabulary) are left out: the cooccur
     stage skips them without giving them a position, which is what Stanford cooccur does with words missing
     from its vocabulary, so leaving them out counts the same windows."""
-    from pipelines.schemas import FIRST_WORD_ID
-    from pipelines.shards import iter_batches
-    from pipelines.vocab import Vocab
+    from lmpipe.pipelines.schemas import FIRST_WORD_ID
+    from lmpipe.pipelines.shards import iter_batches
+    from lmpipe.pipelines.vocab import Vocab
 
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     words = np.array(vocab.tokens.to_pylist(), dtype=object)
@@ -586,8 +586,8 @@ def write_token_text(tokenize_dir: Path, out: Path) -> dict[str, int]:
 
 def our_pipeline(corpus: str, args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
     """tokenize + cooccur (+ glove with ``ours``) with bench/glove.py's exact corpus and tokenizer settings."""
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     # bench/glove.py's _base: the same normalize + tokenizer settings per corpus, so the same tokens
     glove_bench = runpy.run_path(str(BENCH / "glove.py"))
@@ -630,14 +630,14 @@ def _row(
 
 
 def bench_corpus(corpus: str, args: argparse.Namespace, bins: dict[str, Path]) -> dict[str, Any]:
-    from embeddings.formats import load_glove
-    from embeddings.vectors import Vectors
+    from lmpipe.embeddings.formats import load_glove
+    from lmpipe.embeddings.vectors import Vectors
 
     s: Settings = args.settings
     work = args.work / corpus
     work.mkdir(parents=True, exist_ok=True)
     run, manifests = our_pipeline(corpus, args, args.work)
-    from cluster.connect import shutdown
+    from lmpipe.cluster.connect import shutdown
 
     shutdown()  # Ray's processes would otherwise share the two cores with the C tools
     result: dict[str, Any] = {"corpus": corpus, "rows": [], "settings": asdict(s)}
@@ -751,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     args.work.mkdir(parents=True, exist_ok=True)
     if args.text is not None:
-        from embeddings.formats import load_glove
+        from lmpipe.embeddings.formats import load_glove
 
         st = run_text(args.text, args.work / "stanford", args.settings, bins)
         vecs = load_glove(st.vectors)
@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> None:
         res: dict[str, Any] = {"corpus": args.text.name}
         res["rows"] = [_row(args.text.name, "stanford", vecs, ev, st.costs[-1], seconds)]
         if args.ours_vectors is not None:  # a glove stage's output on (presumably) the same text
-            from embeddings.vectors import Vectors
+            from lmpipe.embeddings.vectors import Vectors
 
             ours = Vectors.load(args.ours_vectors)
             res["rows"].insert(

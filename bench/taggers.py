@@ -94,8 +94,8 @@ def _load_bench_module(name: str):
 # ------------------------------------------------------------------------------------------ vectors
 def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
     """Tokenize the English corpus and train ``kind`` (sgns or glove) vectors with the pipeline itself."""
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     text_path = work / (
         f"english{'-taggers' if args.tagger_text else ''}{'-quick' if args.quick else ''}.txt"
@@ -127,8 +127,8 @@ def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
 def tagger_train_text(mirror: Path) -> str:
     """The words of the three tasks' *training* files, a sentence per line: unlabelled in-domain text for the
     vectors (Reuters news, WSJ, web text), as a semi-supervised tagger would use; dev and test stay unseen."""
-    from pipelines import datasets
-    from pipelines.conll import read_conll
+    from lmpipe.pipelines import datasets
+    from lmpipe.pipelines.conll import read_conll
 
     lines: list[str] = []
     for task in TASKS.values():
@@ -140,8 +140,8 @@ def tagger_train_text(mirror: Path) -> str:
 # ------------------------------------------------------------------------------------------ data
 def quick_tasks(args, work: Path) -> dict[str, dict[str, Any]]:
     """The same tasks on the first sentences of each file (written under ``work/quick``)."""
-    from pipelines import datasets
-    from pipelines.conll import read_conll
+    from lmpipe.pipelines import datasets
+    from lmpipe.pipelines.conll import read_conll
 
     out: dict[str, dict[str, Any]] = {}
     folder = work / "quick"
@@ -174,8 +174,8 @@ def quick_tasks(args, work: Path) -> dict[str, dict[str, Any]]:
 def run_tagger(
     label: str, tasks: list[dict[str, Any]], model: dict[str, Any], vectors: Path | None, args, work: Path
 ):
-    from pipelines.run import run_pipeline
-    from pipelines.spec import parse_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import parse_spec
 
     tagger = {
         **model, "tasks": tasks, "dim": args.dim, "batch_size": 16, "threads": args.threads, "seed": args.seed,
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
     )
     args.work.mkdir(parents=True, exist_ok=True)
-    from cluster.connect import connect
+    from lmpipe.cluster.connect import connect
 
     load_before = os.getloadavg()
     connect(num_cpus=os.cpu_count())

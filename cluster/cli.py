@@ -22,7 +22,7 @@ def _address(parser: argparse.ArgumentParser) -> None:
 
 
 def _finish(client, job_id: str, *, timeout: float | None, tail: int) -> int:
-    from cluster.jobs import log_tail, translated_errors, wait_for_job
+    from lmpipe.cluster.jobs import log_tail, translated_errors, wait_for_job
 
     try:
         status = wait_for_job(client, job_id, timeout=timeout, on_status=lambda s: print(f"job {job_id}: {s}", flush=True))
@@ -44,8 +44,8 @@ def _finish(client, job_id: str, *, timeout: float | None, tail: int) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from cluster.jobs import jobs_client
-    from cluster.submit import describe, plan_job, submit
+    from lmpipe.cluster.jobs import jobs_client
+    from lmpipe.cluster.submit import describe, plan_job, submit
 
     client = jobs_client(args.address)  # unreachable: exit 2 before anything is staged
     plan = plan_job(
@@ -63,7 +63,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_list(args: argparse.Namespace) -> int:
-    from cluster.jobs import jobs_client, translated_errors
+    from lmpipe.cluster.jobs import jobs_client, translated_errors
 
     client = jobs_client(args.address)
     with translated_errors(client.lmpipe_address):
@@ -78,7 +78,7 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
-    from cluster.jobs import jobs_client, translated_errors
+    from lmpipe.cluster.jobs import jobs_client, translated_errors
 
     client = jobs_client(args.address)
     with translated_errors(client.lmpipe_address, args.job):
@@ -93,7 +93,7 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
-    from cluster.jobs import follow_logs, jobs_client, log_tail
+    from lmpipe.cluster.jobs import follow_logs, jobs_client, log_tail
 
     client = jobs_client(args.address)
     if args.follow:
@@ -104,7 +104,7 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_stop(args: argparse.Namespace) -> int:
-    from cluster.jobs import jobs_client, translated_errors, wait_for_job
+    from lmpipe.cluster.jobs import jobs_client, translated_errors, wait_for_job
 
     client = jobs_client(args.address)
     with translated_errors(client.lmpipe_address, args.job):

@@ -1,6 +1,6 @@
 """The only place lmpipe calls ``ray.init``: an embedded local Ray by default, a cluster by address.
 
-    >>> from cluster.connect import connect
+    >>> from lmpipe.cluster.connect import connect
     >>> info = connect()                 # local: all CPUs (and GPUs) of this machine
     >>> info = connect("ray://head:10001")  # or RAY_ADDRESS=... in the environment
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.jobs import SubmitError
-from cluster.storage import is_uri, resolve_run_dir
+from lmpipe.cluster.jobs import SubmitError
+from lmpipe.cluster.storage import is_uri, resolve_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,8 @@ def plan_job(
     workdir: Path | None = None,
 ) -> JobPlan:
     """Validate the spec, stage the working directory and build the job; raises SpecError/SubmitError."""
-    from pipelines import __version__
-    from pipelines.spec import dump_spec, load_spec
+    from lmpipe import __version__
+    from lmpipe.pipelines.spec import dump_spec, load_spec
 
     spec = load_spec(spec_path, overrides=overrides)
     root = source_root() if root is None else root
@@ -195,7 +195,7 @@ def plan_job(
 
 def submit(client: Any, plan: JobPlan) -> str:
     """Upload the working directory and create the job; the staged copy is removed either way."""
-    from cluster.jobs import translated_errors
+    from lmpipe.cluster.jobs import translated_errors
 
     try:
         with translated_errors(getattr(client, "lmpipe_address", "the cluster")):

@@ -72,7 +72,7 @@ class WorkerGroup:
             # a Ray Train worker has no log handler: without one its per-epoch progress lines are dropped;
             # with one they reach the driver's terminal (ray.init(log_to_driver=True), prefixed by Ray)
             logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-            for package in ("embeddings", "lm", "pipelines", "cluster"):  # ours at INFO, Ray's own at WARNING
+            for package in ("lmpipe",):  # ours at INFO, Ray's own at WARNING
                 logging.getLogger(package).setLevel(logging.INFO)
             logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint created" / "Reporting ..." x epochs
         return cls(rank, world, device, in_ray)

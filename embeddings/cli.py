@@ -31,8 +31,8 @@ STAGES = ("sgns", "glove")
 
 def stage_vectors(run: str | Path, stage: str):
     """The ``Vectors`` a finished stage wrote, or FileNotFoundError naming what is missing and the fix."""
-    from embeddings.vectors import Vectors
-    from pipelines.rundir import read_manifest
+    from lmpipe.embeddings.vectors import Vectors
+    from lmpipe.pipelines.rundir import read_manifest
 
     run = Path(run)
     if not run.is_dir():
@@ -49,8 +49,8 @@ def stage_vectors(run: str | Path, stage: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from embeddings.formats import check_text_tokens, export_vectors
-    from pipelines.ingest import InputError
+    from lmpipe.embeddings.formats import check_text_tokens, export_vectors
+    from lmpipe.pipelines.ingest import InputError
 
     vectors = stage_vectors(args.run, args.stage)
     fmt = FORMATS[args.format]
@@ -65,7 +65,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    from pipelines.ingest import InputError
+    from lmpipe.pipelines.ingest import InputError
 
     if args.k < 1:
         raise InputError(f"-k: bad value {args.k}; allowed: an integer >= 1")
@@ -80,8 +80,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from embeddings.formats import import_vectors
-    from pipelines.ingest import InputError
+    from lmpipe.embeddings.formats import import_vectors
+    from lmpipe.pipelines.ingest import InputError
 
     src, out = Path(args.path), Path(args.out)
     if not src.is_file():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embeddings.vectors import Vectors
+from lmpipe.embeddings.vectors import Vectors
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ The text formats separate fields with one space and rows with a newline, so a to
 a newline (or an empty token) cannot be written: export raises and names the token instead of producing
 a file that every reader misparses from that row on.
 
->>> from embeddings.formats import export_vectors, import_vectors          # doctest: +SKIP
+>>> from lmpipe.embeddings.formats import export_vectors, import_vectors          # doctest: +SKIP
 >>> export_vectors(vecs, "out/vectors.bin", "word2vec-bin")                  # doctest: +SKIP
 >>> gensim.models.KeyedVectors.load_word2vec_format("out/vectors.bin", binary=True)   # doctest: +SKIP
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embeddings.vectors import Vectors, read_vocab_tsv, write_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
     StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
@@ -57,8 +57,8 @@ from cluster.training import (  # StopAfterEpoch: re-exported for the stage and 
     read_checkpoint_meta,
     report,
 )
-from embeddings.glove import GloVe, GloveConfig, weighting
-from embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
+from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
 
 logger = logging.getLogger(__name__)
 

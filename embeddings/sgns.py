@@ -51,9 +51,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
-from embeddings.vectors import Vectors
-from pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class SGNS:
         centre_np, context_np = skipgram_pairs(sentences, c.window, self.keep_prob, st.rng)
         order = st.rng.permutation(len(centre_np))
         if self.backend == "numba":
-            from embeddings.sgns_kernel import train_pairs
+            from lmpipe.embeddings.sgns_kernel import train_pairs
 
             noise_np = self.noise.draw((len(order), c.negative), st.generator).numpy()
             loss_sum = train_pairs(
@@ -279,7 +279,7 @@ class SGNS:
         t0, words = time.perf_counter(), self.words_done
         blocks = _blocks(sentences, self.config.block_words)
         if self.backend == "numba":  # the kernel runs its own GIL-free threads over each block
-            from embeddings.sgns_kernel import set_threads
+            from lmpipe.embeddings.sgns_kernel import set_threads
 
             self._slices = set_threads(threads)
             threads = 1

@@ -57,8 +57,8 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from cluster.process import process_info
-from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+from lmpipe.cluster.process import process_info
+from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
     StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
@@ -67,11 +67,11 @@ from cluster.training import (  # StopAfterEpoch: re-exported for the stage and 
     read_checkpoint_meta,
     report,
 )
-from embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
-from embeddings.sync import merge_deltas
-from embeddings.vectors import Vectors
-from pipelines.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
-from pipelines.vocab import Vocab
+from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
+from lmpipe.embeddings.sync import merge_deltas
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

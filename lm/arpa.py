@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from lm import kenlm_tools
+from lmpipe.lm import kenlm_tools
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def write_arpa_parts(
     """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
     them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
-    from pipelines.partitions import read_table
+    from lmpipe.pipelines.partitions import read_table
 
     return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipelines.schemas import EOS_ID
+from lmpipe.pipelines.schemas import EOS_ID
 
 
 # ------------------------------------------------------------------------------------------ streams

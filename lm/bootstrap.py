@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lm.token_scores import TokenScores, check_same_stream
+from lmpipe.lm.token_scores import TokenScores, check_same_stream
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,14 +18,14 @@ import pyarrow as pa
 import torch
 import yaml
 
-from lm.train import load_model
-from pipelines.schemas import BOS_ID, EOS_ID
-from pipelines.tokenizers import SPACE_MARK
-from pipelines.vocab import Vocab
+from lmpipe.lm.train import load_model
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID
+from lmpipe.pipelines.tokenizers import SPACE_MARK
+from lmpipe.pipelines.vocab import Vocab
 
 
 def _prompt_ids(run_dir: Path, spec, vocab: Vocab, prompt: str) -> list[int]:
-    from pipelines.tokenizers import make_tokenizer
+    from lmpipe.pipelines.tokenizers import make_tokenizer
 
     text = prompt.lower() if spec.normalize.lowercase else prompt
     if spec.normalize.nfkc:
@@ -61,7 +61,7 @@ def generate(
     temperature: float = 1.0, seed: int = 0,
 ) -> str:  # fmt: skip
     """The prompt followed by ``max_tokens`` sampled tokens, as text."""
-    from pipelines.spec import parse_spec
+    from lmpipe.pipelines.spec import parse_spec
 
     run_dir = Path(run_dir)
     if max_tokens < 0:

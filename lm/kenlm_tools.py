@@ -10,7 +10,7 @@ binary (first hit wins):
 
 Every call uses an argument list, never a shell, so corpus and output paths need no quoting.
 
->>> from lm.kenlm_tools import kenlm_available, run_lmplz
+>>> from lmpipe.lm.kenlm_tools import kenlm_available, run_lmplz
 >>> if kenlm_available():                                       # doctest: +SKIP
 ...     run_lmplz(["a b c", "a b"], order=3, arpa_out="/tmp/x.arpa", extra_args=["--discount_fallback"])
 """

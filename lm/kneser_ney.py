@@ -42,7 +42,7 @@ a word (``unk="word"``, PTB's closed-vocabulary convention), which these steps t
 An lmplz quirk that changes n_j on small corpora *is* reproduced (:func:`last_entry_correction`).
 
 >>> import pyarrow as pa
->>> from lm.ngram_counts import count_ngrams
+>>> from lmpipe.lm.ngram_counts import count_ngrams
 >>> vocab = ["<unk>", "<s>", "</s>", "a", "b", "c"]
 >>> ids = pa.table({"ids": pa.array([[3, 4, 5], [3, 4], [5, 3, 4, 3], [4]], pa.list_(pa.uint32()))})
 >>> model = estimate(count_ngrams(ids, 3), vocab, KneserNeyConfig(order=3, discount_fallback=(0.5, 1, 1.5)))
@@ -61,8 +61,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lm.ngram_counts import column_np, group_rows, key_columns, lookup_rows, pack_keys, partition_by
-from pipelines.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
+from lmpipe.lm.ngram_counts import column_np, group_rows, key_columns, lookup_rows, pack_keys, partition_by
+from lmpipe.pipelines.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lm.token_scores import TokenScores, check_same_stream
+from lmpipe.lm.token_scores import TokenScores, check_same_stream
 
 LN10 = math.log(10.0)
 

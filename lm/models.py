@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lm.softmax import AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
+from lmpipe.lm.softmax import AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
 KINDS = ("rnn", "irnn", "lstm", "gru", "nplm")  # nplm: lm.nplm (Bengio et al. 2003)
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -232,7 +232,7 @@ def init_embedding(model: RNNModel, aligned: np.ndarray, found: np.ndarray) -> E
 def build_network(cfg: ModelConfig, counts: np.ndarray | None = None) -> nn.Module:
     """The network of ``cfg.kind``: a recurrent ``RNNModel`` or Bengio's ``lm.nplm.NPLM`` (same interface)."""
     if cfg.kind == "nplm":
-        from lm.nplm import NPLM
+        from lmpipe.lm.nplm import NPLM
 
         return NPLM(cfg)
     return RNNModel(cfg, counts=counts)

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lm.batching import EvalColumns
-from lm.models import RNNModel
-from lm.perplexity import LN10, CorpusScore
-from lm.token_scores import TokenScores
-from pipelines.schemas import EOS_ID, UNK_ID
-from pipelines.tokenizers import SPACE_MARK
+from lmpipe.lm.batching import EvalColumns
+from lmpipe.lm.models import RNNModel
+from lmpipe.lm.perplexity import LN10, CorpusScore
+from lmpipe.lm.token_scores import TokenScores
+from lmpipe.pipelines.schemas import EOS_ID, UNK_ID
+from lmpipe.pipelines.tokenizers import SPACE_MARK
 
 
 def score_columns(

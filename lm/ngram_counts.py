@@ -30,7 +30,7 @@ Output contract: ``{order: pa.Table}`` with the :func:`pipelines.schemas.ngram_s
 stable 64-bit hash of some key columns, so partial counts from different workers meet in the same partition.
 
 >>> import pyarrow as pa
->>> from pipelines.schemas import TOKENS
+>>> from lmpipe.pipelines.schemas import TOKENS
 >>> t = pa.table({"ids": pa.array([[3, 4], [3]], pa.list_(pa.uint32()))})
 >>> c = count_ngrams(t, 2)
 >>> c[1].to_pydict()
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipelines.schemas import BOS_ID, COUNT, EOS_ID, FIRST_WORD_ID, TOKEN_ID, UNK_ID, ngram_schema
+from lmpipe.pipelines.schemas import BOS_ID, COUNT, EOS_ID, FIRST_WORD_ID, TOKEN_ID, UNK_ID, ngram_schema
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lm.perplexity import CorpusScore
-from pipelines.rundir import read_manifest
-from pipelines.schemas import TOKEN_SCORES
+from lmpipe.lm.perplexity import CorpusScore
+from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.schemas import TOKEN_SCORES
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +134,7 @@ class ScoresBuilder:
 def find_token_scores(run_dir: Path) -> dict[str, dict[str, Path]]:
     """``{model: {split: path}}`` over every committed stage of the run that lists ``token_scores``.
     Two stages offering the same model name is an error (a mixture must know which model it reads)."""
-    from pipelines.spec import STAGE_ORDER
+    from lmpipe.pipelines.spec import STAGE_ORDER
 
     found: dict[str, dict[str, Path]] = {}
     owner: dict[str, str] = {}

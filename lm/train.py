@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
     StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
@@ -52,11 +52,18 @@ from cluster.training import (  # StopAfterEpoch: re-exported for the stage and 
     read_checkpoint_meta,
     report,
 )
-from lm.batching import batchify, eval_columns, get_batch, read_stream, stream_length, worker_slice
-from lm.models import ModelConfig, RNNModel, build_network, detach_hidden, init_embedding, parameter_count
-from lm.neural_eval import score_columns
-from lm.perplexity import CorpusScore
-from pipelines.vocab import Vocab
+from lmpipe.lm.batching import batchify, eval_columns, get_batch, read_stream, stream_length, worker_slice
+from lmpipe.lm.models import (
+    ModelConfig,
+    RNNModel,
+    build_network,
+    detach_hidden,
+    init_embedding,
+    parameter_count,
+)
+from lmpipe.lm.neural_eval import score_columns
+from lmpipe.lm.perplexity import CorpusScore
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

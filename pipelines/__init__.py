@@ -1,3 +1,1 @@
-"""lmpipe pipelines: Ray stages (ingest, tokenize, shard, count, co-occurrence), orchestration and CLI."""
-
-__version__ = "0.1.0"
+"""lmpipe pipelines: the run directory, the spec, the stages, orchestration and the CLI."""

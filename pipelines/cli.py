@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines import __version__
+from lmpipe import __version__
 
 logger = logging.getLogger("lmpipe")
 
@@ -39,9 +39,9 @@ def _mirror(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cluster.storage import resolve_run_dir
-    from pipelines.run import run_pipeline
-    from pipelines.spec import load_spec
+    from lmpipe.cluster.storage import resolve_run_dir
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import load_spec
 
     spec = load_spec(args.spec, overrides=args.set)
     run_dir = resolve_run_dir(args.run_dir) if args.run_dir else Path("runs") / spec.name
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pipelines.spec import dump_spec, load_spec
+    from lmpipe.pipelines.spec import dump_spec, load_spec
 
     spec = load_spec(args.spec, overrides=args.set)
     print(dump_spec(spec), end="")
@@ -73,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from pipelines.datasets import fetch
+    from lmpipe.pipelines.datasets import fetch
 
     path = fetch(args.name, dest=Path(args.dest) if args.dest else None, mirror=_mirror(args))
     print(path)
@@ -81,7 +81,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from pipelines.datasets import list_datasets
+    from lmpipe.pipelines.datasets import list_datasets
 
     for item in list_datasets():
         print(item)
@@ -89,7 +89,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lm.evaluate import evaluate_ngram
+    from lmpipe.lm.evaluate import evaluate_ngram
 
     result = evaluate_ngram(Path(args.run), split=args.split)
     print(
@@ -103,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lm.generate import generate
+    from lmpipe.lm.generate import generate
 
     if args.max_tokens < 0 or args.temperature < 0:
         print("lmpipe: error: --max-tokens and --temperature must be 0 or more", file=sys.stderr)
@@ -120,8 +120,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_mix(args: argparse.Namespace) -> int:
     import yaml
 
-    from pipelines.run import run_pipeline
-    from pipelines.spec import SpecError, load_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import SpecError, load_spec
 
     run_dir = Path(args.run)
     spec_file = run_dir / "spec.yaml"
@@ -146,7 +146,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     ]
     spec = load_spec(spec_file, overrides=overrides)
     manifest = run_pipeline(spec, run_dir=run_dir, stages=["mix"], force=["mix"])["mix"]
-    from pipelines.stages.mix import summary
+    from lmpipe.pipelines.stages.mix import summary
 
     for line in summary(manifest):
         print(line)
@@ -155,9 +155,9 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: int) -> None:
     """Paired bootstrap of two models' perplexity difference from their token-score files."""
-    from lm.bootstrap import paired_bootstrap
-    from lm.token_scores import find_token_scores, read_token_scores
-    from pipelines.report import CompareError
+    from lmpipe.lm.bootstrap import paired_bootstrap
+    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.pipelines.report import CompareError
 
     available: dict[str, Path] = {}
     for run in runs:
@@ -177,7 +177,14 @@ def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: in
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipelines.report import collect, compare, embeddings_markdown, merge, models_markdown, write_report
+    from lmpipe.pipelines.report import (
+        collect,
+        compare,
+        embeddings_markdown,
+        merge,
+        models_markdown,
+        write_report,
+    )
 
     report = merge(collect(Path(run)) for run in args.runs)
     normalize = None if args.normalize == "none" else args.normalize
@@ -205,9 +212,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from cluster.connect import connect
-    from pipelines.spec import load_spec
-    from pipelines.stages import StageContext, stage_module
+    from lmpipe.cluster.connect import connect
+    from lmpipe.pipelines.spec import load_spec
+    from lmpipe.pipelines.stages import StageContext, stage_module
 
     spec = load_spec(args.spec, overrides=args.set)
     module = stage_module(args.stage)
@@ -335,10 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     tn.set_defaults(func=cmd_tune)
 
-    from embeddings.cli import add_embeddings_commands
+    from lmpipe.embeddings.cli import add_embeddings_commands
 
     add_embeddings_commands(sub)
-    from cluster.cli import add_cluster_commands
+    from lmpipe.cluster.cli import add_cluster_commands
 
     add_cluster_commands(sub)
     return parser
@@ -352,12 +359,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from cluster.jobs import SubmitError
-    from cluster.storage import StorageError
-    from pipelines.datasets import DatasetError
-    from pipelines.ingest import InputError
-    from pipelines.report import CompareError
-    from pipelines.spec import SpecError
+    from lmpipe.cluster.jobs import SubmitError
+    from lmpipe.cluster.storage import StorageError
+    from lmpipe.pipelines.datasets import DatasetError
+    from lmpipe.pipelines.ingest import InputError
+    from lmpipe.pipelines.report import CompareError
+    from lmpipe.pipelines.spec import SpecError
 
     try:
         return int(args.func(args) or 0)

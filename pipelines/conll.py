@@ -8,7 +8,7 @@ Tokenization comes from the files themselves: one token a line, a blank line bet
     EU NNP I-NP I-ORG                   the DT B-NP                     1    do do AUX VBP ...  word: kept
     rejects VBZ I-VP O                                                  1.1  ...                empty node: skipped
 
-    >>> from pipelines.conll import read_conll, convert
+    >>> from lmpipe.pipelines.conll import read_conll, convert
     >>> sentences = read_conll("data/conll2003/eng.train", "conll2003")   # doctest: +SKIP
     >>> convert(["I-PER", "B-PER", "O", "I-LOC"], "iob1", "bioes")
     ['S-PER', 'S-PER', 'O', 'S-LOC']
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pipelines.ingest import InputError
+from lmpipe.pipelines.ingest import InputError
 
 Scheme = Literal["iob1", "iob2", "bioes"]
 Format = Literal["conll2003", "conll2000", "conllu"]

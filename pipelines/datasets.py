@@ -10,7 +10,7 @@ once into a cache) and on an air-gapped cluster (files read from a shared, read-
 
 Usage::
 
-    >>> from pipelines import datasets
+    >>> from lmpipe.pipelines import datasets
     >>> [d.name for d in datasets.list_datasets()][:3]
     ['ptb', 'wikitext-2', 'wikitext-103']
     >>> datasets.fetch("ptb", mirror="/srv/data-mirror")    # doctest: +SKIP
@@ -67,7 +67,7 @@ from typing import IO, Literal
 
 from tqdm import tqdm
 
-from pipelines import __version__
+from lmpipe import __version__
 
 logger = logging.getLogger(__name__)
 

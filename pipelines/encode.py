@@ -26,18 +26,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.ingest import Chunk, InputError, LineBatch, read_chunk, splitmix64
-from pipelines.schemas import SPECIALS, TOKENS, UNK_ID
-from pipelines.shards import ShardWriter
-from pipelines.spec import CorpusSpec, NormalizeSpec, TokenizerSpec
-from pipelines.tokenizers import (
+from lmpipe.pipelines.ingest import Chunk, InputError, LineBatch, read_chunk, splitmix64
+from lmpipe.pipelines.schemas import SPECIALS, TOKENS, UNK_ID
+from lmpipe.pipelines.shards import ShardWriter
+from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec, TokenizerSpec
+from lmpipe.pipelines.tokenizers import (
     RENAMED_SPECIALS,
     SentencePieceTokenizer,
     handle_literal_specials,
     list_parts,
     make_tokenizer,
 )
-from pipelines.vocab import merge_token_counts
+from lmpipe.pipelines.vocab import merge_token_counts
 
 SPLITS = ("train", "valid", "test")
 #: Lines per sentencepiece encode call (its Python-list interface costs ~1 KB per line in flight).

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipelines.spec import CorpusSpec, NormalizeSpec
+from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec
 
 #: Bytes read at a time past a chunk's end while looking for the end of its last line.
 _TAIL_STEP = 1 << 16
@@ -118,7 +118,7 @@ def _detect_format(path: str, declared: str) -> tuple[str, str]:
 def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, str]]:
     """One spec entry -> [(filesystem, path, display uri)], sorted, or an InputError naming it."""
     if ref.startswith("data:"):
-        from pipelines.datasets import resolve
+        from lmpipe.pipelines.datasets import resolve
 
         try:
             ref = str(resolve(ref, mirror=mirror))

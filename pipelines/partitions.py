@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from lm.ngram_counts import partition_by
+from lmpipe.lm.ngram_counts import partition_by
 
 
 def part_dir(dataset: Path, p: int) -> Path:

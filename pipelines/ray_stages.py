@@ -17,10 +17,10 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from cluster.process import process_info
-from pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
-from pipelines.ingest import Chunk, InputError
-from pipelines.tokenizers import make_tokenizer
+from lmpipe.cluster.process import process_info
+from lmpipe.pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
+from lmpipe.pipelines.ingest import Chunk, InputError
+from lmpipe.pipelines.tokenizers import make_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ChunkActor:
 
 def unwrap_error(exc: BaseException) -> BaseException:
     """The user-facing error inside Ray's wrappers (RayTaskError, UserCodeException), if there is one."""
-    from pipelines.ingest import InputError
+    from lmpipe.pipelines.ingest import InputError
 
     seen: set[int] = set()
     current: BaseException | None = exc

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.rundir import MANIFEST, read_manifest
+from lmpipe.pipelines.rundir import MANIFEST, read_manifest
 
 
 class CompareError(ValueError):
@@ -169,7 +169,7 @@ def embedding_row(
 def collect(run_dir: Path) -> Report:
     """Every row the run's committed stages offer.  A folder with a manifest of an unknown stage, or no
     committed stage at all, is an error naming the folder (a report must not silently miss models)."""
-    from pipelines.stages import STAGE_MODULES, stage_module
+    from lmpipe.pipelines.stages import STAGE_MODULES, stage_module
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

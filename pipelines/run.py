@@ -1,6 +1,6 @@
 """Run a pipeline: check every selected stage, then plan/skip/execute them in order.
 
-    >>> from pipelines.run import run_pipeline
+    >>> from lmpipe.pipelines.run import run_pipeline
     >>> run_pipeline(load_spec("pipelines/specs/tiny.yaml"), run_dir=Path("runs/tiny"))
 
 Stages are skipped when their manifest is complete with the same fingerprint (settings + inputs);
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.rundir import StageRun, clean_stale, fingerprint, is_current, write_text_atomic
-from pipelines.spec import STAGE_ORDER, RunSpec, SpecError, dump_spec
-from pipelines.stages import StageContext, stage_module
+from lmpipe.pipelines.rundir import StageRun, clean_stale, fingerprint, is_current, write_text_atomic
+from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError, dump_spec
+from lmpipe.pipelines.stages import StageContext, stage_module
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def run_pipeline(
     num_cpus: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the selected stages; returns each stage's manifest (fresh or reused)."""
-    from cluster.connect import connect
+    from lmpipe.cluster.connect import connect
 
     selected = select_stages(spec, stages)
     for name in force:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.spec import STAGE_ORDER
+from lmpipe.pipelines.spec import STAGE_ORDER
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.schemas import TOKENS
+from lmpipe.pipelines.schemas import TOKENS
 
 #: Rows per record batch inside a shard: small enough to stream, large enough to amortise overhead.
 BATCH_ROWS = 65_536

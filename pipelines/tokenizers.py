@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.schemas import BOS, EOS, SPECIALS, TOKEN_ID, UNK
-from pipelines.spec import TokenizerSpec
+from lmpipe.pipelines.schemas import BOS, EOS, SPECIALS, TOKEN_ID, UNK
+from lmpipe.pipelines.spec import TokenizerSpec
 
 #: Where a space goes in ``char`` tokenization: a visible token, as sentencepiece writes it, so that the
 #: output stays whitespace-separable (ARPA files, lmplz input).

@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, TOKEN_COUNTS, UNK_ID, VOCAB
-from pipelines.spec import VocabSpec
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, TOKEN_COUNTS, UNK_ID, VOCAB
+from lmpipe.pipelines.spec import VocabSpec
 
 
 def merge_token_counts(tables: Iterable[pa.Table]) -> pa.Table:

@@ -28,7 +28,7 @@ def mirror() -> Path:
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray instance shared by the session's integration tests."""
-    from cluster.connect import connect, shutdown
+    from lmpipe.cluster.connect import connect, shutdown
 
     info = connect(num_cpus=2)
     yield info
@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def kenlm_bin() -> Path:
     """The folder holding KenLM's lmplz/build_binary/query (built by `make kenlm`), or skip."""
-    from lm.kenlm_tools import find_kenlm_binary
+    from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
     try:
         return find_kenlm_binary("lmplz").parent

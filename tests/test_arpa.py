@@ -9,12 +9,18 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import lm.arpa as arpa
-from lm.arpa import compare_arpa, maybe_build_binary, read_arpa, read_arpa_dict, write_arpa
-from lm.kenlm_tools import KenLMError, KenLMNotFoundError, find_kenlm_binary, kenlm_available, run_lmplz
-from lm.kneser_ney import KneserNeyConfig, estimate
-from lm.ngram_counts import count_ngrams
-from pipelines.schemas import SPECIALS, UNK, UNK_ID
+import lmpipe.lm.arpa as arpa
+from lmpipe.lm.arpa import compare_arpa, maybe_build_binary, read_arpa, read_arpa_dict, write_arpa
+from lmpipe.lm.kenlm_tools import (
+    KenLMError,
+    KenLMNotFoundError,
+    find_kenlm_binary,
+    kenlm_available,
+    run_lmplz,
+)
+from lmpipe.lm.kneser_ney import KneserNeyConfig, estimate
+from lmpipe.lm.ngram_counts import count_ngrams
+from lmpipe.pipelines.schemas import SPECIALS, UNK, UNK_ID
 
 needs_lmplz = pytest.mark.skipif(
     not kenlm_available(), reason="lmplz/build_binary not found; build them with .ci/build_kenlm.sh"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipelines.cli import main
+from lmpipe.pipelines.cli import main
 
 from .conftest import SPECS
 
@@ -23,7 +23,7 @@ def test_help_everywhere(words, capsys):
 
 
 def test_version_from_the_installed_console_script():
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "lmpipe.pipelines.cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip().startswith("lmpipe ")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lm.tagging.metrics import accuracy, chunk_scores
-from pipelines.conll import (
+from lmpipe.lm.tagging.metrics import accuracy, chunk_scores
+from lmpipe.pipelines.conll import (
     ConllError,
     check_scheme,
     convert,

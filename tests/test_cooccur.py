@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embeddings.cooccur import (
+from lmpipe.embeddings.cooccur import (
     CooccurConfig,
     CooccurCounter,
     cooc_table,
@@ -21,9 +21,9 @@ from embeddings.cooccur import (
     partial_table,
     vocabulary_cut,
 )
-from pipelines.schemas import TOKENS
-from pipelines.spec import CooccurSpec, SpecError, parse_spec
-from pipelines.stages.cooccur import _count_task, _merge_task, plan_memory
+from lmpipe.pipelines.schemas import TOKENS
+from lmpipe.pipelines.spec import CooccurSpec, SpecError, parse_spec
+from lmpipe.pipelines.stages.cooccur import _count_task, _merge_task, plan_memory
 
 
 def brute_force(sentences, keep, window, symmetric=True, weighting=True, docs=None):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import datasets as ds
+from lmpipe.pipelines import datasets as ds
 
 MIRROR = os.environ.get("LMPIPE_DATA_MIRROR")
 MIRROR_ONLY = {"brown", "bbc-news", "kjv", "embedding-eval"}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embeddings.evaluate import (
+from lmpipe.embeddings.evaluate import (
     SIMILARITY_SETS,
     cosine_rows,
     evaluate_all,
@@ -22,7 +22,7 @@ from embeddings.evaluate import (
     rankdata,
     spearman,
 )
-from embeddings.vectors import Vectors
+from lmpipe.embeddings.vectors import Vectors
 
 gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
 stats = pytest.importorskip("scipy.stats")

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from cluster.training import WorkerGroup, latest_checkpoint
-from embeddings import glove_train
-from embeddings.glove import GloVe, GloveConfig, weighting
-from embeddings.glove_train import GloveJob, StopAfterEpoch, load_share, train_loop
-from embeddings.vectors import Vectors, write_vocab_tsv
-from pipelines.schemas import COOC
+from lmpipe.cluster.training import WorkerGroup, latest_checkpoint
+from lmpipe.embeddings import glove_train
+from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
+from lmpipe.embeddings.glove_train import GloveJob, StopAfterEpoch, load_share, train_loop
+from lmpipe.embeddings.vectors import Vectors, write_vocab_tsv
+from lmpipe.pipelines.schemas import COOC
 
 
 def test_weighting_edge_cases():

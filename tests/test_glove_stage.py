@@ -11,12 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embeddings.vectors import Vectors, read_vocab_tsv
-from pipelines.cli import main
-from pipelines.run import run_pipeline
-from pipelines.shards import read_ids
-from pipelines.spec import load_spec, parse_spec
-from pipelines.vocab import Vocab
+from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.shards import read_ids
+from lmpipe.pipelines.spec import load_spec, parse_spec
+from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 from .test_cooccur import brute_force

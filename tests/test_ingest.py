@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.ingest import InputError, find_sources, plan_chunks, read_chunk
-from pipelines.spec import CorpusSpec, NormalizeSpec
+from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks, read_chunk
+from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec
 
 
 def _read_all(path, chunk_bytes, normalize=None, **corpus_kw):
@@ -120,7 +120,7 @@ def test_missing_paths_globs_and_directories(tmp_path):
 
 def test_unreadable_file_is_named(tmp_path, monkeypatch):
     """Permissions are not enforced for root (CI), so the access check itself is made to say no."""
-    import pipelines.ingest as ingest
+    import lmpipe.pipelines.ingest as ingest
 
     path = tmp_path / "secret.txt"
     path.write_text("x\n")

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lm.arpa import compare_arpa, read_arpa, write_arpa
-from lm.kenlm_tools import KenLMError, kenlm_available, run_lmplz
-from lm.kneser_ney import (
+from lmpipe.lm.arpa import compare_arpa, read_arpa, write_arpa
+from lmpipe.lm.kenlm_tools import KenLMError, kenlm_available, run_lmplz
+from lmpipe.lm.kneser_ney import (
     BadDiscountError,
     Discount,
     KneserNeyConfig,
@@ -29,8 +29,8 @@ from lm.kneser_ney import (
     estimate,
     last_entry_correction,
 )
-from lm.ngram_counts import count_ngrams, first_occurrence_rank
-from pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, UNK, UNK_ID
+from lmpipe.lm.ngram_counts import count_ngrams, first_occurrence_rank
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, UNK, UNK_ID
 
 TOLERANCE = 1e-4
 needs_lmplz = pytest.mark.skipif(

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embeddings.formats import save_word2vec
-from embeddings.vectors import Vectors
-from pipelines.cli import main
-from pipelines.run import run_pipeline
-from pipelines.spec import SpecError, load_spec
-from pipelines.vocab import Vocab
+from lmpipe.embeddings.formats import save_word2vec
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.spec import SpecError, load_spec
+from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 
@@ -87,9 +87,9 @@ def test_two_workers_train_both_models_and_score_like_kenlm(two_workers, vectors
 def test_token_scores_and_report_rows(two_workers, tmp_path):
     """Every model's per-token scores sum to its manifest figures; the models reach the report with their
     learning curves, and two of them can be mixed (weights fitted on valid) without re-running either."""
-    from lm.mixture import apply, fit_em
-    from lm.token_scores import find_token_scores, read_token_scores
-    from pipelines.report import collect, write_report
+    from lmpipe.lm.mixture import apply, fit_em
+    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.pipelines.report import collect, write_report
 
     run, manifest = two_workers
     found = find_token_scores(run)

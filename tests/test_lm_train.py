@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lm.models import ModelConfig
-from lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, read_sentences, train_loop
-from pipelines.spec import SpecError, parse_spec
-from pipelines.vocab import Vocab
+from lmpipe.lm.models import ModelConfig
+from lmpipe.lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, read_sentences, train_loop
+from lmpipe.pipelines.spec import SpecError, parse_spec
+from lmpipe.pipelines.vocab import Vocab
 
 from .lm_helpers import make_corpus
 
@@ -60,8 +60,8 @@ def test_tiny_model_overfits_a_tiny_corpus(corpus, tmp_path):
 def test_nplm_trains_and_scores_like_the_recurrent_models(corpus, tmp_path):
     """Bengio's NPLM through the same train_loop: every valid token scored once, training perplexity falls,
     and the saved model reloads through load_model."""
-    from lm.nplm import NPLM
-    from lm.train import load_model
+    from lmpipe.lm.nplm import NPLM
+    from lmpipe.lm.train import load_model
 
     job = _job(corpus, tmp_path, epochs=6, schedule="none", eval_columns=2, optimizer="adam", lr=0.01,
                model={"kind": "nplm", "context": 3, "hidden": 24, "emb_dim": 8})  # fmt: skip

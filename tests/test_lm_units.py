@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm.batching import (
+from lmpipe.lm.batching import (
     batchify,
     eval_columns,
     get_batch,
@@ -17,12 +17,12 @@ from lm.batching import (
     stream_length,
     worker_slice,
 )
-from lm.gradcheck import gradient_check
-from lm.models import ModelConfig, RNNModel, align_vectors, init_embedding
-from lm.neural_eval import score_columns, text_units
-from lm.perplexity import CorpusScore, load_kenlm, score_sentences_kenlm
-from lm.softmax import ClassSoftmax, frequency_classes
-from pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.lm.gradcheck import gradient_check
+from lmpipe.lm.models import ModelConfig, RNNModel, align_vectors, init_embedding
+from lmpipe.lm.neural_eval import score_columns, text_units
+from lmpipe.lm.perplexity import CorpusScore, load_kenlm, score_sentences_kenlm
+from lmpipe.lm.softmax import ClassSoftmax, frequency_classes
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
 
 from .lm_helpers import make_corpus, write_shard
 
@@ -161,7 +161,7 @@ TRAIN = [["the", "cat", "sat", "a", "dog"], ["the", "cat"], ["down"]]
 def test_uniform_model_perplexity_is_vocabulary_size(tmp_path):
     """Uniform over V outputs: ppl = V exactly, tokens = words + one </s> per sentence, OOVs as <unk>."""
     _, shards, vocab = make_corpus(tmp_path, {"train": TRAIN, "test": SENTENCES})
-    from lm.train import read_sentences
+    from lmpipe.lm.train import read_sentences
 
     sentences = read_sentences(tuple(map(str, shards["test"])))
     model = _unigram_model(len(vocab), np.zeros(len(vocab)))
@@ -194,7 +194,7 @@ def test_neural_scores_equal_kenlm_query_on_the_same_distribution(tmp_path):
     )
     kenlm_score = score_sentences_kenlm(load_kenlm(arpa), [" ".join(s) for s in SENTENCES])
 
-    from lm.train import read_sentences
+    from lmpipe.lm.train import read_sentences
 
     sentences = read_sentences(tuple(map(str, shards["test"])))
     ours = score_columns(_unigram_model(len(tokens), log_p), eval_columns(sentences, 2), bptt=3)

@@ -11,17 +11,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lm.bootstrap import paired_bootstrap
-from lm.mixture import MixtureWeights, apply, fit_em, grid_weights, mix_log10
-from lm.token_scores import (
+from lmpipe.lm.bootstrap import paired_bootstrap
+from lmpipe.lm.mixture import MixtureWeights, apply, fit_em, grid_weights, mix_log10
+from lmpipe.lm.token_scores import (
     TokenScores,
     check_same_stream,
     find_token_scores,
     read_token_scores,
     write_token_scores,
 )
-from pipelines.spec import SpecError, parse_spec
-from pipelines.vocab import Vocab
+from lmpipe.pipelines.spec import SpecError, parse_spec
+from lmpipe.pipelines.vocab import Vocab
 
 V = 40
 
@@ -190,8 +190,8 @@ def _fake_run(run: Path, models: dict[str, tuple[TokenScores, TokenScores]]) -> 
 
 
 def test_mix_stage_and_cli(tmp_path, capsys):
-    from pipelines.cli import main
-    from pipelines.report import collect, compare
+    from lmpipe.pipelines.cli import main
+    from lmpipe.pipelines.report import collect, compare
 
     a_valid, b_valid, _ = _sampled(8000, 0.4, seed=3)
     a_test, b_test, _ = _sampled(8000, 0.4, seed=3)
@@ -224,7 +224,7 @@ def test_ngram_probabilities_sum_to_one_over_the_vocabulary(kenlm_bin, tmp_path)
     (words, </s>, <unk>) is 1 -- the property every model of a mixture must have."""
     import kenlm
 
-    from lm.kenlm_tools import run_lmplz
+    from lmpipe.lm.kenlm_tools import run_lmplz
 
     del kenlm_bin
     lines = ["a b c a", "b c d", "a c d b", "d d a", "c a b", "e a b c", "b e"] * 3

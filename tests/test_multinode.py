@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.loopback import LoopbackCluster
+from lmpipe.cluster.loopback import LoopbackCluster
 
 from .conftest import REPO, SPECS
 

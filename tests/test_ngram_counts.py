@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lm.ngram_counts import (
+from lmpipe.lm.ngram_counts import (
     count_ngrams,
     first_occurrence_rank,
     group_rows,
@@ -18,7 +18,7 @@ from lm.ngram_counts import (
     pack_keys,
     partition_by,
 )
-from pipelines.schemas import BOS_ID, EOS_ID, TOKENS, UNK_ID, ngram_schema
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, TOKENS, UNK_ID, ngram_schema
 
 
 def tokens(sentences: list[list[int]]) -> pa.Table:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from lm.arpa import compare_arpa, read_arpa
-from lm.evaluate import split_sentences
-from lm.kenlm_tools import run_lmplz
-from pipelines.run import run_pipeline
-from pipelines.spec import load_spec, parse_spec
+from lmpipe.lm.arpa import compare_arpa, read_arpa
+from lmpipe.lm.evaluate import split_sentences
+from lmpipe.lm.kenlm_tools import run_lmplz
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.spec import load_spec, parse_spec
 
 from .conftest import SPECS
 
@@ -60,7 +60,7 @@ def test_ptb_order3_on_ray_matches_lmplz(tmp_path, mirror, kenlm_bin):
 
 
 def test_memory_budget_too_small_is_an_error_with_the_fix():
-    from pipelines.stages.ngram import _partitions
+    from lmpipe.pipelines.stages.ngram import _partitions
 
     spec = parse_spec({"name": "x", "corpus": {"train": "t.txt"}, "ngram": {"memory_mb": 64, "order": 6}}).ngram
     with pytest.raises(ValueError, match=r"ngram.memory_mb: bad value 64; counting one token shard .* increase ngram.memory_mb to \d+"):

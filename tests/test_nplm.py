@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lm.gradcheck import gradient_check
-from lm.models import ModelConfig, build_network
-from lm.nplm import NPLM
-from pipelines.schemas import BOS_ID, EOS_ID
-from pipelines.spec import SpecError, parse_spec
+from lmpipe.lm.gradcheck import gradient_check
+from lmpipe.lm.models import ModelConfig, build_network
+from lmpipe.lm.nplm import NPLM
+from lmpipe.pipelines.schemas import BOS_ID, EOS_ID
+from lmpipe.pipelines.spec import SpecError, parse_spec
 
 V = 20
 
@@ -62,7 +62,7 @@ def test_next_token_distribution_sums_to_one():
 
 
 def test_weight_decay_spares_biases():
-    from lm.train import TrainConfig, make_optimizer
+    from lmpipe.lm.train import TrainConfig, make_optimizer
 
     model = build_network(_cfg())
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(weight_decay=1e-4))

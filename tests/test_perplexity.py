@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from lm.perplexity import CorpusScore, load_kenlm, score_sentences_kenlm
+from lmpipe.lm.perplexity import CorpusScore, load_kenlm, score_sentences_kenlm
 
 
 def test_corpus_score_is_whole_corpus_not_a_mean_of_sentences():

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cluster.training import WorkerGroup
-from embeddings.train import ReplicaSync, Share
-from pipelines.schemas import TOKENS
+from lmpipe.cluster.training import WorkerGroup
+from lmpipe.embeddings.train import ReplicaSync, Share
+from lmpipe.pipelines.schemas import TOKENS
 
 VOCAB, DIM, PARTS, WORLD = 7, 3, 4, 2
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.report import CompareError, CurvePoint, collect, compare, merge, write_report
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.report import CompareError, CurvePoint, collect, compare, merge, write_report
 
 
 def _score(
@@ -150,8 +150,8 @@ def test_cli_compare(tmp_path, capsys):
 
 def test_report_stage_on_a_real_run(tmp_path, ray_local):
     """tokenize + ngram + report on the tiny spec: the report's KN row equals the ngram manifest's score."""
-    from pipelines.run import run_pipeline
-    from pipelines.spec import load_spec
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "specs" / "tiny.yaml")
     manifests = run_pipeline(spec, run_dir=tmp_path / "run", stages=["tokenize", "ngram", "report"])
@@ -160,7 +160,7 @@ def test_report_stage_on_a_real_run(tmp_path, ray_local):
     expected = manifests["ngram"]["perplexity"]["test"]["perplexity"]
     assert float(rows[0]["perplexity"]) == pytest.approx(expected, rel=1e-12)
     # the ngram stage wrote every test token's log10 p: their whole-corpus sums are the manifest's figures
-    from lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
 
     scores = read_token_scores(find_token_scores(tmp_path / "run")["kn3"]["test"]).corpus_score()
     assert scores.perplexity() == pytest.approx(expected, rel=1e-12)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
-from embeddings.sgns import SGNS, SGNSConfig, sgns_step
-from embeddings.sync import merge_deltas, merge_replicas
+from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
+from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sgns_step
+from lmpipe.embeddings.sync import merge_deltas, merge_replicas
 
 torch.set_num_threads(1)  # CPU index_add_ is then deterministic, and tests do not fight over 2 cores
 
@@ -283,7 +283,7 @@ def test_cuda_step_matches_cpu():
 def test_sentences_from_arrow_zero_copy_views():
     """TOKENS `ids` list<uint32> rows become uint32 arrays, sliced batches and chunked tables included."""
     pa = pytest.importorskip("pyarrow")
-    from embeddings.sgns import sentences_from_arrow
+    from lmpipe.embeddings.sgns import sentences_from_arrow
 
     rows = [[3, 4, 5], [], [6], [7, 8]]
     table = pa.table({"ids": pa.array(rows, type=pa.list_(pa.uint32()))})
@@ -319,7 +319,7 @@ def test_compiled_step_matches_eager():
 def test_numba_kernel_equals_word2vec_pair_by_pair():
     """The compiled loop equals ``sgns_step`` applied to one pair at a time (word2vec's order: each pair
     sees the previous pairs' updates), with the learning rate ramped linearly over the pairs."""
-    from embeddings.sgns_kernel import set_threads, train_pairs
+    from lmpipe.embeddings.sgns_kernel import set_threads, train_pairs
 
     rng = np.random.default_rng(0)
     vocab, dim, n, k = 30, 8, 400, 3

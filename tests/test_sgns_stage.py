@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embeddings.train import StopAfterEpoch, split_parts
-from embeddings.vectors import Vectors
-from pipelines.cli import main
-from pipelines.run import run_pipeline
-from pipelines.spec import SpecError, load_spec, parse_spec
-from pipelines.stages.sgns import STOP_ENV
+from lmpipe.embeddings.train import StopAfterEpoch, split_parts
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.spec import SpecError, load_spec, parse_spec
+from lmpipe.pipelines.stages.sgns import STOP_ENV
 
 from .conftest import SPECS
 
@@ -184,8 +184,8 @@ def test_too_few_words_for_the_negatives_is_refused_before_training(tokenized, t
 def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tokenized, tmp_path, monkeypatch):
     """The train loop itself (one plain process, no Ray Train): a NaN loss in epoch 2 stops the run, naming
     the epoch and the fix, and epoch 1's checkpoint stays the latest one."""
-    from embeddings import train as train_mod
-    from embeddings.sgns import SGNS, SGNSConfig
+    from lmpipe.embeddings import train as train_mod
+    from lmpipe.embeddings.sgns import SGNS, SGNSConfig
 
     real = SGNS.train_epoch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines.spec import RunSpec, SpecError, dump_spec, load_spec, parse_spec
+from lmpipe.pipelines.spec import RunSpec, SpecError, dump_spec, load_spec, parse_spec
 
 from .conftest import SPECS
 

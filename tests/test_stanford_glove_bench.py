@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embeddings.vectors import Vectors, write_vocab_tsv
-from pipelines.schemas import COOC
+from lmpipe.embeddings.vectors import Vectors, write_vocab_tsv
+from lmpipe.pipelines.schemas import COOC
 
 BENCH = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "stanford_glove.py"))
 
@@ -54,8 +54,8 @@ def test_a_vocabulary_word_unk_is_refused(tmp_path):
 
 
 def test_token_text_is_one_line_per_row_without_specials(tmp_path):
-    from pipelines.schemas import TOKENS
-    from pipelines.vocab import Vocab
+    from lmpipe.pipelines.schemas import TOKENS
+    from lmpipe.pipelines.vocab import Vocab
 
     tok = tmp_path / "tokenize"
     (tok / "train").mkdir(parents=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.jobs import SubmitError, auth_headers, auth_token, resolve_address
-from cluster.process import Placement, ray_options
-from cluster.storage import StorageError, resolve_run_dir
-from cluster.submit import JOB_DIR, pip_requirements, plan_job, stage_working_dir
-from pipelines.cli import main
-from pipelines.spec import SpecError, load_spec, parse_resources
+from lmpipe.cluster.jobs import SubmitError, auth_headers, auth_token, resolve_address
+from lmpipe.cluster.process import Placement, ray_options
+from lmpipe.cluster.storage import StorageError, resolve_run_dir
+from lmpipe.cluster.submit import JOB_DIR, pip_requirements, plan_job, stage_working_dir
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.spec import SpecError, load_spec, parse_resources
 
 from .conftest import REPO, SPECS
 
@@ -162,7 +162,7 @@ def test_lmpipe_run_refuses_an_object_store_run_dir(capsys):
 
 
 def test_working_dir_size_limit(tmp_path, monkeypatch):
-    import cluster.submit as submit
+    import lmpipe.cluster.submit as submit
 
     root = tmp_path / "src"
     (root / "data").mkdir(parents=True)
@@ -192,9 +192,9 @@ def test_stage_resources_parse_and_map_to_ray_options():
 
 
 def test_resources_do_not_change_the_fingerprint():
-    from pipelines.stages import StageContext
-    from pipelines.stages.ngram import plan as ngram_plan
-    from pipelines.stages.tokenize import plan as tokenize_plan
+    from lmpipe.pipelines.stages import StageContext
+    from lmpipe.pipelines.stages.ngram import plan as ngram_plan
+    from lmpipe.pipelines.stages.tokenize import plan as tokenize_plan
 
     base = load_spec(SPECS / "tiny.yaml")
     placed = load_spec(SPECS / "tiny.yaml", overrides=["tokenize.resources=[CPU=2]", "ngram.resources=[ssd=1]"])

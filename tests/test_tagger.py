@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.training import WorkerGroup
-from lm.tagging.data import MAX_WORD_CHARS, build_char_vocab, build_vocab, encode, pad_batch
-from lm.tagging.models import CRF, CharEncoder, Tagger, TaggerConfig, case_of
-from lm.tagging.train import OptimConfig, TaggerJob, TaskData, replace_singletons, train_tagger
-from pipelines.spec import SpecError, parse_spec
+from lmpipe.cluster.training import WorkerGroup
+from lmpipe.lm.tagging.data import MAX_WORD_CHARS, build_char_vocab, build_vocab, encode, pad_batch
+from lmpipe.lm.tagging.models import CRF, CharEncoder, Tagger, TaggerConfig, case_of
+from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, replace_singletons, train_tagger
+from lmpipe.pipelines.spec import SpecError, parse_spec
 
 PLAIN = WorkerGroup(0, 1, torch.device("cpu"), False)
 

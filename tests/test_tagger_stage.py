@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lm.tagging.train import StopAfterEpoch
-from pipelines.cli import main
-from pipelines.conll import ConllError, read_predictions
-from pipelines.run import run_pipeline
-from pipelines.spec import SpecError, parse_spec
-from pipelines.stages.tagger import STOP_ENV
+from lmpipe.lm.tagging.train import StopAfterEpoch
+from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.conll import ConllError, read_predictions
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.spec import SpecError, parse_spec
+from lmpipe.pipelines.stages.tagger import STOP_ENV
 
 NAMES = {"John": "PER", "Mary": "PER", "Smith": "PER", "Paris": "LOC", "London": "LOC", "Reuters": "ORG"}
 WORDS = ["the", "cat", "saw", "in", "met", "visited", "big", "a", "city", "said"]
@@ -99,11 +99,11 @@ def test_resume_after_a_kill_ends_as_an_uninterrupted_run(corpus, tmp_path, monk
 
     One worker is the same code in or out of Ray Train: ``fit`` runs the loop in this process here, which keeps
     the three runs free of Ray Train's worker start-up (the 2-worker test covers Ray)."""
-    import pipelines.stages.tagger as stage
+    import lmpipe.pipelines.stages.tagger as stage
 
     monkeypatch.setattr(stage, "fit", lambda loop, config, **kw: loop(config))
     monkeypatch.setattr(stage, "check_resources", lambda *a, **kw: None)
-    monkeypatch.setattr("cluster.connect.connect", lambda *a, **kw: None)
+    monkeypatch.setattr("lmpipe.cluster.connect.connect", lambda *a, **kw: None)
     spec = parse_spec(spec_data(corpus, model="rnn", crf=True, dropout=0.3, chars="cnn"), source="test")
     whole = run_pipeline(spec, run_dir=tmp_path / "a")["tagger"]
     monkeypatch.setenv(STOP_ENV, "1")
@@ -154,9 +154,9 @@ def test_vectors_initialise_the_lookup_table(corpus, tmp_path):
     """Imported GloVe text: lowercased lookup (the file is lowercase), found rows copied, others random."""
     import numpy as np
 
-    from lm.tagging.train import build_model
-    from pipelines.stages import StageContext
-    from pipelines.stages.tagger import prepare
+    from lmpipe.lm.tagging.train import build_model
+    from lmpipe.pipelines.stages import StageContext
+    from lmpipe.pipelines.stages.tagger import prepare
 
     vec = tmp_path / "v.txt"
     vec.write_text("john 1 2 3 4 5 6 7 8\nparis 8 7 6 5 4 3 2 1\nzebra 0 0 0 0 0 0 0 1\n", encoding="utf-8")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.ingest import InputError
-from pipelines.run import run_pipeline
-from pipelines.shards import iter_batches, read_ids
-from pipelines.spec import load_spec, parse_spec
-from pipelines.vocab import Vocab
+from lmpipe.pipelines.ingest import InputError
+from lmpipe.pipelines.run import run_pipeline
+from lmpipe.pipelines.shards import iter_batches, read_ids
+from lmpipe.pipelines.spec import load_spec, parse_spec
+from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 

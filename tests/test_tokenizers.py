@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipelines.spec import TokenizerSpec
-from pipelines.tokenizers import (
+from lmpipe.pipelines.spec import TokenizerSpec
+from lmpipe.pipelines.tokenizers import (
     SentencePieceTokenizer,
     filter_list_values,
     handle_literal_specials,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from embeddings.formats import (
+from lmpipe.embeddings.formats import (
     FORMATS,
     export_vectors,
     import_vectors,
@@ -17,7 +17,7 @@ from embeddings.formats import (
     save_safetensors,
     save_word2vec,
 )
-from embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
 
 gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
 
@@ -85,7 +85,7 @@ def test_most_similar_hand_made():
 
 def test_nearest_chunking_matches_brute_force(monkeypatch):
     """The chunked top-k equals a full argsort when the matrix spans several chunks."""
-    import embeddings.vectors as mod
+    import lmpipe.embeddings.vectors as mod
 
     monkeypatch.setattr(mod, "_CHUNK_ROWS", 7)
     vecs = _random_vectors(n=60)

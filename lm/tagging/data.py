@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from lm.tagging.models import case_of
+from lmpipe.lm.tagging.models import case_of
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")

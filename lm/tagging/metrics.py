@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.conll import spans
+from lmpipe.pipelines.conll import spans
 
 
 def _prf(correct: int, predicted: int, gold: int) -> dict[str, float | int]:

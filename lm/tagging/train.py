@@ -33,8 +33,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from cluster.process import process_info
-from cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
+from lmpipe.cluster.process import process_info
+from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
     StopAfterEpoch,
     WorkerGroup,
     commit_checkpoint,
@@ -43,9 +43,9 @@ from cluster.training import (  # StopAfterEpoch: re-exported for the stage and 
     read_checkpoint_meta,
     report,
 )
-from lm.tagging.data import UNK, Encoded, epoch_batches, pad_batch
-from lm.tagging.metrics import score
-from lm.tagging.models import Tagger, TaggerConfig, parameter_count
+from lmpipe.lm.tagging.data import UNK, Encoded, epoch_batches, pad_batch
+from lmpipe.lm.tagging.metrics import score
+from lmpipe.lm.tagging.models import Tagger, TaggerConfig, parameter_count
 
 logger = logging.getLogger(__name__)
 

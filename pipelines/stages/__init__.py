@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from pipelines.spec import RunSpec
+from lmpipe.pipelines.spec import RunSpec
 
 #: Stage name -> module implementing it.  A new stage adds one line here and a section to RunSpec.
 STAGE_MODULES: dict[str, str] = {
-    "tokenize": "pipelines.stages.tokenize",
-    "ngram": "pipelines.stages.ngram",
-    "sgns": "pipelines.stages.sgns",
-    "cooccur": "pipelines.stages.cooccur",
-    "glove": "pipelines.stages.glove",
-    "lm": "pipelines.stages.lm",
-    "tagger": "pipelines.stages.tagger",
-    "mix": "pipelines.stages.mix",
-    "report": "pipelines.stages.report",
+    "tokenize": "lmpipe.pipelines.stages.tokenize",
+    "ngram": "lmpipe.pipelines.stages.ngram",
+    "sgns": "lmpipe.pipelines.stages.sgns",
+    "cooccur": "lmpipe.pipelines.stages.cooccur",
+    "glove": "lmpipe.pipelines.stages.glove",
+    "lm": "lmpipe.pipelines.stages.lm",
+    "tagger": "lmpipe.pipelines.stages.tagger",
+    "mix": "lmpipe.pipelines.stages.mix",
+    "report": "lmpipe.pipelines.stages.report",
 }
 
 
@@ -46,7 +46,7 @@ class StageContext:
 
 def require_stage(ctx: StageContext, upstream: str, stage: str, hint: str = "") -> None:
     """A stage's ``check``: ``upstream`` must run in this invocation or have completed in the run directory."""
-    from pipelines.rundir import read_manifest
+    from lmpipe.pipelines.rundir import read_manifest
 
     if upstream not in ctx.selected and read_manifest(ctx.run_dir, upstream) is None:
         raise FileNotFoundError(f"{ctx.run_dir / upstream}: the {stage} stage needs the {upstream} stage; run it first{hint}")

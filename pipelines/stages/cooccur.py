@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster.process import process_info
-from embeddings.cooccur import (
+from lmpipe.cluster.process import process_info
+from lmpipe.embeddings.cooccur import (
     CooccurConfig,
     CooccurCounter,
     cooc_table,
@@ -49,16 +49,16 @@ from embeddings.cooccur import (
     partial_table,
     vocabulary_cut,
 )
-from embeddings.vectors import write_vocab_tsv
-from lm.ngram_counts import key_hash
-from pipelines.partitions import part_dir, read_table, write_table
-from pipelines.rundir import read_manifest
-from pipelines.schemas import COOC_PARTIAL
-from pipelines.shards import sha256_file, split_shards
-from pipelines.spec import CooccurSpec
-from pipelines.stages import StageContext, require_stage
-from pipelines.stages.ngram import run_tasks
-from pipelines.vocab import Vocab
+from lmpipe.embeddings.vectors import write_vocab_tsv
+from lmpipe.lm.ngram_counts import key_hash
+from lmpipe.pipelines.partitions import part_dir, read_table, write_table
+from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.schemas import COOC_PARTIAL
+from lmpipe.pipelines.shards import sha256_file, split_shards
+from lmpipe.pipelines.spec import CooccurSpec
+from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages.ngram import run_tasks
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from embeddings.evaluate import SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs
-from embeddings.vectors import Vectors
+from lmpipe.embeddings.evaluate import SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs
+from lmpipe.embeddings.vectors import Vectors
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RESTRICT_VOCAB = 300_000
 
 def eval_files(mirror: str | None) -> tuple[dict[str, Path], str | None]:
     """The evaluation files by set name, or ``({}, reason)`` when the dataset does not resolve."""
-    from pipelines.datasets import DatasetError, resolve
+    from lmpipe.pipelines.datasets import DatasetError, resolve
 
     try:
         return {

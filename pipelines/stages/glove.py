@@ -27,14 +27,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cluster.training import check_resources, fit, remove_checkpoints
-from embeddings.glove import GloveConfig
-from embeddings.glove_train import GloveJob, train_loop
-from embeddings.vectors import Vectors, sha256_file
-from pipelines.rundir import fingerprint, read_manifest
-from pipelines.spec import GloveSpec
-from pipelines.stages import StageContext, require_stage
-from pipelines.stages.embedding_eval import evaluate_stage, summary_lines
+from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.embeddings.glove import GloveConfig
+from lmpipe.embeddings.glove_train import GloveJob, train_loop
+from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.spec import GloveSpec
+from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """The vectors and their evaluations, for ``pipelines.report`` (the same row type as sgns)."""
-    from pipelines.report import embedding_row, hardware
+    from lmpipe.pipelines.report import embedding_row, hardware
 
     tr = manifest["training"]
     return [

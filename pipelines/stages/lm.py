@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from cluster.training import check_resources, fit, remove_checkpoints
-from lm.models import ModelConfig, align_vectors
-from lm.softmax import default_classes, default_cutoffs
-from lm.train import LmJob, TrainConfig, read_sentences, train_models
-from pipelines.rundir import fingerprint, read_manifest
-from pipelines.shards import sha256_file, split_shards
-from pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
-from pipelines.stages import StageContext, require_stage
-from pipelines.vocab import Vocab
+from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.lm.models import ModelConfig, align_vectors
+from lmpipe.lm.softmax import default_classes, default_cutoffs
+from lmpipe.lm.train import LmJob, TrainConfig, read_sentences, train_models
+from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.shards import sha256_file, split_shards
+from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
+from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ def _check_vectors(ctx: StageContext, i: int, model: LmModelSpec) -> None:
 
 
 def load_vectors(path: Path, fmt: str):
-    from embeddings.vectors import Vectors
+    from lmpipe.embeddings.vectors import Vectors
 
     if fmt == "vectors":
         return Vectors.load(path)
-    from embeddings.formats import import_vectors
+    from lmpipe.embeddings.formats import import_vectors
 
     return import_vectors(path, fmt)
 
@@ -187,7 +187,7 @@ def _prepare_embedding(
 
 
 def text_units_of(ctx: StageContext, split: str, vocab: Vocab, paths: list[Path]) -> dict[str, int]:
-    from lm.neural_eval import text_units
+    from lmpipe.lm.neural_eval import text_units
 
     return text_units(
         vocab.tokens.to_pylist(), read_sentences(tuple(str(p) for p in paths)), ctx.spec.tokenizer.kind
@@ -195,7 +195,7 @@ def text_units_of(ctx: StageContext, split: str, vocab: Vocab, paths: list[Path]
 
 
 def _with_units(score: dict[str, Any], units: dict[str, int], kind: str, policy: str) -> dict[str, Any]:
-    from lm.perplexity import CorpusScore
+    from lmpipe.lm.perplexity import CorpusScore
 
     s = CorpusScore(
         score["log10_sum"], score["tokens"], score["sentences"], score["oov"], score["oov_log10_sum"]
@@ -230,7 +230,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     stop = os.environ.get(STOP_ENV)
     storage = ctx.run_dir / ".ray-train"
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
-    from pipelines.report import token_stream
+    from lmpipe.pipelines.report import token_stream
 
     _, text_bytes = token_stream(ctx.run_dir)  # bits per byte: the tokenize stage's byte count, as every row
     for split, n in text_bytes.items():
@@ -315,10 +315,10 @@ def _write_token_scores(
 ) -> dict[str, dict[str, str]]:
     """Each model's per-token log10 p of valid and test (``scores/<model>/<split>.arrow``), scored in the
     driver with the same column layout as the workers' evaluation; their sums are checked against it."""
-    from lm.batching import eval_columns
-    from lm.neural_eval import token_scores as score_tokens
-    from lm.token_scores import write_token_scores
-    from lm.train import load_model, read_sentences
+    from lmpipe.lm.batching import eval_columns
+    from lmpipe.lm.neural_eval import token_scores as score_tokens
+    from lmpipe.lm.token_scores import write_token_scores
+    from lmpipe.lm.train import load_model, read_sentences
 
     out: dict[str, dict[str, str]] = {}
     for job in jobs:
@@ -345,7 +345,7 @@ def _write_token_scores(
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per model and split, and each model's validation perplexity per epoch, for the report."""
-    from pipelines.report import CurvePoint, hardware, perplexity_row
+    from lmpipe.pipelines.report import CurvePoint, hardware, perplexity_row
 
     training = manifest.get("training", {})
     rows: list[Any] = []

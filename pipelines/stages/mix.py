@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from lm.bootstrap import paired_bootstrap
-from lm.mixture import MixtureWeights, apply, fit_em, grid_weights
-from lm.token_scores import TokenScores, find_token_scores, read_token_scores, write_token_scores
-from pipelines.rundir import read_manifest
-from pipelines.schemas import BOS_ID
-from pipelines.spec import STAGE_ORDER, MixSpec, MixtureSpec
-from pipelines.stages import StageContext
-from pipelines.vocab import Vocab
+from lmpipe.lm.bootstrap import paired_bootstrap
+from lmpipe.lm.mixture import MixtureWeights, apply, fit_em, grid_weights
+from lmpipe.lm.token_scores import TokenScores, find_token_scores, read_token_scores, write_token_scores
+from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.schemas import BOS_ID
+from lmpipe.pipelines.spec import STAGE_ORDER, MixSpec, MixtureSpec
+from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 #: Reads manifests and small files only: no Ray instance is started for it.
@@ -140,7 +140,7 @@ def _weights_text(weights: dict[str, Any]) -> str:
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per mixture and split; details carry the weights and, on test, the bootstrap intervals."""
-    from pipelines.report import hardware, perplexity_row
+    from lmpipe.pipelines.report import hardware, perplexity_row
 
     rows = []
     for label, entry in manifest["mixtures"].items():

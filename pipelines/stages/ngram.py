@@ -35,16 +35,22 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from cluster.process import Placement, process_info, ray_options
-from lm import kneser_ney as kn
-from lm.ngram_counts import count_ngrams, key_columns, merge_counts
-from pipelines.partitions import LazyPartitions, read_partition, read_table, write_partitioned, write_table
-from pipelines.rundir import read_manifest
-from pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
-from pipelines.shards import sha256_file, split_shards
-from pipelines.spec import NgramSpec, parse_resources
-from pipelines.stages import StageContext, require_stage
-from pipelines.vocab import Vocab
+from lmpipe.cluster.process import Placement, process_info, ray_options
+from lmpipe.lm import kneser_ney as kn
+from lmpipe.lm.ngram_counts import count_ngrams, key_columns, merge_counts
+from lmpipe.pipelines.partitions import (
+    LazyPartitions,
+    read_partition,
+    read_table,
+    write_partitioned,
+    write_table,
+)
+from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
+from lmpipe.pipelines.shards import sha256_file, split_shards
+from lmpipe.pipelines.spec import NgramSpec, parse_resources
+from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def check(ctx: StageContext) -> None:
     if spec.order > KENLM_MODULE_MAX_ORDER:
         raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
     if spec.estimator == "lmplz":
-        from lm.kenlm_tools import find_kenlm_binary
+        from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
         find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
     if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
@@ -95,7 +101,7 @@ def summary(manifest: dict[str, Any]) -> list[str]:
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per scored split for ``pipelines.report`` (parameters = n-gram entries of the ARPA)."""
-    from pipelines.report import hardware, perplexity_row
+    from lmpipe.pipelines.report import hardware, perplexity_row
 
     settings = manifest["settings"]
     order = settings["order"]
@@ -335,7 +341,7 @@ def _estimate(
     model_dir = work / "model"
     sizes = tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
     ngrams = {k: sum(sizes[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
-    from lm.arpa import write_arpa_parts
+    from lmpipe.lm.arpa import write_arpa_parts
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
     arpa_started = time.perf_counter()
@@ -357,8 +363,8 @@ def _estimate(
 
 def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path) -> dict[str, Any]:
     """Stream the training text (ids back to words) into KenLM's lmplz."""
-    from lm.evaluate import split_sentences
-    from lm.kenlm_tools import run_lmplz
+    from lmpipe.lm.evaluate import split_sentences
+    from lmpipe.lm.kenlm_tools import run_lmplz
 
     if vocab.counts[UNK_ID] > 0:
         raise ValueError(
@@ -380,7 +386,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     arpa = tmp_dir / "model.arpa"
     log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=tmp_dir)
     (tmp_dir / "lmplz.log").write_text(log, encoding="utf-8")
-    from lm.arpa import read_arpa_counts
+    from lmpipe.lm.arpa import read_arpa_counts
 
     ngrams = read_arpa_counts(arpa)
     if spec.arpa_gzip:
@@ -414,14 +420,14 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
     model_file = arpa
     if spec.build_binary:
-        from lm.arpa import maybe_build_binary
+        from lmpipe.lm.arpa import maybe_build_binary
 
         binary = maybe_build_binary(arpa, tmp_dir / "model.binary")
         if binary is not None:
             files.append({"path": binary.name, "sha256": sha256_file(binary), "bytes": binary.stat().st_size})
             model_file = binary
     perplexity = {}
-    from lm.evaluate import evaluate_ngram
+    from lmpipe.lm.evaluate import evaluate_ngram
 
     evaluate_started = time.perf_counter()
     staged = ctx.run_dir  # the tokenize stage is already final; the model is still in tmp_dir

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines.report import collect, write_report
-from pipelines.rundir import read_manifest
-from pipelines.spec import STAGE_ORDER
-from pipelines.stages import StageContext
+from lmpipe.pipelines.report import collect, write_report
+from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.spec import STAGE_ORDER
+from lmpipe.pipelines.stages import StageContext
 
 logger = logging.getLogger(__name__)
 #: Reads manifests and small files only: no Ray instance is started for it.

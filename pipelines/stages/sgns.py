@@ -28,16 +28,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cluster.training import check_resources, fit, remove_checkpoints
-from embeddings.sgns import SGNSConfig
-from embeddings.train import TrainJob, train_loop, vocabulary_cut
-from embeddings.vectors import Vectors, sha256_file
-from pipelines.rundir import fingerprint, read_manifest
-from pipelines.shards import split_shards
-from pipelines.spec import SgnsSpec
-from pipelines.stages import StageContext, require_stage
-from pipelines.stages.embedding_eval import evaluate_stage, summary_lines
-from pipelines.vocab import Vocab
+from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.embeddings.sgns import SGNSConfig
+from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
+from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.shards import split_shards
+from lmpipe.pipelines.spec import SgnsSpec
+from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
+from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """The vectors and their evaluations, for ``pipelines.report``."""
-    from pipelines.report import embedding_row, hardware
+    from lmpipe.pipelines.report import embedding_row, hardware
 
     tr = manifest["training"]
     return [

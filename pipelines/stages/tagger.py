@@ -40,17 +40,31 @@ from typing import Any
 
 import numpy as np
 
-from cluster.training import check_resources, fit, remove_checkpoints
-from lm.tagging.data import UNK, CharVocab, WordVocab, build_char_vocab, build_vocab, encode
-from lm.tagging.metrics import score
-from lm.tagging.models import TaggerConfig
-from lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
-from pipelines import datasets
-from pipelines.conll import FILE_SCHEMES, Sentence, convert, read_conll, render, spans, write_predictions
-from pipelines.rundir import fingerprint, read_manifest
-from pipelines.shards import sha256_file
-from pipelines.spec import LM_EMBEDDING_STAGES, TAGGER_SPAN_COLUMNS, SpecError, TaggerSpec, TaggerTaskSpec
-from pipelines.stages import StageContext
+from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.lm.tagging.data import UNK, CharVocab, WordVocab, build_char_vocab, build_vocab, encode
+from lmpipe.lm.tagging.metrics import score
+from lmpipe.lm.tagging.models import TaggerConfig
+from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
+from lmpipe.pipelines import datasets
+from lmpipe.pipelines.conll import (
+    FILE_SCHEMES,
+    Sentence,
+    convert,
+    read_conll,
+    render,
+    spans,
+    write_predictions,
+)
+from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.shards import sha256_file
+from lmpipe.pipelines.spec import (
+    LM_EMBEDDING_STAGES,
+    TAGGER_SPAN_COLUMNS,
+    SpecError,
+    TaggerSpec,
+    TaggerTaskSpec,
+)
+from lmpipe.pipelines.stages import StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +113,7 @@ def check(ctx: StageContext) -> None:
                 return
         elif not path.exists():
             raise FileNotFoundError(f"tagger.vectors: {path}: no such vectors file or directory")
-        from pipelines.stages.lm import vectors_dim
+        from lmpipe.pipelines.stages.lm import vectors_dim
 
         dim = vectors_dim(path, fmt)
         if dim is not None and dim != spec.dim:
@@ -212,7 +226,7 @@ def _read_task(task: TaggerTaskSpec, i: int, mirror: str | None, seed: int) -> P
 def _vectors(ctx: StageContext, spec: TaggerSpec):
     if spec.vectors is None:
         return None
-    from pipelines.stages.lm import load_vectors
+    from lmpipe.pipelines.stages.lm import load_vectors
 
     path, fmt = vectors_location(ctx.run_dir, spec)
     vectors = load_vectors(path, fmt)
@@ -366,7 +380,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     logger.info("=== 3/3 Writing and scoring predictions ===")
     tasks = evaluate(prepared, out.pop("predictions"), tmp_dir)
-    from embeddings.vectors import write_vocab_tsv
+    from lmpipe.embeddings.vectors import write_vocab_tsv
 
     write_vocab_tsv(tmp_dir / "vocab.tsv", prepared.vocab.tokens, None)
     if prepared.char_vocab is not None:
@@ -427,7 +441,7 @@ def tune(ctx: StageContext, samples: int, out_dir: Path | None = None) -> dict[s
     """Random search over lr, hidden, dropout (and window for the window model) with ASHA on the first task's
     valid score; writes ``trials.tsv``, ``best.json`` and ``best.yaml`` (the spec overrides) to ``out_dir``
     (default ``RUN/tune-tagger/``).  Returns the best trial's settings and score."""
-    from cluster.tune import random_search
+    from lmpipe.cluster.tune import random_search
 
     spec = ctx.spec.tagger
     check(ctx)
@@ -456,8 +470,8 @@ def tune(ctx: StageContext, samples: int, out_dir: Path | None = None) -> dict[s
 
 def _trial(params: dict[str, Any], fixed: dict[str, Any], report) -> None:
     """One trial: the base job with the sampled settings, one worker in this Tune actor, each epoch reported."""
-    from cluster.training import WorkerGroup
-    from lm.tagging.train import train_tagger
+    from lmpipe.cluster.training import WorkerGroup
+    from lmpipe.lm.tagging.train import train_tagger
 
     job = TaggerJob.from_config(fixed["job"])
     model = {k: params[k] for k in ("hidden", "dropout", "window") if k in params}

@@ -28,16 +28,16 @@ import pyarrow as pa
 import ray
 from tqdm import tqdm
 
-from cluster.process import ray_options
-from pipelines.encode import LOCAL_DIR, ChunkJob
-from pipelines.ingest import InputError, find_sources, plan_chunks
-from pipelines.ray_stages import map_chunks
-from pipelines.schemas import EOS_ID
-from pipelines.shards import sha256_file
-from pipelines.spec import parse_resources
-from pipelines.stages import StageContext
-from pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
-from pipelines.vocab import TokenCountAccumulator, Vocab, build_vocab
+from lmpipe.cluster.process import ray_options
+from lmpipe.pipelines.encode import LOCAL_DIR, ChunkJob
+from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
+from lmpipe.pipelines.ray_stages import map_chunks
+from lmpipe.pipelines.schemas import EOS_ID
+from lmpipe.pipelines.shards import sha256_file
+from lmpipe.pipelines.spec import parse_resources
+from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
+from lmpipe.pipelines.vocab import TokenCountAccumulator, Vocab, build_vocab
 
 logger = logging.getLogger(__name__)
 
