@@ -1,8 +1,9 @@
-"""The benchmark corpora: the mirrored English text, concatenated and repeated to a target size.
+"""The benchmark corpora: the mirrored English text (real), and text generated from a model of it (scale).
 
 PTB train, Brown (tags stripped), BBC News (blank lines dropped) and KJV (verse references dropped): about
-3.7M words of real English.  Repetition only serves throughput and memory figures (it distorts n-gram
-counts-of-counts and embedding quality).
+3.7M words of real English.  ``generated_corpus`` samples any size from an n-gram model fitted on it, with new
+word forms at its Heaps' rate (``corpus_model.py``).  ``make_corpus`` (repetition) only serves throughput
+figures that do not depend on the text: it distorts n-gram counts-of-counts and embedding quality.
 """
 
 from __future__ import annotations
@@ -36,3 +37,25 @@ def make_corpus(text: str, tokens: int, path: Path) -> int:
     return per * reps
 
 
+
+
+def generated_corpus(mirror: Path, tokens: int, path: Path, *, seed: int = 1, order: int = 4) -> dict:
+    """Write ``tokens`` words of text sampled from an n-gram model of :func:`english_text` (with new word forms
+    at the real text's Heaps' rate: ``bench/corpus_model.py``) to ``path``, unless it is already there.
+
+    Returns the corpus statistics (``tokens``, ``sentences``, ``vocabulary``); a ``.json`` beside the file
+    records them with the arguments, so a rerun with the same arguments reuses the file.
+    """
+    import json
+
+    from corpus_model import fit, write_generated
+
+    meta_path = path.with_name(path.name + ".json")
+    wanted = {"tokens": tokens, "seed": seed, "order": order}
+    if path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("arguments") == wanted:
+            return meta["statistics"]
+    stats = write_generated(fit(english_text(mirror), order=order), tokens, path, seed=seed)
+    meta_path.write_text(json.dumps({"arguments": wanted, "statistics": stats}, indent=1) + "\n")
+    return stats
