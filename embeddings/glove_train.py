@@ -58,7 +58,8 @@ from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the sta
     report,
 )
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
-from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
 logger = logging.getLogger(__name__)
 

@@ -61,8 +61,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lmpipe.lm.ngram_counts import column_np, group_rows, key_columns, lookup_rows, pack_keys, partition_by
-from lmpipe.pipelines.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
+from lmpipe.pipelines.core.keyed import (
+    column_np,
+    group_rows,
+    key_columns,
+    lookup_rows,
+    pack_keys,
+    partition_by,
+)
+from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

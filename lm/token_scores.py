@@ -9,7 +9,7 @@ Stages that score models list their files in the manifest::
 
     "token_scores": {"kn5": {"valid": "scores/kn5/valid.arrow", "test": "scores/kn5/test.arrow"}}
 
-(paths relative to the stage folder); :func:`find_token_scores` gathers them over a run.
+(paths relative to the stage folder); ``pipelines.run_scores.find_token_scores`` gathers them over a run.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmpipe.lm.perplexity import CorpusScore
-from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import TOKEN_SCORES
+from lmpipe.pipelines.core.schemas import TOKEN_SCORES
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,27 +128,6 @@ class ScoresBuilder:
             return TokenScores(np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0), np.zeros(0, bool))
         cols = [np.concatenate(c) for c in zip(*self._parts, strict=True)]
         return TokenScores(*cols)
-
-
-def find_token_scores(run_dir: Path) -> dict[str, dict[str, Path]]:
-    """``{model: {split: path}}`` over every committed stage of the run that lists ``token_scores``.
-    Two stages offering the same model name is an error (a mixture must know which model it reads)."""
-    from lmpipe.pipelines.spec import STAGE_ORDER
-
-    found: dict[str, dict[str, Path]] = {}
-    owner: dict[str, str] = {}
-    for stage in STAGE_ORDER:
-        manifest = read_manifest(run_dir, stage)
-        if manifest is None:
-            continue
-        for model, splits in manifest.get("token_scores", {}).items():
-            if model in owner:
-                raise ValueError(
-                    f"{run_dir}: model name {model!r} is offered by stages {owner[model]} and {stage}"
-                )
-            owner[model] = stage
-            found[model] = {split: Path(run_dir) / stage / rel for split, rel in splits.items()}
-    return found
 
 
 def check_same_stream(named: dict[str, TokenScores]) -> None:

@@ -20,8 +20,8 @@ from lmpipe.lm.token_scores import (
     read_token_scores,
     write_token_scores,
 )
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.spec import SpecError, parse_spec
-from lmpipe.pipelines.vocab import Vocab
 
 V = 40
 
