@@ -112,22 +112,16 @@ def cache_dir() -> Path:
     return Path(root) / "stanford-glove"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_sdist(cache: Path) -> Path:
     """The sdist in ``cache`` (downloaded once; a file with another sha256 is refused, never used)."""
+    from lmpipe.pipelines.core.files import sha256_file
+
     target = cache / f"{SDIST_NAME}.tar.gz"
     if target.exists():
-        if _sha256(target) == SDIST_SHA256:
+        if sha256_file(target) == SDIST_SHA256:
             return target
         raise RuntimeError(
-            f"{target}: sha256 {_sha256(target)} != {SDIST_SHA256}; delete it to download again"
+            f"{target}: sha256 {sha256_file(target)} != {SDIST_SHA256}; delete it to download again"
         )
     cache.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s", SDIST_URL)

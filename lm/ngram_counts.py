@@ -24,7 +24,7 @@ Sentence of 2 words, order 3 (``·`` = not counted)::
     2-grams   <s> a, a b, b </s>
     3-grams   <s> a b, a b </s>
 
-Output contract: ``{order: pa.Table}`` with the :func:`pipelines.schemas.ngram_schema` columns
+Output contract: ``{order: pa.Table}`` with the :func:`pipelines.core.schemas.ngram_schema` columns
 ``w0..w{order-1}`` (uint32) and ``count`` (uint64), one row per distinct n-gram, sorted ascending by
 ``(w0, w1, ...)``.  The same contract holds for :func:`merge_counts`.  ``pipelines.core.keyed.partition_by`` splits
 a table by a stable 64-bit hash of some key columns, so partial counts from different workers meet in the same

@@ -1,7 +1,7 @@
 """Per-token log-probabilities of a model on a split, written once and read by mixtures, the report and
 significance tests, so no model is re-run to combine or compare it.
 
-File: Arrow IPC (``pipelines.schemas.TOKEN_SCORES``), one row per predicted token in input order: the
+File: Arrow IPC (``pipelines.core.schemas.TOKEN_SCORES``), one row per predicted token in input order: the
 sentence index, the predicted id (``</s>`` = EOS_ID once per sentence, an OOV word = UNK_ID), its log10
 probability and the OOV flag: exactly the terms ``lm.perplexity.CorpusScore`` sums.
 
@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmpipe.lm.perplexity import CorpusScore
+from lmpipe.pipelines.core.files import read_table
 from lmpipe.pipelines.core.schemas import TOKEN_SCORES
 
 
@@ -92,8 +93,7 @@ def write_token_scores(path: Path, scores: TokenScores) -> dict[str, int | str]:
 
 
 def read_token_scores(path: Path) -> TokenScores:
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = read_table(path)
     if not table.schema.equals(TOKEN_SCORES):
         raise ValueError(f"{path}: not a token-scores file (schema {table.schema})")
     return TokenScores(

@@ -112,6 +112,9 @@ def test_one_reader_of_token_shards(tmp_path):
     assert [s.tolist() for s in wide] == flat and all(s.dtype == np.int64 for s in wide)
     assert read_shard(paths[0]).column("ids").to_pylist() == chunks[0]
     assert read_shard(paths[0]).schema.equals(TOKENS)
+    write_table(tmp_path / "other.arrow", pa.table({"ids": pa.array([[1]], pa.list_(pa.uint32()))}))
+    with pytest.raises(ValueError, match="other.arrow: not a token shard"):
+        read_shard(tmp_path / "other.arrow")
     assert [b.schema.names for b in shard_batches(paths[1], ["ids", "source"])] == [["ids", "source"]]
     assert sum(b.num_rows for b in iter_batches(tmp_path, "train")) == 4
 

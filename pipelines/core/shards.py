@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.files import read_table, sha256_file
 from lmpipe.pipelines.core.schemas import TOKENS
 
 #: Rows per record batch inside a shard: small enough to stream, large enough to amortise overhead.
@@ -122,8 +122,11 @@ def shard_batches(path: str | os.PathLike, columns: Sequence[str] | None = None)
 
 
 def read_shard(path: str | os.PathLike) -> pa.Table:
-    """One whole shard as a table (memory-mapped)."""
-    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+    """One whole shard as a table (memory-mapped); a file of another schema is refused by name."""
+    table = read_table(Path(path))
+    if not table.schema.equals(TOKENS):
+        raise ValueError(f"{path}: not a token shard (schema {table.schema}, expected {TOKENS})")
+    return table
 
 
 def iter_batches(stage_dir: Path, split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
