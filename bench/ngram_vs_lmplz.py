@@ -66,7 +66,7 @@ def main() -> None:
 
     from lmpipe.cluster.connect import connect
     from lmpipe.lm.arpa import compare_arpa, read_arpa
-    from lmpipe.lm.evaluate import evaluate_ngram, split_sentences
+    from lmpipe.pipelines.evaluate import evaluate_ngram, split_sentences
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
 

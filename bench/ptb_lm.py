@@ -111,7 +111,7 @@ def plain_loop(run: Path, model_cfg, train_cfg, threads: int) -> dict[str, float
 
     from lmpipe.lm.batching import batchify, get_batch, read_stream
     from lmpipe.lm.models import RNNModel, detach_hidden
-    from lmpipe.pipelines.shards import split_shards
+    from lmpipe.pipelines.core.shards import split_shards
 
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)  # as lm.train does
@@ -145,11 +145,11 @@ def throughput(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]
     import statistics
 
     from lmpipe.lm.train import TrainConfig
+    from lmpipe.pipelines.core.vocab import Vocab
     from lmpipe.pipelines.datasets import resolve
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
     from lmpipe.pipelines.stages.lm import model_config, train_config
-    from lmpipe.pipelines.vocab import Vocab
 
     lines = max(1, args.throughput_tokens // 21)  # PTB averages ~21 tokens per line incl. </s>
     train = head_lines(

@@ -167,11 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
 
     from lmpipe.cluster.connect import connect
+    from lmpipe.pipelines.core.shards import read_ids
+    from lmpipe.pipelines.core.vocab import Vocab
     from lmpipe.pipelines.run import run_pipeline
-    from lmpipe.pipelines.shards import read_ids
     from lmpipe.pipelines.spec import parse_spec
     from lmpipe.pipelines.stages.embedding_eval import eval_files as resolve_eval_files
-    from lmpipe.pipelines.vocab import Vocab
 
     eval_files, reason = resolve_eval_files(str(args.mirror))
     if reason:

@@ -112,22 +112,16 @@ def cache_dir() -> Path:
     return Path(root) / "stanford-glove"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_sdist(cache: Path) -> Path:
     """The sdist in ``cache`` (downloaded once; a file with another sha256 is refused, never used)."""
+    from lmpipe.pipelines.core.files import sha256_file
+
     target = cache / f"{SDIST_NAME}.tar.gz"
     if target.exists():
-        if _sha256(target) == SDIST_SHA256:
+        if sha256_file(target) == SDIST_SHA256:
             return target
         raise RuntimeError(
-            f"{target}: sha256 {_sha256(target)} != {SDIST_SHA256}; delete it to download again"
+            f"{target}: sha256 {sha256_file(target)} != {SDIST_SHA256}; delete it to download again"
         )
     cache.mkdir(parents=True, exist_ok=True)
     logger.info("downloading %s", SDIST_URL)
@@ -429,7 +423,7 @@ def write_crec(cooccur_dir: Path, crec_path: Path, vocab_path: Path) -> dict[str
     Row r of ``cooccur/vocab.tsv`` becomes line r + 1 of the vocabulary file, so id r is word r + 1 in
     glove.c; X[row, col] becomes ``{row + 1, col + 1, value}`` (row = the word, glove.c's W; col = the
     context, W~), in the shards' order (shuffle randomises it)."""
-    from lmpipe.embeddings.vectors import read_vocab_tsv
+    from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
     tokens, counts = read_vocab_tsv(cooccur_dir / "vocab.tsv")
     with open(vocab_path, "w", encoding="utf-8", newline="\n") as f:
@@ -481,7 +475,7 @@ def compare_matrices(stanford_crec: Path, stanford_vocab: Path, cooccur_dir: Pat
     over 9.8M)."""
     import pyarrow as pa
 
-    from lmpipe.embeddings.vectors import read_vocab_tsv
+    from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
     ours_tokens, _ = read_vocab_tsv(cooccur_dir / "vocab.tsv")
     theirs = [line.split(" ", 1)[0] for line in stanford_vocab.read_text(encoding="utf-8").splitlines()]
@@ -556,9 +550,9 @@ def write_token_text(tokenize_dir: Path, out: Path) -> dict[str, int]:
     Specials (ids below FIRST_WORD_ID, i.e. words cut from the tokenize vocabulary) are left out: the cooccur
     stage skips them without giving them a position, which is what Stanford cooccur does with words missing
     from its vocabulary, so leaving them out counts the same windows."""
-    from lmpipe.pipelines.schemas import FIRST_WORD_ID
-    from lmpipe.pipelines.shards import iter_batches
-    from lmpipe.pipelines.vocab import Vocab
+    from lmpipe.pipelines.core.schemas import FIRST_WORD_ID
+    from lmpipe.pipelines.core.shards import iter_batches
+    from lmpipe.pipelines.core.vocab import Vocab
 
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     words = np.array(vocab.tokens.to_pylist(), dtype=object)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lmpipe.pipelines.schemas import COOC, COOC_PARTIAL, FIRST_WORD_ID
+from lmpipe.pipelines.core.schemas import COOC, COOC_PARTIAL, FIRST_WORD_ID
 
 #: The largest window: lcm(1..20) = 232,792,560 units per 1.0 keeps every exact sum far below 2^63.
 MAX_WINDOW = 20

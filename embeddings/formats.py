@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv, write_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
@@ -58,7 +57,9 @@ from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the sta
     report,
 )
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
-from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.files import read_table
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ def load_share(shards: tuple[str, ...], rank: int, world_size: int) -> tuple[np.
     """This rank's entries ``(rows int64, cols int64, values float64)``: rows [n*r/K, n*(r+1)/K) of each shard."""
     rows, cols, values = [], [], []
     for path in shards:
-        with pa.memory_map(path) as source:
-            table = pa.ipc.open_file(source).read_all()
+        table = read_table(Path(path))
         n = table.num_rows
         part = table.slice(n * rank // world_size, n * (rank + 1) // world_size - n * rank // world_size)
         rows.append(np.asarray(part.column("row")).astype(np.int64))

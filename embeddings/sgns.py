@@ -53,7 +53,7 @@ import torch
 
 from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
 from lmpipe.embeddings.vectors import Vectors
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

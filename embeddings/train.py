@@ -70,8 +70,9 @@ from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the sta
 from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
 from lmpipe.embeddings.sync import merge_deltas
 from lmpipe.embeddings.vectors import Vectors
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
-from lmpipe.pipelines.vocab import Vocab
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
+from lmpipe.pipelines.core.shards import shard_batches
+from lmpipe.pipelines.core.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,9 @@ def vocabulary_cut(counts: np.ndarray, min_count: int) -> tuple[np.ndarray, np.n
 # ------------------------------------------------------------------------------------------ data
 def shard_words(path: str) -> int:
     """Tokens in one shard, from the list offsets only (no ids are read)."""
-    reader = pa.ipc.open_file(pa.memory_map(path))
     total = 0
-    for i in range(reader.num_record_batches):
-        offsets = reader.get_batch(i).column("ids").offsets
+    for batch in shard_batches(path, ["ids"]):
+        offsets = batch.column(0).offsets
         total += offsets[-1].as_py() - offsets[0].as_py()
     return total
 
@@ -164,9 +164,7 @@ class Share:
             first, shard_start = shard_start, shard_start + size
             if size == 0 or first >= self.stop or shard_start <= self.start:
                 continue  # every sentence of this shard starts outside [start, stop)
-            reader = pa.ipc.open_file(pa.memory_map(path))  # buffers keep the mapping alive after the loop
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
+            for batch in shard_batches(path):
                 offsets = batch.column("ids").offsets.to_numpy()
                 starts = first + offsets[:-1] - offsets[0]  # global position of each sentence's first word
                 first += int(offsets[-1] - offsets[0])

@@ -8,7 +8,7 @@ On disk a ``Vectors`` is a directory::
 
     vectors.npy   float32 (count, dim), C order; loaded with mmap_mode="r" so a 1 GB matrix costs no RAM
     vocab.tsv     header "id<TAB>token<TAB>count", then one row per vector in matrix order; count may be
-                  empty when unknown (vectors imported from a foreign file)
+                  empty when unknown (vectors imported from a foreign file); ``core.vocab_tsv``
     meta.json     {"format", "version", "dim", "count", "dtype", "source", "sha256": {file: hex}}
 
 It is written to a temporary sibling directory and renamed into place, so a reader never sees half of it.
@@ -21,7 +21,6 @@ It is written to a temporary sibling directory and renamed into place, so a read
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,67 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "lmpipe.vectors"
 FORMAT_VERSION = 1
-VOCAB_HEADER = "id\ttoken\tcount"
 #: Rows of the matrix scored per matmul in ``nearest``: bounds the temporary (chunk x queries) array.
 _CHUNK_ROWS = 65536
-
-
-def write_vocab_tsv(path: str | os.PathLike, tokens: Sequence[str], counts: np.ndarray | None) -> None:
-    """Write ``id<TAB>token<TAB>count`` rows (the tokenize stage's vocabulary layout) with a header line.
-
-    Tabs and newlines cannot be escaped in this layout without breaking other readers of it, so a token
-    containing one is refused by name rather than silently corrupting every later id.
-    """
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(VOCAB_HEADER + "\n")
-        for i, tok in enumerate(tokens):
-            if any(c in tok for c in "\t\n\r"):
-                raise ValueError(
-                    f"token {tok!r} (id {i}) contains a tab or newline; vocab.tsv cannot hold it"
-                )
-            count = "" if counts is None else str(int(counts[i]))
-            f.write(f"{i}\t{tok}\t{count}\n")
-
-
-def read_vocab_tsv(path: str | os.PathLike) -> tuple[list[str], np.ndarray | None]:
-    """Read a vocabulary written by :func:`write_vocab_tsv` (header optional); ids must be 0, 1, 2, ...
-
-    Returns the tokens and the uint64 counts, or ``None`` for the counts when every count field is empty.
-    """
-    tokens: list[str] = []
-    counts: list[int | None] = []
-    with open(path, encoding="utf-8", newline="\n") as f:
-        for line_no, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if line_no == 1 and line == VOCAB_HEADER:
-                continue
-            parts = line.split("\t")
-            if len(parts) != 3 or not parts[0].isdigit() or int(parts[0]) != len(tokens):
-                raise ValueError(
-                    f"{path}:{line_no}: expected 'id<TAB>token<TAB>count' with id {len(tokens)}, got {line!r}"
-                )
-            if parts[2] and not parts[2].isdigit():
-                raise ValueError(f"{path}:{line_no}: count {parts[2]!r} is not a non-negative integer")
-            tokens.append(parts[1])
-            counts.append(int(parts[2]) if parts[2] else None)
-    if all(c is None for c in counts):
-        return tokens, None
-    if any(c is None for c in counts):
-        raise ValueError(f"{path}: some rows have a count and others not")
-    return tokens, np.asarray(counts, dtype=np.uint64)
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MB blocks (the matrix may not fit in memory twice)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Vectors:

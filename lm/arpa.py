@@ -104,7 +104,7 @@ def write_arpa_parts(
     """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
     them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
-    from lmpipe.pipelines.partitions import read_table
+    from lmpipe.pipelines.core.files import read_table
 
     return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
 

@@ -29,19 +29,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from lmpipe.pipelines.schemas import EOS_ID
+from lmpipe.pipelines.core.schemas import EOS_ID
+from lmpipe.pipelines.core.shards import shard_batches
 
 
 # ------------------------------------------------------------------------------------------ streams
 def _shard_sentence_lengths(path: str) -> np.ndarray:
     """Tokens per sentence of one shard, from the list offsets only (no ids are read)."""
-    reader = pa.ipc.open_file(pa.memory_map(path))
     out = []
-    for i in range(reader.num_record_batches):
-        offsets = np.asarray(reader.get_batch(i).column("ids").offsets, dtype=np.int64)
+    for batch in shard_batches(path, ["ids"]):
+        offsets = np.asarray(batch.column(0).offsets, dtype=np.int64)
         out.append(np.diff(offsets))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -64,11 +63,10 @@ def read_stream(paths: Sequence[str], start: int = 0, stop: int | None = None) -
     take(np.array([EOS_ID], np.int64), 0)  # position 0: the leading </s>, context only
     pos = 1
     for path in paths:
-        reader = pa.ipc.open_file(pa.memory_map(path))
-        for i in range(reader.num_record_batches):
+        for batch in shard_batches(path, ["ids"]):
             if pos >= stop:
                 break
-            ids = reader.get_batch(i).column("ids")
+            ids = batch.column(0)
             offsets = np.asarray(ids.offsets, dtype=np.int64)
             size = int(offsets[-1] - offsets[0]) + len(ids)  # tokens + one </s> per sentence
             if pos + size > start:

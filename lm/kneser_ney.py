@@ -6,7 +6,7 @@ partition (``pipelines/ray_stages.py``) or in one process (:func:`estimate`).  A
 ``float`` (float32) operations in lmplz's order, so values agree with lmplz's ARPA to float32 rounding.
 
 Pipeline (k = order, N = highest order; "by X" = the hash-partition key of the inputs, see
-:func:`lm.ngram_counts.partition_by`)::
+:func:`pipelines.core.keyed.partition_by`)::
 
     raw counts 1..N (lm.ngram_counts.count_ngrams / merge_counts)
      (a) adjust_counts_step      order k by w0..w{k-1}, order k+1 by w1..wk  -> ADJUSTED[k]
@@ -61,8 +61,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from lmpipe.lm.ngram_counts import column_np, group_rows, key_columns, lookup_rows, pack_keys, partition_by
-from lmpipe.pipelines.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
+from lmpipe.pipelines.core.keyed import (
+    column_np,
+    group_rows,
+    key_columns,
+    lookup_rows,
+    pack_keys,
+    partition_by,
+)
+from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
 

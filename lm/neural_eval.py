@@ -29,8 +29,7 @@ from lmpipe.lm.batching import EvalColumns
 from lmpipe.lm.models import RNNModel
 from lmpipe.lm.perplexity import LN10, CorpusScore
 from lmpipe.lm.token_scores import TokenScores
-from lmpipe.pipelines.schemas import EOS_ID, UNK_ID
-from lmpipe.pipelines.tokenizers import SPACE_MARK
+from lmpipe.pipelines.core.schemas import EOS_ID, SPACE_MARK, UNK_ID
 
 
 def score_columns(

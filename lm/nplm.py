@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID
 
 ACTIVATIONS = {"tanh": nn.Tanh, "hardtanh": nn.Hardtanh, "softsign": nn.Softsign, "relu": nn.ReLU}
 

@@ -14,7 +14,7 @@ Every layer answers two questions with the same parameters::
   (C ~ sqrt(V) makes that ~2 sqrt(V)).
 * :class:`AdaptiveSoftmax` -- ``torch.nn.AdaptiveLogSoftmaxWithLoss`` (Grave et al. 2017): frequent words in
   a head, rarer ones in clusters of smaller dimension.  Needs ids sorted by frequency, which the vocabulary is
-  (``pipelines.vocab``: specials, then descending count).
+  (``pipelines.core.vocab``: specials, then descending count).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-token log-probabilities of a model on a split, written once and read by mixtures, the report and
 significance tests, so no model is re-run to combine or compare it.
 
-File: Arrow IPC (``pipelines.schemas.TOKEN_SCORES``), one row per predicted token in input order: the
+File: Arrow IPC (``pipelines.core.schemas.TOKEN_SCORES``), one row per predicted token in input order: the
 sentence index, the predicted id (``</s>`` = EOS_ID once per sentence, an OOV word = UNK_ID), its log10
 probability and the OOV flag: exactly the terms ``lm.perplexity.CorpusScore`` sums.
 
@@ -9,7 +9,7 @@ Stages that score models list their files in the manifest::
 
     "token_scores": {"kn5": {"valid": "scores/kn5/valid.arrow", "test": "scores/kn5/test.arrow"}}
 
-(paths relative to the stage folder); :func:`find_token_scores` gathers them over a run.
+(paths relative to the stage folder); ``pipelines.run_scores.find_token_scores`` gathers them over a run.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from lmpipe.lm.perplexity import CorpusScore
-from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import TOKEN_SCORES
+from lmpipe.pipelines.core.files import read_table
+from lmpipe.pipelines.core.schemas import TOKEN_SCORES
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +93,7 @@ def write_token_scores(path: Path, scores: TokenScores) -> dict[str, int | str]:
 
 
 def read_token_scores(path: Path) -> TokenScores:
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = read_table(path)
     if not table.schema.equals(TOKEN_SCORES):
         raise ValueError(f"{path}: not a token-scores file (schema {table.schema})")
     return TokenScores(
@@ -129,27 +128,6 @@ class ScoresBuilder:
             return TokenScores(np.zeros(0, np.uint32), np.zeros(0, np.uint32), np.zeros(0), np.zeros(0, bool))
         cols = [np.concatenate(c) for c in zip(*self._parts, strict=True)]
         return TokenScores(*cols)
-
-
-def find_token_scores(run_dir: Path) -> dict[str, dict[str, Path]]:
-    """``{model: {split: path}}`` over every committed stage of the run that lists ``token_scores``.
-    Two stages offering the same model name is an error (a mixture must know which model it reads)."""
-    from lmpipe.pipelines.spec import STAGE_ORDER
-
-    found: dict[str, dict[str, Path]] = {}
-    owner: dict[str, str] = {}
-    for stage in STAGE_ORDER:
-        manifest = read_manifest(run_dir, stage)
-        if manifest is None:
-            continue
-        for model, splits in manifest.get("token_scores", {}).items():
-            if model in owner:
-                raise ValueError(
-                    f"{run_dir}: model name {model!r} is offered by stages {owner[model]} and {stage}"
-                )
-            owner[model] = stage
-            found[model] = {split: Path(run_dir) / stage / rel for split, rel in splits.items()}
-    return found
 
 
 def check_same_stream(named: dict[str, TokenScores]) -> None:

@@ -63,7 +63,8 @@ from lmpipe.lm.models import (
 )
 from lmpipe.lm.neural_eval import score_columns
 from lmpipe.lm.perplexity import CorpusScore
-from lmpipe.pipelines.vocab import Vocab
+from lmpipe.pipelines.core.shards import read_sentences
+from lmpipe.pipelines.core.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -200,22 +201,6 @@ def build_model(
     return model.to(device), init
 
 
-def read_sentences(paths: tuple[str, ...]) -> list[np.ndarray]:
-    """All sentences of small splits (validation, test) as int64 arrays."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    out: list[np.ndarray] = []
-    for path in paths:
-        reader = pa.ipc.open_file(pa.memory_map(path))
-        for i in range(reader.num_record_batches):
-            ids = reader.get_batch(i).column("ids")
-            flat = np.asarray(pc.list_flatten(ids), dtype=np.int64)
-            offsets = np.asarray(ids.offsets, dtype=np.int64)
-            out.extend(np.split(flat, (offsets - offsets[0])[1:-1]))
-    return out
-
-
 def evaluate_split(
     model: RNNModel, sentences: list[np.ndarray], cfg: TrainConfig, group: WorkerGroup
 ) -> CorpusScore:
@@ -323,7 +308,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     total = stream_length(job.train)
     start, stop = worker_slice(total, cfg.batch_size, group.rank, group.world_size)
     data = batchify(read_stream(job.train, start, stop), cfg.batch_size).to(group.device)  # (rows, B)
-    valid = read_sentences(job.valid) if job.valid else []
+    valid = read_sentences(job.valid, np.int64) if job.valid else []
     history: list[dict[str, Any]] = []
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     first = 0
@@ -414,7 +399,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     for split, paths in (("valid", job.valid), ("test", job.test)):
         if paths:
             results[split] = evaluate_split(
-                model, valid if split == "valid" else read_sentences(paths), cfg, group
+                model, valid if split == "valid" else read_sentences(paths, np.int64), cfg, group
             ).to_dict()
     if group.rank != 0:
         return None

@@ -89,7 +89,7 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from lmpipe.lm.evaluate import evaluate_ngram
+    from lmpipe.pipelines.evaluate import evaluate_ngram
 
     result = evaluate_ngram(Path(args.run), split=args.split)
     print(
@@ -103,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from lmpipe.lm.generate import generate
+    from lmpipe.pipelines.generate import generate
 
     if args.max_tokens < 0 or args.temperature < 0:
         print("lmpipe: error: --max-tokens and --temperature must be 0 or more", file=sys.stderr)
@@ -156,8 +156,9 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: int) -> None:
     """Paired bootstrap of two models' perplexity difference from their token-score files."""
     from lmpipe.lm.bootstrap import paired_bootstrap
-    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.lm.token_scores import read_token_scores
     from lmpipe.pipelines.report import CompareError
+    from lmpipe.pipelines.run_scores import find_token_scores
 
     available: dict[str, Path] = {}
     for run in runs:
@@ -342,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     tn.set_defaults(func=cmd_tune)
 
-    from lmpipe.embeddings.cli import add_embeddings_commands
+    from lmpipe.pipelines.embeddings_cli import add_embeddings_commands
 
     add_embeddings_commands(sub)
     from lmpipe.cluster.cli import add_cluster_commands

@@ -1,4 +1,4 @@
-"""Readers for tagged corpora (CoNLL-2003, CoNLL-2000, CoNLL-U) and exact conversion between chunk tag schemes.
+"""Readers and writers of tagged corpora (CoNLL-2003, CoNLL-2000, CoNLL-U).
 
 Tokenization comes from the files themselves: one token a line, a blank line between sentences::
 
@@ -8,37 +8,26 @@ Tokenization comes from the files themselves: one token a line, a blank line bet
     EU NNP I-NP I-ORG                   the DT B-NP                     1    do do AUX VBP ...  word: kept
     rejects VBZ I-VP O                                                  1.1  ...                empty node: skipped
 
-    >>> from lmpipe.pipelines.conll import read_conll, convert
+    >>> from lmpipe.pipelines.conll import read_conll
     >>> sentences = read_conll("data/conll2003/eng.train", "conll2003")   # doctest: +SKIP
-    >>> convert(["I-PER", "B-PER", "O", "I-LOC"], "iob1", "bioes")
-    ['S-PER', 'S-PER', 'O', 'S-LOC']
 
-Schemes (one name per thing: a *tag* is ``O`` or ``<prefix>-<type>``, a *span* is ``(start, stop, type)``,
-``stop`` exclusive):
-
-    iob1   I-X inside a chunk; B-X only at the first token of a chunk that directly follows a chunk of the
-           same type (CoNLL-2003 as distributed)
-    iob2   B-X at the first token of every chunk, I-X after it (CoNLL-2000)
-    bioes  S-X a one-token chunk; B-X first, I-X inside, E-X last of a longer chunk
-
-``spans(tags)`` reads any of them with conlleval's rules (``I-X`` after ``O`` or after another type starts a
-chunk, so an invalid sequence is read as conlleval reads it) and ``render(spans, n, scheme)`` writes the
-unique tag sequence of a scheme, so ``convert = render . spans`` is exact for valid input in every direction.
+The chunk tag schemes (``iob1``, ``iob2``, ``bioes``) and exact conversion between them live on the ground
+floor (``pipelines.core.tag_schemes``), since the tagger's metrics read spans too; ``FILE_SCHEMES`` says
+which scheme each column is distributed in.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lmpipe.pipelines.core.tag_schemes import Scheme
 from lmpipe.pipelines.ingest import InputError
 
-Scheme = Literal["iob1", "iob2", "bioes"]
 Format = Literal["conll2003", "conll2000", "conllu"]
-SCHEMES: tuple[str, ...] = ("iob1", "iob2", "bioes")
 
 #: Column name -> index, per format.
 COLUMNS: dict[str, dict[str, int]] = {
@@ -118,81 +107,6 @@ def read_conll(path: str | os.PathLike, fmt: Format) -> list[Sentence]:
             rows.append(fields)
     flush()
     return out
-
-
-# ------------------------------------------------------------------------------------------ schemes
-def _split_tag(tag: str) -> tuple[str, str]:
-    """``B-PER`` -> ``("B", "PER")``, ``O`` -> ``("O", "")`` (conlleval's reading: the prefix is one letter)."""
-    if tag == "O":
-        return "O", ""
-    prefix, _, kind = tag.partition("-")
-    return prefix, kind
-
-
-def _chunk_end(prev: str, tag: str, prev_type: str, kind: str) -> bool:
-    """conlleval's endOfChunk: does the chunk open before this token end here?"""
-    if prev in ("E", "S"):
-        return True
-    if prev in ("B", "I") and tag in ("B", "S", "O"):
-        return True
-    return prev != "O" and prev_type != kind
-
-
-def _chunk_start(prev: str, tag: str, prev_type: str, kind: str) -> bool:
-    """conlleval's startOfChunk: does a chunk start at this token?"""
-    if tag in ("B", "S"):
-        return True
-    if prev in ("E", "S", "O") and tag in ("E", "I"):
-        return True
-    return tag != "O" and prev_type != kind
-
-
-def spans(tags: Sequence[str]) -> list[tuple[int, int, str]]:
-    """Chunks ``(start, stop, type)`` of one sentence, read with conlleval's rules (any of the schemes)."""
-    out: list[tuple[int, int, str]] = []
-    prev, prev_type, begin = "O", "", 0
-    for i, tag in enumerate([*tags, "O"]):
-        cur, kind = _split_tag(tag)
-        if _chunk_end(prev, cur, prev_type, kind) and prev != "O":
-            out.append((begin, i, prev_type))
-        if _chunk_start(prev, cur, prev_type, kind):
-            begin = i
-        prev, prev_type = cur, kind
-    return out
-
-
-def render(chunks: Iterable[tuple[int, int, str]], length: int, scheme: Scheme) -> list[str]:
-    """The tags of ``scheme`` for non-overlapping ``chunks`` over ``length`` tokens."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown tag scheme {scheme!r}; options are {list(SCHEMES)}")
-    tags = ["O"] * length
-    last_stop, last_type = -1, ""
-    for start, stop, kind in sorted(chunks):
-        if scheme == "iob1":
-            first = "B" if start == last_stop and kind == last_type else "I"
-            tags[start:stop] = [f"{first}-{kind}"] + [f"I-{kind}"] * (stop - start - 1)
-        elif scheme == "iob2":
-            tags[start:stop] = [f"B-{kind}"] + [f"I-{kind}"] * (stop - start - 1)
-        elif stop - start == 1:
-            tags[start] = f"S-{kind}"
-        else:
-            tags[start:stop] = [f"B-{kind}"] + [f"I-{kind}"] * (stop - start - 2) + [f"E-{kind}"]
-        last_stop, last_type = stop, kind
-    return tags
-
-
-def convert(tags: Sequence[str], source: Scheme, target: Scheme) -> list[str]:
-    """Re-tag one sentence from ``source`` to ``target`` (exact for valid input; ``source`` only names the
-    input's scheme, since conlleval's reading is the same for all three)."""
-    for name in (source, target):
-        if name not in SCHEMES:
-            raise ValueError(f"unknown tag scheme {name!r}; options are {list(SCHEMES)}")
-    return render(spans(tags), len(tags), target)
-
-
-def check_scheme(tags: Sequence[str], scheme: Scheme) -> bool:
-    """True when ``tags`` is exactly the ``scheme`` rendering of its own chunks (a valid, canonical sequence)."""
-    return list(tags) == render(spans(tags), len(tags), scheme)
 
 
 # ------------------------------------------------------------------------------------------ writing

@@ -26,9 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lmpipe.pipelines.core.schemas import SPECIALS, TOKENS, UNK_ID
+from lmpipe.pipelines.core.shards import ShardWriter
+from lmpipe.pipelines.core.vocab import merge_token_counts
 from lmpipe.pipelines.ingest import Chunk, InputError, LineBatch, read_chunk, splitmix64
-from lmpipe.pipelines.schemas import SPECIALS, TOKENS, UNK_ID
-from lmpipe.pipelines.shards import ShardWriter
 from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec, TokenizerSpec
 from lmpipe.pipelines.tokenizers import (
     RENAMED_SPECIALS,
@@ -37,7 +38,6 @@ from lmpipe.pipelines.tokenizers import (
     list_parts,
     make_tokenizer,
 )
-from lmpipe.pipelines.vocab import merge_token_counts
 
 SPLITS = ("train", "valid", "test")
 #: Lines per sentencepiece encode call (its Python-list interface costs ~1 KB per line in flight).

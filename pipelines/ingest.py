@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from lmpipe.pipelines.core.text import normalize_lines
 from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec
 
 #: Bytes read at a time past a chunk's end while looking for the end of its last line.
@@ -379,11 +380,7 @@ def read_chunk(chunk: Chunk, normalize: NormalizeSpec, text_field: str = "text")
     else:
         batches = _read_text_chunk(chunk, normalize)
     for batch in batches:
-        text = batch.text
-        if normalize.nfkc:
-            text = pc.utf8_normalize(text, "NFKC")
-        if normalize.lowercase:
-            text = pc.utf8_lower(text)
+        text = normalize_lines(batch.text, nfkc=normalize.nfkc, lowercase=normalize.lowercase)
         blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
         n_blank = pc.sum(blank).as_py() or 0
         if n_blank:

@@ -13,32 +13,17 @@ name and renamed, so a retried task never leaves a half piece behind.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 
-from lmpipe.lm.ngram_counts import partition_by
+from lmpipe.pipelines.core.files import read_table, write_table
+from lmpipe.pipelines.core.keyed import partition_by
 
 
 def part_dir(dataset: Path, p: int) -> Path:
     return Path(dataset) / f"part-{p:04d}"
-
-
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write one IPC file atomically (temp name + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
-
-
-def read_table(path: Path) -> pa.Table:
-    with pa.memory_map(str(path)) as source:
-        return pa.ipc.open_file(source).read_all()
 
 
 def write_partitioned(table: pa.Table, dataset: Path, keys: Sequence[str], num_partitions: int, piece: str) -> list[int]:

@@ -17,20 +17,29 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmpipe.pipelines.schemas import BOS, EOS, SPECIALS, TOKEN_ID, UNK
-from lmpipe.pipelines.spec import TokenizerSpec
+from lmpipe.pipelines.core.schemas import BOS, EOS, RENAMED_SPECIALS, SPACE_MARK, SPECIALS, TOKEN_ID, UNK
 
-#: Where a space goes in ``char`` tokenization: a visible token, as sentencepiece writes it, so that the
-#: output stays whitespace-separable (ARPA files, lmplz input).
-SPACE_MARK = "\u2581"
-#: The ordinary words literal specials become under ``literal_specials: rename``.  Not ``<UNK>``: KenLM
-#: reads ``<UNK>`` as its unknown word too (lm/vocab.cc), which would turn the renamed word back into an OOV.
-RENAMED_SPECIALS = {UNK: "[unk]", BOS: "[s]", EOS: "[/s]"}
+
+class TokenizerSettings(Protocol):
+    """What a tokenizer reads of its settings (``spec.TokenizerSpec`` has these fields).  A protocol, not the
+    spec class, so a Ray worker that tokenizes never imports the spec parser."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def pattern(self) -> str: ...
+    @property
+    def sp_model_type(self) -> str: ...
+    @property
+    def sp_vocab_size(self) -> int: ...
+    @property
+    def sp_character_coverage(self) -> float: ...
 
 
 def list_parts(values: pa.ListArray) -> tuple[pa.Array, np.ndarray]:
@@ -109,7 +118,7 @@ class SentencePieceTokenizer:
 Tokenizer = WhitespaceTokenizer | RegexTokenizer | CharTokenizer | SentencePieceTokenizer
 
 
-def make_tokenizer(spec: TokenizerSpec, model_proto: bytes | None = None) -> Tokenizer:
+def make_tokenizer(spec: TokenizerSettings, model_proto: bytes | None = None) -> Tokenizer:
     """The tokenizer a spec asks for; ``sentencepiece`` needs the trained model's proto bytes."""
     if spec.kind == "whitespace":
         return WhitespaceTokenizer()
@@ -122,7 +131,7 @@ def make_tokenizer(spec: TokenizerSpec, model_proto: bytes | None = None) -> Tok
     return SentencePieceTokenizer(model_proto)
 
 
-def train_sentencepiece(lines: Sequence[str], spec: TokenizerSpec) -> bytes:
+def train_sentencepiece(lines: Sequence[str], spec: TokenizerSettings) -> bytes:
     """Train a sentencepiece model on a sample of lines; returns the serialized model proto.
 
     Deterministic for the same lines and spec: one thread, fixed seed, no input shuffling."""

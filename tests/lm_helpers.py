@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from lmpipe.pipelines.schemas import EOS_ID, SPECIALS, TOKENS
-from lmpipe.pipelines.vocab import Vocab
+from lmpipe.pipelines.core.schemas import EOS_ID, SPECIALS, TOKENS
+from lmpipe.pipelines.core.vocab import Vocab
 
 
 def write_shard(path: Path, sentences: Sequence[Sequence[int]], batch_rows: int = 3) -> Path:

@@ -20,7 +20,7 @@ from lmpipe.lm.kenlm_tools import (
 )
 from lmpipe.lm.kneser_ney import KneserNeyConfig, estimate
 from lmpipe.lm.ngram_counts import count_ngrams
-from lmpipe.pipelines.schemas import SPECIALS, UNK, UNK_ID
+from lmpipe.pipelines.core.schemas import SPECIALS, UNK, UNK_ID
 
 needs_lmplz = pytest.mark.skipif(
     not kenlm_available(), reason="lmplz/build_binary not found; build them with .ci/build_kenlm.sh"

@@ -8,16 +8,8 @@ from pathlib import Path
 import pytest
 
 from lmpipe.lm.tagging.metrics import accuracy, chunk_scores
-from lmpipe.pipelines.conll import (
-    ConllError,
-    check_scheme,
-    convert,
-    read_conll,
-    read_predictions,
-    render,
-    spans,
-    write_predictions,
-)
+from lmpipe.pipelines.conll import ConllError, read_conll, read_predictions, write_predictions
+from lmpipe.pipelines.core.tag_schemes import check_scheme, convert, render, spans
 
 CONLL03 = """-DOCSTART- -X- O O
 

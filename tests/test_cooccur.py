@@ -21,7 +21,7 @@ from lmpipe.embeddings.cooccur import (
     partial_table,
     vocabulary_cut,
 )
-from lmpipe.pipelines.schemas import TOKENS
+from lmpipe.pipelines.core.schemas import TOKENS
 from lmpipe.pipelines.spec import CooccurSpec, SpecError, parse_spec
 from lmpipe.pipelines.stages.cooccur import _count_task, _merge_task, plan_memory
 

@@ -16,8 +16,9 @@ from lmpipe.cluster.training import WorkerGroup, latest_checkpoint
 from lmpipe.embeddings import glove_train
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
 from lmpipe.embeddings.glove_train import GloveJob, StopAfterEpoch, load_share, train_loop
-from lmpipe.embeddings.vectors import Vectors, write_vocab_tsv
-from lmpipe.pipelines.schemas import COOC
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.schemas import COOC
+from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
 
 
 def test_weighting_edge_cases():

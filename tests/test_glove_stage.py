@@ -11,12 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.core.shards import read_ids
+from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 from lmpipe.pipelines.run import run_pipeline
-from lmpipe.pipelines.shards import read_ids
 from lmpipe.pipelines.spec import load_spec, parse_spec
-from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 from .test_cooccur import brute_force

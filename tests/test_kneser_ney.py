@@ -30,7 +30,7 @@ from lmpipe.lm.kneser_ney import (
     last_entry_correction,
 )
 from lmpipe.lm.ngram_counts import count_ngrams, first_occurrence_rank
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, UNK, UNK_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, SPECIALS, UNK, UNK_ID
 
 TOLERANCE = 1e-4
 needs_lmplz = pytest.mark.skipif(

@@ -13,9 +13,9 @@ import pytest
 from lmpipe.embeddings.formats import save_word2vec
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.cli import main
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.run import run_pipeline
 from lmpipe.pipelines.spec import SpecError, load_spec
-from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 
@@ -88,8 +88,9 @@ def test_token_scores_and_report_rows(two_workers, tmp_path):
     """Every model's per-token scores sum to its manifest figures; the models reach the report with their
     learning curves, and two of them can be mixed (weights fitted on valid) without re-running either."""
     from lmpipe.lm.mixture import apply, fit_em
-    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.lm.token_scores import read_token_scores
     from lmpipe.pipelines.report import collect, write_report
+    from lmpipe.pipelines.run_scores import find_token_scores
 
     run, manifest = two_workers
     found = find_token_scores(run)

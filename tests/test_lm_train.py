@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from lmpipe.lm.models import ModelConfig
-from lmpipe.lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, read_sentences, train_loop
+from lmpipe.lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, train_loop
+from lmpipe.pipelines.core.shards import read_sentences
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.spec import SpecError, parse_spec
-from lmpipe.pipelines.vocab import Vocab
 
 from .lm_helpers import make_corpus
 
@@ -66,7 +67,7 @@ def test_nplm_trains_and_scores_like_the_recurrent_models(corpus, tmp_path):
     job = _job(corpus, tmp_path, epochs=6, schedule="none", eval_columns=2, optimizer="adam", lr=0.01,
                model={"kind": "nplm", "context": 3, "hidden": 24, "emb_dim": 8})  # fmt: skip
     out = train_loop(job.to_config())
-    assert out["perplexity"]["valid"]["tokens"] == sum(len(s) + 1 for s in read_sentences(job.valid))
+    assert out["perplexity"]["valid"]["tokens"] == sum(len(s) + 1 for s in read_sentences(job.valid, np.int64))
     assert out["epochs"][-1]["train_perplexity"] < 0.7 * out["epochs"][0]["train_perplexity"]
     counts = Vocab.load(Path(job.vocab_path)).counts
     assert isinstance(load_model(tmp_path / "out", counts), NPLM)
@@ -144,8 +145,8 @@ def test_schedules_plateau_fixed_and_early_stopping():
 
 def test_read_sentences_round_trip(corpus):
     _, shards, _ = corpus
-    sentences = read_sentences(tuple(map(str, shards["valid"])))
-    assert len(sentences) == 8 and all(isinstance(s, np.ndarray) for s in sentences)
+    sentences = read_sentences(tuple(map(str, shards["valid"])), np.int64)
+    assert len(sentences) == 8 and all(isinstance(s, np.ndarray) and s.dtype == np.int64 for s in sentences)
 
 
 BASE = {"name": "t", "corpus": {"train": "x.txt"}}

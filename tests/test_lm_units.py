@@ -22,7 +22,7 @@ from lmpipe.lm.models import ModelConfig, RNNModel, align_vectors, init_embeddin
 from lmpipe.lm.neural_eval import score_columns, text_units
 from lmpipe.lm.perplexity import CorpusScore, load_kenlm, score_sentences_kenlm
 from lmpipe.lm.softmax import ClassSoftmax, frequency_classes
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
 
 from .lm_helpers import make_corpus, write_shard
 
@@ -161,9 +161,9 @@ TRAIN = [["the", "cat", "sat", "a", "dog"], ["the", "cat"], ["down"]]
 def test_uniform_model_perplexity_is_vocabulary_size(tmp_path):
     """Uniform over V outputs: ppl = V exactly, tokens = words + one </s> per sentence, OOVs as <unk>."""
     _, shards, vocab = make_corpus(tmp_path, {"train": TRAIN, "test": SENTENCES})
-    from lmpipe.lm.train import read_sentences
+    from lmpipe.pipelines.core.shards import read_sentences
 
-    sentences = read_sentences(tuple(map(str, shards["test"])))
+    sentences = read_sentences(tuple(map(str, shards["test"])), np.int64)
     model = _unigram_model(len(vocab), np.zeros(len(vocab)))
     for columns, reset in [(1, False), (3, False), (1, True)]:
         score = score_columns(model, eval_columns(sentences, columns, reset=reset), bptt=2)
@@ -194,9 +194,9 @@ def test_neural_scores_equal_kenlm_query_on_the_same_distribution(tmp_path):
     )
     kenlm_score = score_sentences_kenlm(load_kenlm(arpa), [" ".join(s) for s in SENTENCES])
 
-    from lmpipe.lm.train import read_sentences
+    from lmpipe.pipelines.core.shards import read_sentences
 
-    sentences = read_sentences(tuple(map(str, shards["test"])))
+    sentences = read_sentences(tuple(map(str, shards["test"])), np.int64)
     ours = score_columns(_unigram_model(len(tokens), log_p), eval_columns(sentences, 2), bptt=3)
     assert (ours.tokens, ours.sentences, ours.oov) == (
         kenlm_score.tokens,

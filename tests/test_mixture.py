@@ -13,15 +13,10 @@ import pytest
 
 from lmpipe.lm.bootstrap import paired_bootstrap
 from lmpipe.lm.mixture import MixtureWeights, apply, fit_em, grid_weights, mix_log10
-from lmpipe.lm.token_scores import (
-    TokenScores,
-    check_same_stream,
-    find_token_scores,
-    read_token_scores,
-    write_token_scores,
-)
+from lmpipe.lm.token_scores import TokenScores, check_same_stream, read_token_scores, write_token_scores
+from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.run_scores import find_token_scores
 from lmpipe.pipelines.spec import SpecError, parse_spec
-from lmpipe.pipelines.vocab import Vocab
 
 V = 40
 

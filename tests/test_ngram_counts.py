@@ -8,17 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lmpipe.lm.ngram_counts import (
-    count_ngrams,
-    first_occurrence_rank,
-    group_rows,
-    key_hash,
-    lookup_rows,
-    merge_counts,
-    pack_keys,
-    partition_by,
-)
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, TOKENS, UNK_ID, ngram_schema
+from lmpipe.lm.ngram_counts import count_ngrams, first_occurrence_rank, merge_counts
+from lmpipe.pipelines.core.keyed import group_rows, key_hash, lookup_rows, pack_keys, partition_by
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, TOKENS, UNK_ID, ngram_schema
 
 
 def tokens(sentences: list[list[int]]) -> pa.Table:

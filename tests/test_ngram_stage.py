@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lmpipe.lm.arpa import compare_arpa, read_arpa
-from lmpipe.lm.evaluate import split_sentences
 from lmpipe.lm.kenlm_tools import run_lmplz
+from lmpipe.pipelines.evaluate import split_sentences
 from lmpipe.pipelines.run import run_pipeline
 from lmpipe.pipelines.spec import load_spec, parse_spec
 

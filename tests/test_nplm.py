@@ -9,7 +9,7 @@ import torch
 from lmpipe.lm.gradcheck import gradient_check
 from lmpipe.lm.models import ModelConfig, build_network
 from lmpipe.lm.nplm import NPLM
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID
 from lmpipe.pipelines.spec import SpecError, parse_spec
 
 V = 20

@@ -1,4 +1,4 @@
-"""KenLM's accounting: lm.perplexity/lm.evaluate equal what KenLM's ``query`` prints for the same text."""
+"""KenLM's accounting: lm.perplexity/pipelines.evaluate equal what KenLM's ``query`` prints for the same text."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from lmpipe.cluster.training import WorkerGroup
 from lmpipe.embeddings.train import ReplicaSync, Share
-from lmpipe.pipelines.schemas import TOKENS
+from lmpipe.pipelines.core.schemas import TOKENS
 
 VOCAB, DIM, PARTS, WORLD = 7, 3, 4, 2
 

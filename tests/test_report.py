@@ -160,7 +160,8 @@ def test_report_stage_on_a_real_run(tmp_path, ray_local):
     expected = manifests["ngram"]["perplexity"]["test"]["perplexity"]
     assert float(rows[0]["perplexity"]) == pytest.approx(expected, rel=1e-12)
     # the ngram stage wrote every test token's log10 p: their whole-corpus sums are the manifest's figures
-    from lmpipe.lm.token_scores import find_token_scores, read_token_scores
+    from lmpipe.lm.token_scores import read_token_scores
+    from lmpipe.pipelines.run_scores import find_token_scores
 
     scores = read_token_scores(find_token_scores(tmp_path / "run")["kn3"]["test"]).corpus_score()
     assert scores.perplexity() == pytest.approx(expected, rel=1e-12)

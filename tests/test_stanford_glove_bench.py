@@ -11,8 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lmpipe.embeddings.vectors import Vectors, write_vocab_tsv
-from lmpipe.pipelines.schemas import COOC
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.schemas import COOC
+from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
 
 BENCH = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "stanford_glove.py"))
 
@@ -54,8 +55,8 @@ def test_a_vocabulary_word_unk_is_refused(tmp_path):
 
 
 def test_token_text_is_one_line_per_row_without_specials(tmp_path):
-    from lmpipe.pipelines.schemas import TOKENS
-    from lmpipe.pipelines.vocab import Vocab
+    from lmpipe.pipelines.core.schemas import TOKENS
+    from lmpipe.pipelines.core.vocab import Vocab
 
     tok = tmp_path / "tokenize"
     (tok / "train").mkdir(parents=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmpipe.pipelines.core.shards import iter_batches, read_ids
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.run import run_pipeline
-from lmpipe.pipelines.shards import iter_batches, read_ids
 from lmpipe.pipelines.spec import load_spec, parse_spec
-from lmpipe.pipelines.vocab import Vocab
 
 from .conftest import SPECS
 

@@ -17,7 +17,8 @@ from lmpipe.embeddings.formats import (
     save_safetensors,
     save_word2vec,
 )
-from lmpipe.embeddings.vectors import Vectors, read_vocab_tsv
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
 gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
 

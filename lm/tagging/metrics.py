@@ -1,7 +1,7 @@
 """Tagging scores: token accuracy (POS) and conlleval's chunk precision, recall and F1 (chunking, NER).
 
 conlleval (the CoNLL-2000 Perl script) reads each sentence's chunks leniently (``I-X`` after ``O`` starts a
-chunk; ``pipelines.conll.spans``) and counts a predicted chunk as correct when its start, end and type all
+chunk; ``pipelines.core.tag_schemes.spans``) and counts a predicted chunk as correct when its start, end and type all
 equal a gold chunk's.  Per type and overall::
 
     precision = correct / predicted chunks     recall = correct / gold chunks     F1 = 2PR / (P + R)
@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from lmpipe.pipelines.conll import spans
+from lmpipe.pipelines.core.tag_schemes import spans
 
 
 def _prf(correct: int, predicted: int, gold: int) -> dict[str, float | int]:

@@ -49,16 +49,17 @@ from lmpipe.embeddings.cooccur import (
     partial_table,
     vocabulary_cut,
 )
-from lmpipe.embeddings.vectors import write_vocab_tsv
-from lmpipe.lm.ngram_counts import key_hash
-from lmpipe.pipelines.partitions import part_dir, read_table, write_table
+from lmpipe.pipelines.core.files import read_table, sha256_file, write_table
+from lmpipe.pipelines.core.keyed import key_hash
+from lmpipe.pipelines.core.schemas import COOC_PARTIAL
+from lmpipe.pipelines.core.shards import shard_batches, split_shards
+from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
+from lmpipe.pipelines.partitions import part_dir
 from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import COOC_PARTIAL
-from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import CooccurSpec
 from lmpipe.pipelines.stages import StageContext, require_stage
 from lmpipe.pipelines.stages.ngram import run_tasks
-from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +109,13 @@ def _batch_words(batch: pa.RecordBatch, mapping: np.ndarray, boundary: str, firs
     return dense[kept], np.repeat(keys, lengths)[kept], len(flat)
 
 
-def _iter_batches(path: str):
-    reader = pa.ipc.open_file(pa.memory_map(path))
-    for i in range(reader.num_record_batches):
-        yield reader.get_batch(i)
-
-
 def _tail(previous: list[str], mapping: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """The last ``window`` kept words (and document keys) before a block, reading shards backwards."""
     words: list[np.ndarray] = []
     segs: list[np.ndarray] = []
     have = 0
     for path in previous:
-        for batch in reversed(list(_iter_batches(path))):
+        for batch in reversed(list(shard_batches(path))):
             w, s, _ = _batch_words(batch, mapping, "document", 0)
             words.insert(0, w)
             segs.insert(0, s)
@@ -186,7 +181,7 @@ def _count_task(
         counter.carry(words, seg)  # a document may continue from the previous block: context, not counted
     tokens = sentences = 0
     for path in paths:
-        for batch in _iter_batches(path):
+        for batch in shard_batches(path):
             words, seg, n = _batch_words(batch, mapping, boundary, sentences)
             counter.add(words, seg)
             tokens += n

@@ -30,7 +30,8 @@ from typing import Any
 from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.embeddings.glove import GloveConfig
 from lmpipe.embeddings.glove_train import GloveJob, train_loop
-from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.rundir import fingerprint, read_manifest
 from lmpipe.pipelines.spec import GloveSpec
 from lmpipe.pipelines.stages import StageContext, require_stage

@@ -32,12 +32,13 @@ import numpy as np
 from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.lm.models import ModelConfig, align_vectors
 from lmpipe.lm.softmax import default_classes, default_cutoffs
-from lmpipe.lm.train import LmJob, TrainConfig, read_sentences, train_models
+from lmpipe.lm.train import LmJob, TrainConfig, train_models
+from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.shards import read_sentences, split_shards
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.rundir import fingerprint, read_manifest
-from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
 from lmpipe.pipelines.stages import StageContext, require_stage
-from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def text_units_of(ctx: StageContext, split: str, vocab: Vocab, paths: list[Path]
     from lmpipe.lm.neural_eval import text_units
 
     return text_units(
-        vocab.tokens.to_pylist(), read_sentences(tuple(str(p) for p in paths)), ctx.spec.tokenizer.kind
+        vocab.tokens.to_pylist(), read_sentences(tuple(str(p) for p in paths), np.int64), ctx.spec.tokenizer.kind
     )
 
 
@@ -318,7 +319,7 @@ def _write_token_scores(
     from lmpipe.lm.batching import eval_columns
     from lmpipe.lm.neural_eval import token_scores as score_tokens
     from lmpipe.lm.token_scores import write_token_scores
-    from lmpipe.lm.train import load_model, read_sentences
+    from lmpipe.lm.train import load_model
 
     out: dict[str, dict[str, str]] = {}
     for job in jobs:
@@ -328,7 +329,7 @@ def _write_token_scores(
         for split, paths in (("valid", job.valid), ("test", job.test)):
             if not paths:
                 continue
-            cols = eval_columns(read_sentences(paths), cfg.eval_columns, reset=spec.eval_state == "reset")
+            cols = eval_columns(read_sentences(paths, np.int64), cfg.eval_columns, reset=spec.eval_state == "reset")
             scores = score_tokens(model, cols, bptt=max(cfg.bptt, 35))
             reported = results[job.name]["perplexity"][split]
             mine = scores.corpus_score()

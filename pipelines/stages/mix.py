@@ -22,12 +22,13 @@ import numpy as np
 
 from lmpipe.lm.bootstrap import paired_bootstrap
 from lmpipe.lm.mixture import MixtureWeights, apply, fit_em, grid_weights
-from lmpipe.lm.token_scores import TokenScores, find_token_scores, read_token_scores, write_token_scores
+from lmpipe.lm.token_scores import TokenScores, read_token_scores, write_token_scores
+from lmpipe.pipelines.core.schemas import BOS_ID
+from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.run_scores import find_token_scores
 from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import BOS_ID
 from lmpipe.pipelines.spec import STAGE_ORDER, MixSpec, MixtureSpec
 from lmpipe.pipelines.stages import StageContext
-from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 #: Reads manifests and small files only: no Ray instance is started for it.

@@ -37,20 +37,16 @@ from tqdm import tqdm
 
 from lmpipe.cluster.process import Placement, process_info, ray_options
 from lmpipe.lm import kneser_ney as kn
-from lmpipe.lm.ngram_counts import count_ngrams, key_columns, merge_counts
-from lmpipe.pipelines.partitions import (
-    LazyPartitions,
-    read_partition,
-    read_table,
-    write_partitioned,
-    write_table,
-)
+from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
+from lmpipe.pipelines.core.files import sha256_file, write_table
+from lmpipe.pipelines.core.keyed import key_columns
+from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
+from lmpipe.pipelines.core.shards import read_shard, split_shards
+from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.partitions import LazyPartitions, read_partition, write_partitioned
 from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
-from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import NgramSpec, parse_resources
 from lmpipe.pipelines.stages import StageContext, require_stage
-from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +118,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
 # ------------------------------------------------------------------------------------------ tasks
 def _count_task(shard: str, order: int, work: str, partitions: int, index: int) -> dict[str, Any]:
     """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""
-    table = read_table(Path(shard))
+    table = read_shard(shard)
     counts = count_ngrams(table, order, unk="word")
     for k, t in counts.items():
         write_partitioned(t, Path(work) / f"raw{k}", key_columns(k), partitions, f"{index:05d}")
@@ -363,8 +359,8 @@ def _estimate(
 
 def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path) -> dict[str, Any]:
     """Stream the training text (ids back to words) into KenLM's lmplz."""
-    from lmpipe.lm.evaluate import split_sentences
     from lmpipe.lm.kenlm_tools import run_lmplz
+    from lmpipe.pipelines.evaluate import split_sentences
 
     if vocab.counts[UNK_ID] > 0:
         raise ValueError(
@@ -427,7 +423,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
             files.append({"path": binary.name, "sha256": sha256_file(binary), "bytes": binary.stat().st_size})
             model_file = binary
     perplexity = {}
-    from lmpipe.lm.evaluate import evaluate_ngram
+    from lmpipe.pipelines.evaluate import evaluate_ngram
 
     evaluate_started = time.perf_counter()
     staged = ctx.run_dir  # the tokenize stage is already final; the model is still in tmp_dir

@@ -31,13 +31,14 @@ from typing import Any
 from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.embeddings.sgns import SGNSConfig
 from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
-from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.shards import split_shards
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.rundir import fingerprint, read_manifest
-from lmpipe.pipelines.shards import split_shards
 from lmpipe.pipelines.spec import SgnsSpec
 from lmpipe.pipelines.stages import StageContext, require_stage
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
-from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 

@@ -46,17 +46,10 @@ from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import TaggerConfig
 from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
 from lmpipe.pipelines import datasets
-from lmpipe.pipelines.conll import (
-    FILE_SCHEMES,
-    Sentence,
-    convert,
-    read_conll,
-    render,
-    spans,
-    write_predictions,
-)
+from lmpipe.pipelines.conll import FILE_SCHEMES, Sentence, read_conll, write_predictions
+from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.tag_schemes import convert, render, spans
 from lmpipe.pipelines.rundir import fingerprint, read_manifest
-from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import (
     LM_EMBEDDING_STAGES,
     TAGGER_SPAN_COLUMNS,
@@ -380,7 +373,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     logger.info("=== 3/3 Writing and scoring predictions ===")
     tasks = evaluate(prepared, out.pop("predictions"), tmp_dir)
-    from lmpipe.embeddings.vectors import write_vocab_tsv
+    from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
 
     write_vocab_tsv(tmp_dir / "vocab.tsv", prepared.vocab.tokens, None)
     if prepared.char_vocab is not None:

@@ -29,15 +29,15 @@ import ray
 from tqdm import tqdm
 
 from lmpipe.cluster.process import ray_options
+from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.schemas import EOS_ID
+from lmpipe.pipelines.core.vocab import TokenCountAccumulator, Vocab, build_vocab
 from lmpipe.pipelines.encode import LOCAL_DIR, ChunkJob
 from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
 from lmpipe.pipelines.ray_stages import map_chunks
-from lmpipe.pipelines.schemas import EOS_ID
-from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import parse_resources
 from lmpipe.pipelines.stages import StageContext
 from lmpipe.pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
-from lmpipe.pipelines.vocab import TokenCountAccumulator, Vocab, build_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         counts = acc.result()
         if counts.num_rows == 0:
             raise InputError(f"corpus.train: no tokens in the training input {[s.uri for s in sources['train']]}")
-        vocab = build_vocab(counts, spec.vocab, sentences=0)
+        vocab = build_vocab(counts, min_count=spec.vocab.min_count, max_size=spec.vocab.max_size, sentences=0)
         vocab_tokens = vocab.tokens
         logger.info("vocabulary: %d types (%d distinct in train)", len(vocab), counts.num_rows)
 

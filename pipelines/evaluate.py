@@ -1,6 +1,6 @@
 """Score a run's split with its n-gram model, with KenLM's accounting (see ``lm.perplexity``).
 
-    >>> from lmpipe.lm.evaluate import evaluate_ngram
+    >>> from lmpipe.pipelines.evaluate import evaluate_ngram
     >>> evaluate_ngram(Path("runs/ptb"), split="test")["perplexity"]   # 141.2 for PTB KN5
 
 The split's token shards are turned back into words through ``vocab.tsv`` (id 0 is written ``<unk>``,
@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 
 from lmpipe.lm.perplexity import CorpusScore, load_kenlm
 from lmpipe.lm.token_scores import ScoresBuilder, write_token_scores
+from lmpipe.pipelines.core.schemas import EOS_ID
+from lmpipe.pipelines.core.shards import iter_batches
+from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.schemas import EOS_ID
-from lmpipe.pipelines.shards import iter_batches
-from lmpipe.pipelines.vocab import Vocab
 
 
 def split_sentences(run_dir: Path, split: str) -> Iterator[str]:

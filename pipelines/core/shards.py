@@ -1,5 +1,8 @@
 """Token shards: Arrow IPC files of the TOKENS schema, written atomically, read back as a stream.
 
+The one writer (:class:`ShardWriter`) and the one reader (:func:`shard_batches`, and what is built on it)
+of the format: every stage, trainer and evaluator that reads token shards goes through here.
+
 Layout of a tokenize output::
 
     RUN/tokenize/
@@ -15,9 +18,8 @@ because readers memory-map them and take record batches without a decode step; z
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,18 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmpipe.pipelines.schemas import TOKENS
+from lmpipe.pipelines.core.files import read_table, sha256_file
+from lmpipe.pipelines.core.schemas import TOKENS
 
 #: Rows per record batch inside a shard: small enough to stream, large enough to amortise overhead.
 BATCH_ROWS = 65_536
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,23 +112,45 @@ def split_shards(stage_dir: Path, split: str) -> list[Path]:
     return sorted((Path(stage_dir) / split).glob("part-*.arrow"))
 
 
+def shard_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The record batches of one shard, memory-mapped: nothing is read until a column's buffers are touched,
+    and a batch stays valid after the loop (its buffers keep the mapping alive)."""
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    for i in range(reader.num_record_batches):
+        batch = reader.get_batch(i)
+        yield batch.select(list(columns)) if columns else batch
+
+
+def read_shard(path: str | os.PathLike) -> pa.Table:
+    """One whole shard as a table (memory-mapped); a file of another schema is refused by name."""
+    table = read_table(Path(path))
+    if not table.schema.equals(TOKENS):
+        raise ValueError(f"{path}: not a token shard (schema {table.schema}, expected {TOKENS})")
+    return table
+
+
 def iter_batches(stage_dir: Path, split: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
     """Stream a split's sentences as record batches (memory-mapped; nothing is held beyond a batch)."""
     for path in split_shards(stage_dir, split):
-        with pa.memory_map(str(path), "r") as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                batch = reader.get_batch(i)
-                yield batch.select(columns) if columns else batch
+        yield from shard_batches(path, columns)
+
+
+def batch_sentences(ids: pa.ListArray, dtype: type = np.uint32) -> list[np.ndarray]:
+    """The sentences of one ``ids`` column as one array each (``dtype``), split at the list offsets."""
+    flat = np.asarray(pc.list_flatten(ids), dtype=dtype)
+    offsets = np.asarray(ids.offsets, dtype=np.int64)
+    return np.split(flat, (offsets - offsets[0])[1:-1])
+
+
+def read_sentences(paths: Sequence[str | os.PathLike], dtype: type = np.uint32) -> list[np.ndarray]:
+    """All sentences of some shards, in order, one ``dtype`` array each (for small splits and tests)."""
+    out: list[np.ndarray] = []
+    for path in paths:
+        for batch in shard_batches(path, ["ids"]):
+            out.extend(batch_sentences(batch.column(0), dtype))
+    return out
 
 
 def read_ids(stage_dir: Path, split: str) -> list[np.ndarray]:
     """All sentences of a split as uint32 arrays (for small splits and tests)."""
-    out: list[np.ndarray] = []
-    for batch in iter_batches(stage_dir, split, ["ids"]):
-        ids = batch.column(0)
-        flat = np.asarray(pc.list_flatten(ids), dtype=np.uint32)
-        offsets = np.asarray(ids.offsets, dtype=np.int64)
-        offsets = offsets - offsets[0]
-        out.extend(np.split(flat, offsets[1:-1]))
-    return out
+    return read_sentences(split_shards(stage_dir, split))

@@ -5,8 +5,8 @@ never the corpus, is held by the driver.  Ids: 0 ``<unk>``, 1 ``<s>``, 2 ``</s>`
 descending count, ties by the token's UTF-8 bytes.  ``min_count`` drops rare tokens (they become
 ``<unk>``); ``max_size`` caps the total size including the three specials.
 
-``vocab.tsv`` has a header line ``id<TAB>token<TAB>count`` and one line per id; tokens never contain a
-tab or newline (the tokenizers split on whitespace or keep spaces as ``▁``).
+``vocab.tsv`` (``core.vocab_tsv``) has a header line ``id<TAB>token<TAB>count`` and one line per id; tokens
+never contain a tab or newline (the tokenizers split on whitespace or keep spaces as ``▁``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lmpipe.pipelines.schemas import BOS_ID, EOS_ID, SPECIALS, TOKEN_COUNTS, UNK_ID, VOCAB
-from lmpipe.pipelines.spec import VocabSpec
+from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, SPECIALS, TOKEN_COUNTS, UNK_ID, VOCAB
+from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 
 def merge_token_counts(tables: Iterable[pa.Table]) -> pa.Table:
@@ -78,31 +78,20 @@ class Vocab:
 
     def save(self, path: Path) -> None:
         """Write ``vocab.tsv`` (header ``id token count``) to ``path`` via a temporary file."""
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8", newline="\n") as out:
-            out.write("id\ttoken\tcount\n")
-            for i, (tok, cnt) in enumerate(zip(self.tokens.to_pylist(), self.counts.tolist(), strict=True)):
-                out.write(f"{i}\t{tok}\t{cnt}\n")
-        tmp.replace(path)
+        write_vocab_tsv(path, self.tokens.to_pylist(), self.counts)
 
     @classmethod
     def load(cls, path: Path) -> Vocab:
-        tokens, counts = [], []
-        with open(path, encoding="utf-8") as handle:
-            header = handle.readline().rstrip("\n").split("\t")
-            if header != ["id", "token", "count"]:
-                raise ValueError(f"{path}: line 1: expected header 'id<TAB>token<TAB>count', got {header}")
-            for lineno, line in enumerate(handle, start=2):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != 3 or fields[0] != str(len(tokens)):
-                    raise ValueError(f"{path}: line {lineno}: expected '{len(tokens)}<TAB>token<TAB>count'")
-                tokens.append(fields[1])
-                counts.append(int(fields[2]))
-        return cls(pa.array(tokens, pa.string()), np.asarray(counts, np.uint64))
+        """Read a ``vocab.tsv`` that has a count on every row (a corpus vocabulary)."""
+        tokens, counts = read_vocab_tsv(path)
+        if counts is None:
+            raise ValueError(f"{path}: no counts; a corpus vocabulary needs the count column filled")
+        return cls(pa.array(tokens, pa.string()), counts)
 
 
-def build_vocab(counts: pa.Table, spec: VocabSpec, *, sentences: int) -> Vocab:
-    """Cut and order the vocabulary.  ``sentences`` is the count of ``</s>`` (one per kept sentence).
+def build_vocab(counts: pa.Table, *, min_count: int, max_size: int | None, sentences: int) -> Vocab:
+    """Cut and order the vocabulary.  ``sentences`` is the count of ``</s>`` (one per kept sentence);
+    ``min_count`` and ``max_size`` are the spec's ``vocab`` settings.
 
     ``<unk>``'s count is the mass of the tokens the cut removed (and literal ``<unk>`` mapped to it)."""
     specials = pa.array(list(SPECIALS))
@@ -114,10 +103,10 @@ def build_vocab(counts: pa.Table, spec: VocabSpec, *, sentences: int) -> Vocab:
         sort_keys=[("neg", "ascending"), ("bytes", "ascending")],
     )
     words = words.take(order)
-    keep = pc.greater_equal(words["count"], spec.min_count)
+    keep = pc.greater_equal(words["count"], min_count)
     kept = words.filter(keep)
-    if spec.max_size is not None:
-        kept = kept.slice(0, max(spec.max_size - len(SPECIALS), 0))
+    if max_size is not None:
+        kept = kept.slice(0, max(max_size - len(SPECIALS), 0))
     total = int(pc.sum(counts["count"]).as_py() or 0)
     unk_mass = total - int(pc.sum(kept["count"]).as_py() or 0) - int(pc.sum(counts.filter(is_special)["count"]).as_py() or 0)
     unk_mass += int(pc.sum(literal_unk["count"]).as_py() or 0)

@@ -25,6 +25,12 @@ SPECIALS = (UNK, BOS, EOS)
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 #: The first id an ordinary (non-special) token can have.
 FIRST_WORD_ID = 3
+#: Where a space goes in ``char`` tokenization: a visible token, as sentencepiece writes it, so that the
+#: output stays whitespace-separable (ARPA files, lmplz input).
+SPACE_MARK = "\u2581"
+#: The ordinary words literal specials become under ``literal_specials: rename``.  Not ``<UNK>``: KenLM
+#: reads ``<UNK>`` as its unknown word too (lm/vocab.cc), which would turn the renamed word back into an OOV.
+RENAMED_SPECIALS = {UNK: "[unk]", BOS: "[s]", EOS: "[/s]"}
 
 TOKEN_ID = pa.uint32()
 COUNT = pa.uint64()
