@@ -158,20 +158,30 @@ def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None)
 
 
 # ------------------------------------------------------------------------------------------ launching
-def check_resources(section: str, workers: int, threads: int, use_gpu: bool) -> None:
-    """Ray Train waits forever for workers the cluster cannot place: refuse before starting instead.
-    ``section`` names the spec section in the message (``sgns``, ``glove``, ``lm`` ...)."""
-    import ray
+class ResourceError(ValueError):
+    """More workers than the cluster (or this machine) can place: a setting the user can fix.  ``cluster/``
+    imports no project code, so the CLI names this class beside the project's ``UserError``."""
 
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+
+def check_resources(
+    section: str, workers: int, threads: int, use_gpu: bool, available: tuple[float, float] | None = None
+) -> None:
+    """Ray Train waits forever for workers the cluster cannot place: refuse before starting instead.
+    ``section`` names the spec section in the message (``sgns``, ``glove``, ``lm`` ...); ``available`` is
+    (CPUs, GPUs), by default the joined Ray cluster's."""
+    if available is None:
+        import ray
+
+        resources = ray.cluster_resources()
+        available = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    cpus, gpus = available
     if workers * threads > cpus:
-        raise ValueError(
+        raise ResourceError(
             f"{section}.workers x {section}.threads = {workers} x {threads} CPUs, but the Ray cluster has {cpus:g}; "
             f"lower {section}.workers or {section}.threads"
         )
     if use_gpu and workers > gpus:
-        raise ValueError(
+        raise ResourceError(
             f"{section}.use_gpu: {workers} worker(s) need one GPU each, the Ray cluster has {gpus:g}"
         )
 

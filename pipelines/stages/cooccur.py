@@ -52,11 +52,11 @@ from lmpipe.embeddings.cooccur import (
 from lmpipe.embeddings.vectors import write_vocab_tsv
 from lmpipe.lm.ngram_counts import key_hash
 from lmpipe.pipelines.partitions import part_dir, read_table, write_table
-from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.schemas import COOC_PARTIAL
 from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import CooccurSpec
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.ngram import run_tasks
 from lmpipe.pipelines.vocab import Vocab
 
@@ -70,15 +70,7 @@ BLOCKS_PER_WORKER = 2
 
 
 # ------------------------------------------------------------------------------------------ contract
-def check(ctx: StageContext) -> None:
-    require_stage(ctx, "tokenize", "cooccur")
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["cooccur"]
-    settings.pop("workers")
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    return settings, {"tokenize": tokenize["fingerprint"] if tokenize else None}
+STAGE = Stage(name="cooccur", settings=CooccurSpec, upstream=("tokenize",))
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
@@ -241,8 +233,9 @@ def _blocks(shards: list[Path], workers: int) -> list[list[Path]]:
     return [shards[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: CooccurSpec = ctx.spec.cooccur
+    tmp_dir = run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:

@@ -38,6 +38,7 @@ from tqdm import tqdm
 from lmpipe.cluster.process import Placement, process_info, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, key_columns, merge_counts
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.partitions import (
     LazyPartitions,
     read_partition,
@@ -45,11 +46,11 @@ from lmpipe.pipelines.partitions import (
     write_partitioned,
     write_table,
 )
-from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from lmpipe.pipelines.shards import sha256_file, split_shards
-from lmpipe.pipelines.spec import NgramSpec, parse_resources
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.spec import NgramSpec, SpecError, parse_resources
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -63,29 +64,24 @@ _GROUP_OVERHEAD = 3.0
 #: The PyPI kenlm module is compiled with KENLM_MAX_ORDER 6 (its setup.py default) and does not expose it.
 KENLM_MODULE_MAX_ORDER = 6
 
+STAGE = Stage(name="ngram", settings=NgramSpec, upstream=("tokenize",))
+
 
 def check(ctx: StageContext) -> None:
     spec: NgramSpec = ctx.spec.ngram
     if spec.order > KENLM_MODULE_MAX_ORDER:
-        raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
+        raise SpecError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
     if spec.estimator == "lmplz":
         from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
         find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
     if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
-        raise FileNotFoundError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
-    require_stage(ctx, "tokenize", "ngram")
+        raise MissingError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["ngram"]
-    settings.pop("workers")
-    settings.pop("resources", None)  # where the tasks run, not what they compute
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    inputs = {"tokenize": tokenize["fingerprint"] if tokenize else None}
-    if ctx.spec.ngram.limit_vocab:
-        inputs["limit_vocab"] = sha256_file(Path(ctx.spec.ngram.limit_vocab))
-    return settings, inputs
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """The word list the vocabulary is limited to, by content."""
+    return {"limit_vocab": sha256_file(Path(ctx.spec.ngram.limit_vocab))} if ctx.spec.ngram.limit_vocab else {}
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
@@ -399,8 +395,8 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     return {"arpa": arpa, "ngrams": ngrams}
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
-    spec = ctx.spec.ngram
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
+    spec, tmp_dir = ctx.spec.ngram, run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     shards = split_shards(tokenize_dir, "train")

@@ -32,33 +32,26 @@ from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.embeddings.sgns import SGNSConfig
 from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
 from lmpipe.embeddings.vectors import Vectors, sha256_file
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.shards import split_shards
 from lmpipe.pipelines.spec import SgnsSpec
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages import Stage, StageContext, check_machine
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_SGNS_STOP_AFTER_EPOCH"
+STAGE = Stage(name="sgns", settings=SgnsSpec, upstream=("tokenize",))
 
 
 def check(ctx: StageContext) -> None:
-    require_stage(ctx, "tokenize", "sgns")
+    check_machine(ctx, "sgns")
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["sgns"]
-    settings.pop("workers")
-    settings.pop("threads")
-    settings.pop("overlap_sync")
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    return settings, {"tokenize": tokenize["fingerprint"] if tokenize else None}
-
-
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: SgnsSpec = ctx.spec.sgns
+    tmp_dir = run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:
@@ -76,9 +69,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
             "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
         )
     check_resources("sgns", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
-    fp = fingerprint({"stage": "sgns", "settings": settings, "inputs": inputs})  # the runner's formula
-    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"sgns-{fp[:16]}"
+    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     stop = os.environ.get(STOP_ENV)
     job = TrainJob(
         vocab_path=str(tokenize_dir / "vocab.tsv"),

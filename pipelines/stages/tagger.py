@@ -55,7 +55,8 @@ from lmpipe.pipelines.conll import (
     spans,
     write_predictions,
 )
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.rundir import StageRun, path_identity, read_manifest
 from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import (
     LM_EMBEDDING_STAGES,
@@ -64,12 +65,14 @@ from lmpipe.pipelines.spec import (
     TaggerSpec,
     TaggerTaskSpec,
 )
-from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.stages import Stage, StageContext, check_machine
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_TAGGER_STOP_AFTER_EPOCH"
 SPLITS = ("train", "valid", "test")
+#: Its word vectors may come from an embeddings stage of the run (``tagger.vectors``).
+STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -86,6 +89,7 @@ def vectors_location(run_dir: Path, spec: TaggerSpec) -> tuple[Path, str]:
 
 def check(ctx: StageContext) -> None:
     spec = ctx.spec.tagger
+    check_machine(ctx, "tagger")
     if not spec.tasks:
         raise SpecError(
             "tagger.tasks: no task; add one, e.g. {name: ner, format: conll2003, column: ner, train: data:conll2003/train}"
@@ -100,19 +104,19 @@ def check(ctx: StageContext) -> None:
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None and not resolve_input(ref, ctx.mirror).is_file():
-                raise FileNotFoundError(f"tagger.tasks[{i}].{split}: {ref}: no such file")
+                raise MissingError(f"tagger.tasks[{i}].{split}: {ref}: no such file")
     if spec.vectors is not None:
         path, fmt = vectors_location(ctx.run_dir, spec)
         if spec.vectors in LM_EMBEDDING_STAGES:
             if spec.vectors not in ctx.selected and read_manifest(ctx.run_dir, spec.vectors) is None:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"tagger.vectors: {spec.vectors!r} needs the {spec.vectors} stage of this run; run it first or add "
                     "it to --stages (or name a vectors file of another run)"
                 )
             if spec.vectors in ctx.selected:
                 return
         elif not path.exists():
-            raise FileNotFoundError(f"tagger.vectors: {path}: no such vectors file or directory")
+            raise MissingError(f"tagger.vectors: {path}: no such vectors file or directory")
         from lmpipe.pipelines.stages.lm import vectors_dim
 
         dim = vectors_dim(path, fmt)
@@ -122,30 +126,23 @@ def check(ctx: StageContext) -> None:
             )
 
 
-def _identity(path: Path) -> str:
-    if path.is_dir():
-        return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
-    return sha256_file(path)
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["tagger"]
-    for key in ("threads", "tune"):
-        settings.pop(key)
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """Each task's files (a ``data:`` reference is pinned by its checksum, a path by its content) and the
+    word vectors (the embeddings stage's fingerprint, or their content hash)."""
     inputs: dict[str, Any] = {}
     for i, task in enumerate(ctx.spec.tagger.tasks):
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None:  # a data: reference is pinned by its checksum; a path by its content
-                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else _identity(Path(ref))
+                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else path_identity(Path(ref))
     spec = ctx.spec.tagger
     if spec.vectors in LM_EMBEDDING_STAGES:
         upstream = read_manifest(ctx.run_dir, spec.vectors)
         inputs["vectors"] = upstream["fingerprint"] if upstream else None
     elif spec.vectors is not None:
         path, _ = vectors_location(ctx.run_dir, spec)
-        inputs["vectors"] = _identity(path) if path.exists() else None
-    return settings, inputs
+        inputs["vectors"] = path_identity(path)
+    return inputs
 
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -359,12 +356,11 @@ def evaluate(
     return result
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: TaggerSpec = ctx.spec.tagger
+    tmp_dir = run.tmp_dir
     check_resources("tagger", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
-    fp = fingerprint({"stage": "tagger", "settings": settings, "inputs": inputs})  # the runner's formula
-    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"tagger-{fp[:16]}"
+    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     logger.info("=== 1/3 Preparing %d task(s): %s ===", len(spec.tasks), [t.name for t in spec.tasks])
     prepared = prepare(ctx, checkpoint_dir / "data", tmp_dir, checkpoint_dir)
     cfg = prepared.job.model

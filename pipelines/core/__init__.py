@@ -1,0 +1,1 @@
+"""The ground floor: contracts every floor shares; imports nothing else of lmpipe."""
