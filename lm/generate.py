@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from lmpipe.lm.train import load_model
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.schemas import BOS_ID, EOS_ID
 from lmpipe.pipelines.tokenizers import SPACE_MARK
 from lmpipe.pipelines.vocab import Vocab
@@ -61,23 +62,23 @@ def generate(
     temperature: float = 1.0, seed: int = 0,
 ) -> str:  # fmt: skip
     """The prompt followed by ``max_tokens`` sampled tokens, as text."""
-    from lmpipe.pipelines.spec import parse_spec
+    from lmpipe.pipelines.spec import SpecError, parse_spec
 
     run_dir = Path(run_dir)
     if max_tokens < 0:
-        raise ValueError(f"--max-tokens: bad value {max_tokens}; allowed: 0 or more")
+        raise SpecError(f"--max-tokens: bad value {max_tokens}; allowed: 0 or more")
     if temperature < 0:
-        raise ValueError(f"--temperature: bad value {temperature}; allowed: 0 (greedy) or more")
+        raise SpecError(f"--temperature: bad value {temperature}; allowed: 0 (greedy) or more")
     spec_path = run_dir / "spec.yaml"
     if not spec_path.is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{spec_path}: not a run directory (no spec.yaml); run `lmpipe run SPEC` first"
         )
     spec = parse_spec(yaml.safe_load(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
     name = spec.lm.model(model).name
     model_dir = run_dir / "lm" / name
     if not (model_dir / "model.pt").is_file():
-        raise FileNotFoundError(f"{model_dir}: no trained model {name!r}; run the lm stage (`--stages lm`)")
+        raise MissingError(f"{model_dir}: no trained model {name!r}; run the lm stage (`--stages lm`)")
     vocab = Vocab.load(run_dir / "tokenize" / "vocab.tsv")
     tokens = vocab.tokens.to_pylist()
     net = load_model(model_dir, vocab.counts)

@@ -62,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmpipe.lm.ngram_counts import column_np, group_rows, key_columns, lookup_rows, pack_keys, partition_by
+from lmpipe.pipelines.core.errors import UserError
 from lmpipe.pipelines.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,9 @@ F32 = np.float32
 DEFAULT_FALLBACK = (0.5, 1.0, 1.5)
 
 
-class BadDiscountError(ValueError):
-    """Closed-form discounts failed for an order (a zero count-of-counts or a discount out of range)."""
+class BadDiscountError(UserError, ValueError):
+    """Closed-form discounts failed for an order (a zero count-of-counts or a discount out of range); the
+    user sets ``ngram.discount_fallback``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

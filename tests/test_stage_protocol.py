@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lmpipe.pipelines.ingest import find_sources
-from lmpipe.pipelines.rundir import fingerprint
 from lmpipe.pipelines.run import plan_stage, stage_order
+from lmpipe.pipelines.rundir import fingerprint
 from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, load_spec
 from lmpipe.pipelines.stages import StageContext, declaration
 
