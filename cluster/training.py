@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lmpipe.cluster.connect import ResourceError
+
 
 class StopAfterEpoch(RuntimeError):
     """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
@@ -158,11 +160,6 @@ def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None)
 
 
 # ------------------------------------------------------------------------------------------ launching
-class ResourceError(ValueError):
-    """More workers than the cluster (or this machine) can place: a setting the user can fix.  ``cluster/``
-    imports no project code, so the CLI names this class beside the project's ``UserError``."""
-
-
 def check_resources(
     section: str, workers: int, threads: int, use_gpu: bool, available: tuple[float, float] | None = None
 ) -> None:

@@ -384,9 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     # cluster/ imports no project code, so its user errors do not subclass UserError: named here.
+    from lmpipe.cluster.connect import ResourceError
     from lmpipe.cluster.jobs import SubmitError
     from lmpipe.cluster.storage import StorageError
-    from lmpipe.cluster.training import ResourceError
     from lmpipe.pipelines.core.errors import UserError
 
     try:

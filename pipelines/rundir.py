@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import STAGE_ORDER
 
 logger = logging.getLogger(__name__)
@@ -62,6 +61,8 @@ def package_versions() -> dict[str, str]:
 def path_identity(path: Path) -> str | None:
     """Identity of a file the spec names, by content: its sha256; a directory: the hash of its files'
     sha256 by name; None when it does not exist."""
+    from lmpipe.pipelines.shards import sha256_file
+
     if path.is_dir():
         return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
     return sha256_file(path) if path.exists() else None

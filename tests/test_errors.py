@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lmpipe.cluster.training import ResourceError
+from lmpipe.cluster.connect import ResourceError
 from lmpipe.lm.kenlm_tools import KenLMNotFoundError
 from lmpipe.lm.kneser_ney import BadDiscountError
 from lmpipe.pipelines.conll import ConllError

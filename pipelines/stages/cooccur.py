@@ -51,11 +51,12 @@ from lmpipe.embeddings.cooccur import (
 )
 from lmpipe.embeddings.vectors import write_vocab_tsv
 from lmpipe.lm.ngram_counts import key_hash
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import part_dir, read_table, write_table
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.schemas import COOC_PARTIAL
 from lmpipe.pipelines.shards import sha256_file, split_shards
-from lmpipe.pipelines.spec import CooccurSpec
+from lmpipe.pipelines.spec import CooccurSpec, SpecError
 from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.ngram import run_tasks
 from lmpipe.pipelines.vocab import Vocab
@@ -239,12 +240,12 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     keep = vocabulary_cut(vocab.counts, spec.min_count, spec.max_size)
     if len(keep) == 0:
         top = int(vocab.counts[3:].max()) if len(vocab) > 3 else 0
-        raise ValueError(
+        raise SpecError(
             f"cooccur.min_count: bad value {spec.min_count}; no word occurs that often (the most frequent: {top} times)"
         )
     listed = read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]
@@ -301,7 +302,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     nonzeros = sum(m["nonzeros"] for m in merged)
     if nonzeros == 0:
-        raise ValueError(
+        raise InputError(
             f"{tokenize_dir}/train: no two words of the cooccur.min_count={spec.min_count} cut share a "
             f"{spec.boundary} within cooccur.window={spec.window}; the co-occurrence matrix is empty: lower "
             "cooccur.min_count or use more text"

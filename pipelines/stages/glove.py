@@ -31,6 +31,7 @@ from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.embeddings.glove import GloveConfig
 from lmpipe.embeddings.glove_train import GloveJob, train_loop
 from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import GloveSpec
 from lmpipe.pipelines.stages import Stage, StageContext, check_machine
@@ -53,7 +54,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     manifest = read_manifest(ctx.run_dir, "cooccur")
     shards = sorted((cooccur_dir / "cooc").glob("part-*.arrow"))
     if manifest is None or manifest["outputs"]["nonzeros"] == 0 or not shards:
-        raise ValueError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
+        raise InputError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
     check_resources("glove", spec.workers, spec.threads, spec.use_gpu)
     fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     stop = os.environ.get(STOP_ENV)

@@ -34,6 +34,7 @@ from lmpipe.lm.models import ModelConfig, align_vectors
 from lmpipe.lm.softmax import default_classes, default_cutoffs
 from lmpipe.lm.train import LmJob, TrainConfig, read_sentences, train_models
 from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun, fingerprint, path_identity, read_manifest
 from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
@@ -213,7 +214,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     shards = {s: split_shards(tokenize_dir, s) for s in ("train", "valid", "test")}
     if not shards["train"]:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
     for i, model in enumerate(spec.models):
         if not shards["valid"] and (model.schedule == "plateau" or model.patience is not None):
             raise SpecError(

@@ -39,6 +39,7 @@ from lmpipe.cluster.process import Placement, process_info, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, key_columns, merge_counts
 from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import (
     LazyPartitions,
     read_partition,
@@ -241,7 +242,7 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     per_token = sum(_BYTES_PER_NGRAM_ID * k + 8 for k in range(1, spec.order + 1)) * _GROUP_OVERHEAD
     if shard_tokens * per_token > budget:
         need = math.ceil(shard_tokens * per_token / (1 << 20))
-        raise ValueError(
+        raise SpecError(
             f"ngram.memory_mb: bad value {spec.memory_mb}; counting one token shard ({shard_tokens:,} tokens, "
             f"orders 1..{spec.order}) needs about {need} MB: increase ngram.memory_mb to {need} or lower tokenize.shard_mb"
         )
@@ -363,7 +364,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     from lmpipe.lm.kenlm_tools import run_lmplz
 
     if vocab.counts[UNK_ID] > 0:
-        raise ValueError(
+        raise SpecError(
             "ngram.estimator: lmplz refuses <unk> in its input, and the training shards hold <unk> "
             f"({int(vocab.counts[UNK_ID]):,} tokens cut by vocab.min_count/max_size); use estimator: lmpipe, "
             "or vocab.min_count: 1 and vocab.max_size: null"
@@ -401,7 +402,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
     work = tmp_dir / "_work"
     placement = Placement()
     if spec.estimator == "lmplz":

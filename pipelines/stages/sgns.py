@@ -32,9 +32,10 @@ from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.embeddings.sgns import SGNSConfig
 from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
 from lmpipe.embeddings.vectors import Vectors, sha256_file
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.shards import split_shards
-from lmpipe.pipelines.spec import SgnsSpec
+from lmpipe.pipelines.spec import SgnsSpec, SpecError
 from lmpipe.pipelines.stages import Stage, StageContext, check_machine
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 from lmpipe.pipelines.vocab import Vocab
@@ -55,16 +56,16 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     keep, drop = vocabulary_cut(vocab.counts, spec.min_count)
     if len(keep) == 0:
         top = int(vocab.counts[3:].max()) if len(vocab) > 3 else 0
-        raise ValueError(
+        raise SpecError(
             f"sgns.min_count: bad value {spec.min_count}; no word occurs that often (the most frequent: {top} times)"
         )
     if len(keep) <= spec.negative:
-        raise ValueError(
+        raise SpecError(
             f"sgns.negative: bad value {spec.negative}; only {len(keep)} words occur sgns.min_count={spec.min_count} "
             "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
         )
