@@ -70,7 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Parse the spec and run every check ``run`` would before starting Ray (datasets, files, upstream
     stages, workers against this machine when no address is given): a spec that validates runs."""
     from lmpipe.cluster.storage import resolve_run_dir
-    from lmpipe.pipelines.run import check_stage, select_stages
+    from lmpipe.pipelines.run import preflight, select_stages
     from lmpipe.pipelines.spec import dump_spec, load_spec
     from lmpipe.pipelines.stages import StageContext
 
@@ -81,8 +81,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         spec=spec, run_dir=run_dir.resolve(), mirror=_mirror(args), selected=tuple(selected), address=args.address,
         num_cpus=args.num_cpus,
     )  # fmt: skip
-    for name in selected:
-        check_stage(ctx, name)
+    preflight(ctx)
     print(dump_spec(spec), end="")
     print(f"# {args.spec}: valid", file=sys.stderr)
     return 0

@@ -31,7 +31,15 @@ from lmpipe.pipelines.rundir import (
 )
 from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError, dump_spec
 from lmpipe.pipelines.spec_parser import settings_dict
-from lmpipe.pipelines.stages import EVERY, Stage, StageContext, declaration, require_stage, stage_module
+from lmpipe.pipelines.stages import (
+    EVERY,
+    Stage,
+    StageContext,
+    check_machine,
+    declaration,
+    require_stage,
+    stage_module,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,23 @@ def check_stage(ctx: StageContext, name: str) -> None:
     check = getattr(stage_module(name), "check", None)
     if check is not None:
         check(ctx)
+
+
+def preflight(ctx: StageContext, force: Sequence[str] = ()) -> list[str]:
+    """Every check of the selected stages that needs no cluster, before Ray starts; returns the stages that
+    must run (not up to date, forced, or after one that runs).  Workers are checked only for those: a rerun
+    that skips a stage does not need the CPUs it trained with."""
+    for name in ctx.selected:
+        check_stage(ctx, name)
+    stale: list[str] = []
+    for name in ctx.selected:
+        after = _after(declaration(name))
+        if name in force or after & set(stale) or is_current(ctx.run_dir, name, plan_stage(ctx, name).fingerprint) is None:
+            stale.append(name)
+    for name in stale:
+        if declaration(name).ray_train:
+            check_machine(ctx, name)
+    return stale
 
 
 def _closure(name: str) -> set[str]:
@@ -138,8 +163,7 @@ def run_pipeline(
     ctx = StageContext(
         spec=spec, run_dir=run_dir, mirror=mirror, selected=tuple(selected), address=address, num_cpus=num_cpus
     )
-    for name in selected:  # fail fast, before any cluster time is spent
-        check_stage(ctx, name)
+    preflight(ctx, force)  # fail fast, before any cluster time is spent
     connected = False
     manifests: dict[str, dict[str, Any]] = {}
     for step, name in enumerate(selected, start=1):

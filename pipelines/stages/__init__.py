@@ -5,10 +5,11 @@
     the declaration the runner (``pipelines.run``) derives the rest from: the order (upstream stages run
     first), the settings (the section without its ``Runtime`` fields, plus the ``shared`` sections), the
     inputs (each upstream stage's fingerprint, plus :func:`inputs`), the fingerprint, the checkpoint folder,
-    whether Ray is started, and the check that every upstream stage runs now or has completed.
+    whether Ray is started, the check that every upstream stage runs now or has completed, and (``ray_train``)
+    the check of its workers against the machine when it must run.
 ``check(ctx)`` (optional)
-    validate what needs the environment (binaries, input paths, vectors, the machine's CPUs) before any stage
-    runs, raising a ``UserError`` that names the problem and the fix; ``lmpipe validate`` runs it too.
+    validate what needs the environment (binaries, input paths, vectors) before any stage runs, raising a
+    ``UserError`` that names the problem and the fix; ``lmpipe validate`` runs it too.
 ``inputs(ctx) -> dict`` (optional)
     identities of what the stage reads besides its upstream stages (files named by the spec: their
     content hash, see :func:`lmpipe.pipelines.rundir.path_identity`).
@@ -52,6 +53,9 @@ class Stage:
     shared: tuple[str, ...] = ()
     #: False for a stage that reads manifests and small files only: no Ray instance is started for it.
     needs_ray: bool = True
+    #: Trains with Ray Train: when the stage must run, its section's ``workers`` x ``threads`` CPUs (and a GPU
+    #: per worker with ``use_gpu``) are checked against the machine before Ray starts (:func:`check_machine`).
+    ray_train: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,17 +34,13 @@ from lmpipe.embeddings.vectors import Vectors, sha256_file
 from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import GloveSpec
-from lmpipe.pipelines.stages import Stage, StageContext, check_machine
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_GLOVE_STOP_AFTER_EPOCH"
-STAGE = Stage(name="glove", settings=GloveSpec, upstream=("cooccur",))
-
-
-def check(ctx: StageContext) -> None:
-    check_machine(ctx, "glove")
+STAGE = Stage(name="glove", settings=GloveSpec, upstream=("cooccur",), ray_train=True)
 
 
 def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:

@@ -38,14 +38,14 @@ from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun, fingerprint, path_identity, read_manifest
 from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
-from lmpipe.pipelines.stages import Stage, StageContext, check_machine
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_LM_STOP_AFTER_EPOCH"
 #: A model's input vectors may come from an embeddings stage of the run (``lm.models[].embeddings``).
-STAGE = Stage(name="lm", settings=LmSpec, upstream=("tokenize",), after=LM_EMBEDDING_STAGES)
+STAGE = Stage(name="lm", settings=LmSpec, upstream=("tokenize",), after=LM_EMBEDDING_STAGES, ray_train=True)
 HIDDEN_STATE = {
     "carry": "zero at the top of each of eval_columns contiguous runs of sentences, carried across sentence ends",
     "reset": "zero at the start of every sentence (KenLM's reset at <s>)",
@@ -111,7 +111,6 @@ def load_vectors(path: Path, fmt: str):
 
 # ------------------------------------------------------------------------------------------ contract
 def check(ctx: StageContext) -> None:
-    check_machine(ctx, "lm")
     for i, model in enumerate(ctx.spec.lm.models):
         if model.embeddings is not None:
             _check_vectors(ctx, i, model)

@@ -23,7 +23,6 @@ import numpy as np
 from lmpipe.lm.bootstrap import paired_bootstrap
 from lmpipe.lm.mixture import MixtureWeights, apply, fit_em, grid_weights
 from lmpipe.lm.token_scores import TokenScores, find_token_scores, read_token_scores, write_token_scores
-from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.schemas import BOS_ID
 from lmpipe.pipelines.spec import STAGE_ORDER, MixSpec, MixtureSpec, SpecError
@@ -57,12 +56,12 @@ def _load(available: dict[str, dict[str, Path]], mixture: MixtureSpec, split: st
     out = {}
     for model in mixture.models:
         if model not in available:
-            raise MissingError(
+            raise SpecError(
                 f"mix: model {model!r} of mixture {mixture.label!r} has no token scores in this run; "
                 f"scored models: {sorted(available)} (run the stage that trains it first)"
             )
         if split not in available[model]:
-            raise MissingError(
+            raise SpecError(
                 f"mix: model {model!r} was not scored on the {split} split (has {sorted(available[model])})"
             )
         out[model] = read_token_scores(available[model][split])

@@ -36,18 +36,14 @@ from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.shards import split_shards
 from lmpipe.pipelines.spec import SgnsSpec, SpecError
-from lmpipe.pipelines.stages import Stage, StageContext, check_machine
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_SGNS_STOP_AFTER_EPOCH"
-STAGE = Stage(name="sgns", settings=SgnsSpec, upstream=("tokenize",))
-
-
-def check(ctx: StageContext) -> None:
-    check_machine(ctx, "sgns")
+STAGE = Stage(name="sgns", settings=SgnsSpec, upstream=("tokenize",), ray_train=True)
 
 
 def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:

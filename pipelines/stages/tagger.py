@@ -65,14 +65,14 @@ from lmpipe.pipelines.spec import (
     TaggerSpec,
     TaggerTaskSpec,
 )
-from lmpipe.pipelines.stages import Stage, StageContext, check_machine
+from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_TAGGER_STOP_AFTER_EPOCH"
 SPLITS = ("train", "valid", "test")
 #: Its word vectors may come from an embeddings stage of the run (``tagger.vectors``).
-STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES)
+STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES, ray_train=True)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -89,7 +89,6 @@ def vectors_location(run_dir: Path, spec: TaggerSpec) -> tuple[Path, str]:
 
 def check(ctx: StageContext) -> None:
     spec = ctx.spec.tagger
-    check_machine(ctx, "tagger")
     if not spec.tasks:
         raise SpecError(
             "tagger.tasks: no task; add one, e.g. {name: ner, format: conll2003, column: ner, train: data:conll2003/train}"
