@@ -16,6 +16,11 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 
+class ResourceError(ValueError):
+    """More workers than the cluster (or this machine) can place: a setting the user can fix.  ``cluster/``
+    imports no project code, so the CLI names this class beside the project's ``UserError``."""
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterInfo:
     address: str | None

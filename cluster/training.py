@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lmpipe.cluster.connect import ResourceError
+
 
 class StopAfterEpoch(RuntimeError):
     """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
@@ -158,20 +160,25 @@ def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None)
 
 
 # ------------------------------------------------------------------------------------------ launching
-def check_resources(section: str, workers: int, threads: int, use_gpu: bool) -> None:
+def check_resources(
+    section: str, workers: int, threads: int, use_gpu: bool, available: tuple[float, float] | None = None
+) -> None:
     """Ray Train waits forever for workers the cluster cannot place: refuse before starting instead.
-    ``section`` names the spec section in the message (``sgns``, ``glove``, ``lm`` ...)."""
-    import ray
+    ``section`` names the spec section in the message (``sgns``, ``glove``, ``lm`` ...); ``available`` is
+    (CPUs, GPUs), by default the joined Ray cluster's."""
+    if available is None:
+        import ray
 
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        resources = ray.cluster_resources()
+        available = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    cpus, gpus = available
     if workers * threads > cpus:
-        raise ValueError(
+        raise ResourceError(
             f"{section}.workers x {section}.threads = {workers} x {threads} CPUs, but the Ray cluster has {cpus:g}; "
             f"lower {section}.workers or {section}.threads"
         )
     if use_gpu and workers > gpus:
-        raise ValueError(
+        raise ResourceError(
             f"{section}.use_gpu: {workers} worker(s) need one GPU each, the Ray cluster has {gpus:g}"
         )
 

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
+from lmpipe.pipelines.core.errors import MissingError
+
 logger = logging.getLogger(__name__)
 
 KENLM_VERSION = "0.3.0"
@@ -36,7 +38,7 @@ BUILD_HINT = (
 )
 
 
-class KenLMNotFoundError(FileNotFoundError):
+class KenLMNotFoundError(MissingError):
     """A KenLM binary is missing; the message lists every place searched and how to build it."""
 
 

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from lmpipe.pipelines.core.errors import UserError
 from lmpipe.pipelines.core.keyed import (
     column_np,
     group_rows,
@@ -78,8 +79,9 @@ F32 = np.float32
 DEFAULT_FALLBACK = (0.5, 1.0, 1.5)
 
 
-class BadDiscountError(ValueError):
-    """Closed-form discounts failed for an order (a zero count-of-counts or a discount out of range)."""
+class BadDiscountError(UserError, ValueError):
+    """Closed-form discounts failed for an order (a zero count-of-counts or a discount out of range); the
+    user sets ``ngram.discount_fallback``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

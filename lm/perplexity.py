@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lmpipe.pipelines.core.errors import MissingError
+
 LN10 = math.log(10.0)
 
 
@@ -124,5 +126,5 @@ def load_kenlm(path: Path):
     except ImportError as exc:  # pragma: no cover - kenlm is a dependency
         raise RuntimeError("the kenlm Python module is not installed: pip install kenlm") from exc
     if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such language model file")
+        raise MissingError(f"{path}: no such language model file")
     return kenlm.Model(str(path))

@@ -1,18 +1,21 @@
 """The ``lmpipe`` command line.
 
     lmpipe run SPEC [--run-dir DIR] [--address ADDR] [--stages a,b] [--force a,b] [--set key.path=value ...]
-    lmpipe validate SPEC [--set key.path=value ...]
+    lmpipe validate SPEC [--run-dir DIR] [--stages a,b] [--set key.path=value ...]
     lmpipe data fetch NAME [--mirror DIR] [--dest DIR]
     lmpipe data list
-    lmpipe eval RUN [--split test]
-    lmpipe submit SPEC --address http://HEAD:8265 [--run-dir DIR] [--wait] [--set key.path=value ...]
-    lmpipe jobs list|status|logs|stop [JOB] --address http://HEAD:8265
+    lmpipe eval RUN [--split test] [--json]
     lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
     lmpipe mix RUN --models kn5,lstm [--tune valid] [--method em|grid|fixed] [--bins 10,100,1000]
+    lmpipe tune SPEC --stage tagger [--samples N] [--run-dir DIR] [--set key.path=value ...]
+    lmpipe embeddings export|neighbors RUN ... | embeddings import PATH --format F --out DIR   (embeddings.cli)
+    lmpipe submit SPEC --address http://HEAD:8265 [--run-dir DIR] [--wait] [--set key.path=value ...]  (cluster.cli)
+    lmpipe jobs list|status|logs|stop [JOB] --address http://HEAD:8265                           (cluster.cli)
 
-Exit status: 0 on success, 2 for a bad spec or bad input (the message names file, key or line),
-1 for anything else.
+Exit status: 0 on success, 2 for a mistake the user can fix (a ``UserError``: bad spec, bad input, a missing
+file or upstream stage, more workers than the machine has; the message, one line, names file, key or line),
+1 for anything else (a bug: it traces back).
 """
 
 from __future__ import annotations
@@ -64,9 +67,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Parse the spec and run every check ``run`` would before starting Ray (datasets, files, upstream
+    stages, workers against this machine when no address is given): a spec that validates runs."""
+    from lmpipe.cluster.storage import resolve_run_dir
+    from lmpipe.pipelines.run import preflight, select_stages
     from lmpipe.pipelines.spec import dump_spec, load_spec
+    from lmpipe.pipelines.stages import StageContext
 
     spec = load_spec(args.spec, overrides=args.set)
+    selected = select_stages(spec, _csv(args.stages) if args.stages else None)
+    run_dir = resolve_run_dir(args.run_dir) if args.run_dir else Path("runs") / spec.name
+    ctx = StageContext(
+        spec=spec, run_dir=run_dir.resolve(), mirror=_mirror(args), selected=tuple(selected), address=args.address,
+        num_cpus=args.num_cpus,
+    )  # fmt: skip
+    preflight(ctx)
     print(dump_spec(spec), end="")
     print(f"# {args.spec}: valid", file=sys.stderr)
     return 0
@@ -120,13 +135,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_mix(args: argparse.Namespace) -> int:
     import yaml
 
+    from lmpipe.pipelines.core.errors import MissingError
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import SpecError, load_spec
 
     run_dir = Path(args.run)
     spec_file = run_dir / "spec.yaml"
     if not spec_file.is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{spec_file}: not a run directory (no spec.yaml); run `lmpipe run SPEC` first"
         )
     if args.tune != "valid":
@@ -227,7 +243,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 2
     run_dir = (Path(args.run_dir) if args.run_dir else Path("runs") / spec.name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), selected=())
+    ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), address=args.address, num_cpus=args.num_cpus)
     connect(args.address, num_cpus=args.num_cpus)
     out = Path(args.out) if args.out else run_dir / f"tune-{args.stage}"
     best = module.tune(ctx, args.samples, out)
@@ -262,9 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="parse and validate a spec; print it resolved")
+    validate = sub.add_parser(
+        "validate", help="parse a spec and run every check `run` makes before starting Ray; print it resolved"
+    )
     validate.add_argument("spec")
     validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.add_argument("--run-dir", help="run directory upstream stages are looked for in (default runs/<spec name>)")
+    validate.add_argument("--stages", help="comma-separated stages to check (default: the spec's `stages`)")
+    validate.add_argument("--mirror", help="dataset mirror directory (default: LMPIPE_DATA_MIRROR)")
+    validate.add_argument("--address", help="the Ray cluster the run will join (workers are then not checked here)")
+    validate.add_argument("--num-cpus", type=int, help="CPUs the embedded local Ray will have (default: all)")
     validate.set_defaults(func=cmd_validate)
 
     data = sub.add_parser("data", help="datasets: fetch from the canonical URL or a mirror")
@@ -360,24 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # cluster/ imports no project code, so its user errors do not subclass UserError: named here.
+    from lmpipe.cluster.connect import ResourceError
     from lmpipe.cluster.jobs import SubmitError
     from lmpipe.cluster.storage import StorageError
-    from lmpipe.pipelines.datasets import DatasetError
-    from lmpipe.pipelines.ingest import InputError
-    from lmpipe.pipelines.report import CompareError
-    from lmpipe.pipelines.spec import SpecError
+    from lmpipe.pipelines.core.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except (
-        SpecError,
-        InputError,
-        DatasetError,
-        FileNotFoundError,
-        CompareError,
-        SubmitError,
-        StorageError,
-    ) as exc:
+    except (UserError, SubmitError, StorageError, ResourceError) as exc:
         print(f"lmpipe: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

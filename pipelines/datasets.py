@@ -68,6 +68,7 @@ from typing import IO, Literal
 from tqdm import tqdm
 
 from lmpipe import __version__
+from lmpipe.pipelines.core.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ PathArg = str | os.PathLike[str]
 
 
 # ---------------------------------------------------------------------------------------------- errors
-class DatasetError(Exception):
+class DatasetError(UserError):
     """Base class; every message says what to do next."""
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lmpipe.pipelines.core.errors import MissingError
+
 #: Command-line format names -> ``embeddings.formats`` names.
 FORMATS = {
     "word2vec-text": "word2vec",
@@ -30,21 +32,21 @@ STAGES = ("sgns", "glove")
 
 
 def stage_vectors(run: str | Path, stage: str):
-    """The ``Vectors`` a finished stage wrote, or FileNotFoundError naming what is missing and the fix."""
+    """The ``Vectors`` a finished stage wrote, or a MissingError naming what is missing and the fix."""
     from lmpipe.embeddings.vectors import Vectors
     from lmpipe.pipelines.rundir import read_manifest
 
     run = Path(run)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such run directory")
+        raise MissingError(f"{run}: no such run directory")
     if read_manifest(run, stage) is None:
-        raise FileNotFoundError(
+        raise MissingError(
             f"{run / stage}: the {stage} stage has not completed in this run; run it first "
             f"(lmpipe run SPEC --run-dir {run} --stages {stage})"
         )
     path = run / stage / "vectors"
     if not (path / "meta.json").is_file():
-        raise FileNotFoundError(f"{path}: the {stage} stage left no vectors")
+        raise MissingError(f"{path}: the {stage} stage left no vectors")
     return Vectors.load(path)
 
 
@@ -85,7 +87,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     src, out = Path(args.path), Path(args.out)
     if not src.is_file():
-        raise FileNotFoundError(f"{src}: no such file")
+        raise MissingError(f"{src}: no such file")
     if out.exists() and not args.overwrite:
         raise InputError(f"{out}: exists; pass --overwrite to replace it")
     try:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from lmpipe.lm.perplexity import CorpusScore, load_kenlm
 from lmpipe.lm.token_scores import ScoresBuilder, write_token_scores
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.schemas import EOS_ID
 from lmpipe.pipelines.core.shards import iter_batches
 from lmpipe.pipelines.core.vocab import Vocab
@@ -35,7 +36,7 @@ def split_id_sentences(run_dir: Path, split: str) -> Iterator[tuple[np.ndarray, 
     """``(ids, whitespace-joined words)`` of every sentence of a tokenized split, in input order."""
     stage = Path(run_dir) / "tokenize"
     if read_manifest(run_dir, "tokenize") is None:
-        raise FileNotFoundError(f"{stage}: the tokenize stage has not completed; run `lmpipe run SPEC` first")
+        raise MissingError(f"{stage}: the tokenize stage has not completed; run `lmpipe run SPEC` first")
     words = np.asarray(Vocab.load(stage / "vocab.tsv").tokens.to_pylist(), dtype=object)
     for batch in iter_batches(stage, split, ["ids"]):
         ids = batch.column(0)
@@ -53,7 +54,7 @@ def model_path(run_dir: Path) -> Path:
     for name in ("model.binary", "model.arpa", "model.arpa.gz"):
         if (stage / name).exists():
             return stage / name
-    raise FileNotFoundError(
+    raise MissingError(
         f"{stage}: no n-gram model; run the ngram stage (`lmpipe run SPEC --stages ngram`)"
     )
 

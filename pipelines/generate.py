@@ -17,9 +17,10 @@ import yaml
 
 from lmpipe.lm.generate import render, sample
 from lmpipe.lm.train import load_model
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.text import normalize_line
 from lmpipe.pipelines.core.vocab import Vocab
-from lmpipe.pipelines.spec import RunSpec, parse_spec
+from lmpipe.pipelines.spec import RunSpec, SpecError, parse_spec
 from lmpipe.pipelines.tokenizers import make_tokenizer
 
 
@@ -43,19 +44,19 @@ def generate(
     """The prompt followed by ``max_tokens`` sampled tokens, as text."""
     run_dir = Path(run_dir)
     if max_tokens < 0:
-        raise ValueError(f"--max-tokens: bad value {max_tokens}; allowed: 0 or more")
+        raise SpecError(f"--max-tokens: bad value {max_tokens}; allowed: 0 or more")
     if temperature < 0:
-        raise ValueError(f"--temperature: bad value {temperature}; allowed: 0 (greedy) or more")
+        raise SpecError(f"--temperature: bad value {temperature}; allowed: 0 (greedy) or more")
     spec_path = run_dir / "spec.yaml"
     if not spec_path.is_file():
-        raise FileNotFoundError(
+        raise MissingError(
             f"{spec_path}: not a run directory (no spec.yaml); run `lmpipe run SPEC` first"
         )
     spec = parse_spec(yaml.safe_load(spec_path.read_text(encoding="utf-8")), source=str(spec_path))
     name = spec.lm.model(model).name
     model_dir = run_dir / "lm" / name
     if not (model_dir / "model.pt").is_file():
-        raise FileNotFoundError(f"{model_dir}: no trained model {name!r}; run the lm stage (`--stages lm`)")
+        raise MissingError(f"{model_dir}: no trained model {name!r}; run the lm stage (`--stages lm`)")
     vocab = Vocab.load(run_dir / "tokenize" / "vocab.tsv")
     net = load_model(model_dir, vocab.counts)
     ids = prompt_ids(run_dir, spec, vocab, prompt)

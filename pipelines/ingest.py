@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from lmpipe.pipelines.core.errors import UserError
 from lmpipe.pipelines.core.text import normalize_lines
 from lmpipe.pipelines.spec import CorpusSpec, NormalizeSpec
 
@@ -45,7 +46,7 @@ _TAIL_STEP = 1 << 16
 _STREAM_BLOCK = 8 << 20
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """Bad or missing input; the message names the file (and line or byte offset where known)."""
 
 

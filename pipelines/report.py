@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmpipe.pipelines.core.errors import MissingError, UserError
 from lmpipe.pipelines.rundir import MANIFEST, read_manifest
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """Runs or rows that cannot be put side by side; the message says why."""
 
 
@@ -169,16 +170,17 @@ def embedding_row(
 def collect(run_dir: Path) -> Report:
     """Every row the run's committed stages offer.  A folder with a manifest of an unknown stage, or no
     committed stage at all, is an error naming the folder (a report must not silently miss models)."""
-    from lmpipe.pipelines.stages import STAGE_MODULES, stage_module
+    from lmpipe.pipelines.spec import STAGE_ORDER
+    from lmpipe.pipelines.stages import stage_module
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
+        raise MissingError(f"{run_dir}: no such run directory")
     found = sorted(p.parent.name for p in run_dir.glob(f"*/{MANIFEST}"))
-    foreign = [name for name in found if name not in STAGE_MODULES]
+    foreign = [name for name in found if name not in STAGE_ORDER]
     if foreign:
         raise CompareError(
-            f"{run_dir}: stage folder(s) {foreign} are not lmpipe stages (known: {sorted(STAGE_MODULES)}); "
+            f"{run_dir}: stage folder(s) {foreign} are not lmpipe stages (known: {sorted(STAGE_ORDER)}); "
             "is this a run directory of another version or tool?"
         )
     report = Report()

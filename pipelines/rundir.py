@@ -6,15 +6,19 @@
       spec.yaml                   the resolved spec of the last run
       tokenize/manifest.json      written last, inside the temporary folder, before the rename
       .tokenize.tmp-<id>/         a stage in progress (or one that crashed: never mistaken for done)
+      .checkpoints/<stage>-<fp>/  training state of an unfinished stage, resumed by a rerun
 
 A stage is skipped when ``RUN/<stage>/manifest.json`` exists, says ``complete`` and carries the same
-fingerprint: a hash of the stage's settings and of its inputs (file size/mtime, or the upstream stage's
-fingerprint).  ``--force`` reruns it.  Stage names are fixed identifiers, so nothing a spec says can make
-a stage write outside the run directory.
+fingerprint: a hash of the stage's settings and of its inputs (``pipelines.run.plan_stage``): each upstream
+stage's fingerprint, the corpus files' identities (uri, size, modification time), and the content hash of
+files the spec names (:func:`path_identity`; a ``data:`` reference by its name, pinned by its checksum).
+``--force`` reruns it.  Stage names are fixed identifiers, so nothing a spec says can make a stage write
+outside the run directory.  The manifest's envelope is :class:`Manifest`, so each of its keys has one type.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +29,7 @@ import socket
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +58,67 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def host_info() -> dict[str, Any]:
-    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv}
+def path_identity(path: Path) -> str | None:
+    """Identity of a file the spec names, by content: its sha256; a directory: the hash of its files'
+    sha256 by name; None when it does not exist."""
+    from lmpipe.pipelines.core.files import sha256_file
+
+    if path.is_dir():
+        return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
+    return sha256_file(path) if path.exists() else None
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    started: float  # seconds since the epoch
+    finished: float
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    """The machine the driver ran on (workers record their own placement in the stage's sections)."""
+
+    hostname: str
+    platform: str
+    cpus: int | None
+    argv: list[str]
+
+
+def host_info() -> Host:
+    return Host(socket.gethostname(), platform.platform(), os.cpu_count(), list(sys.argv))
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """``RUN/<stage>/manifest.json``: this envelope, plus the stage's own sections (``sections``, written
+    between ``outputs`` and ``timings``; ``training`` is typed by the training harness)."""
+
+    stage: str
+    fingerprint: str
+    settings: dict[str, Any]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    timings: Timings
+    versions: dict[str, str]
+    host: Host
+    sections: dict[str, Any] = field(default_factory=dict)
+    status: str = "complete"
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object, keys in the order every manifest has had them."""
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "settings": self.settings,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            **self.sections,
+            "timings": asdict(self.timings),
+            "versions": self.versions,
+            "host": asdict(self.host),
+        }
 
 
 @dataclass
@@ -70,6 +133,12 @@ class StageRun:
     tmp_dir: Path = field(init=False)
     started: float = field(default_factory=time.time)
 
+    @property
+    def checkpoint_dir(self) -> Path:
+        """``RUN/.checkpoints/<stage>-<fingerprint[:16]>``: training state a rerun with the same fingerprint
+        resumes (removed by the stage once its output is complete)."""
+        return self.run_dir / ".checkpoints" / f"{self.stage}-{self.fingerprint[:16]}"
+
     def __post_init__(self) -> None:
         if self.stage not in STAGE_ORDER:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {list(STAGE_ORDER)}")
@@ -79,18 +148,20 @@ class StageRun:
     def commit(self, outputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Write the manifest into the temporary folder, then swap it in for ``RUN/<stage>``."""
         finished = time.time()
-        manifest = {
-            "stage": self.stage,
-            "status": "complete",
-            "fingerprint": self.fingerprint,
-            "settings": self.settings,
-            "inputs": self.inputs,
-            "outputs": outputs,
-            **extra,
-            "timings": {"started": self.started, "finished": finished, "seconds": round(finished - self.started, 3)},
-            "versions": package_versions(),
-            "host": host_info(),
-        }
+        clash = set(extra) & {f.name for f in dataclasses.fields(Manifest)}
+        if clash:
+            raise TypeError(f"the {self.stage} stage returned envelope keys {sorted(clash)}")  # a programming error
+        manifest = Manifest(
+            stage=self.stage,
+            fingerprint=self.fingerprint,
+            settings=self.settings,
+            inputs=self.inputs,
+            outputs=outputs,
+            sections=extra,
+            timings=Timings(self.started, finished, round(finished - self.started, 3)),
+            versions=package_versions(),
+            host=host_info(),
+        ).to_json()
         write_json_atomic(self.tmp_dir / MANIFEST, manifest)
         final = self.run_dir / self.stage
         old = None

@@ -1,8 +1,9 @@
-"""Pipeline specs: YAML in, frozen dataclasses out, parsed and validated in exactly this one place.
+"""Pipeline specs: the sections of a run, each a frozen dataclass validated in its ``__post_init__``.
 
 A spec names the corpus, how text is normalised and tokenized, the vocabulary cut, and the settings of
-each stage.  Every section is a frozen dataclass; unknown keys and bad values are rejected with an error
-that names the file, the key path, the bad value and what is allowed::
+each stage.  The YAML is read by the generic parser (:mod:`lmpipe.pipelines.spec_parser`, driven by these
+annotations alone); unknown keys and bad values are rejected with an error that names the file, the key
+path, the bad value and what is allowed::
 
     >>> spec = load_spec("pipelines/specs/tiny.yaml", overrides=["vocab.min_count=2"])
     >>> spec.vocab.min_count
@@ -10,37 +11,41 @@ that names the file, the key path, the bad value and what is allowed::
 
 Shared settings keep one name in every stage section: ``order``, ``prune``, ``epochs``, ``dim``,
 ``window``, ``model``, ``workers``, ``use_gpu``.  ``--set key.path=value`` overrides any value; the value
-is read as YAML (``null``, ``3``, ``[0, 0, 1]``, ``true``).
+is read as YAML (``null``, ``3``, ``[0, 0, 1]``, ``true``).  Field types carry two markers: ``LocalPath``
+(a path anchored beside the spec file and shipped with a job: :func:`local_paths`) and ``Runtime[T]``
+(left out of the stage fingerprint: where or how fast, not what).
+
+The stages are the ``RunSpec`` fields declared with :func:`stage_section`, in pipeline order: that is the
+one list of stage names (:data:`STAGE_ORDER`); each has a module ``pipelines/stages/<name>.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
+from lmpipe.pipelines.spec_parser import (
+    LocalPath,
+    PathRef,
+    Runtime,
+    SpecError,
+    check_range,
+    dump,
+    fail,
+    load,
+    local_path_fields,
+    local_paths,
+    parse,
+    plain,
+)
 
-#: Stages in the order the runner executes them.
-STAGE_ORDER: tuple[str, ...] = ("tokenize", "ngram", "sgns", "cooccur", "glove", "lm", "tagger", "mix", "report")
-
-
-class SpecError(ValueError):
-    """A spec is invalid; the message names file, key path, bad value and allowed values."""
-
-
-def _fail(path: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise SpecError(f"{path}: bad value {value!r}; allowed: {allowed}")
-
-
-def _check_range(path: str, value: float | int, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"{'' if lo is None else lo} .. {'' if hi is None else hi}"
-        _fail(path, value, f"a number in [{bounds}]")
+__all__ = [
+    "STAGE_ORDER", "LocalPath", "Runtime", "SpecError", "RunSpec", "dump_spec", "load_spec", "local_path_fields",
+    "local_paths", "parse_resources", "parse_spec",
+]  # fmt: skip
 
 
 #: Spec help for a ``resources`` entry (the Ray resources one worker of a stage requests).
@@ -58,9 +63,9 @@ def parse_resources(path: str, entries: typing.Sequence[str]) -> dict[str, float
         except ValueError:
             value = 0.0
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_:.-]*", name) or not value > 0 or name in out:
-            _fail(f"{path}[{i}]", entry, _RESOURCES_ALLOWED)
+            fail(f"{path}[{i}]", entry, _RESOURCES_ALLOWED)
         if name in ("memory", "object_store_memory"):
-            _fail(f"{path}[{i}]", entry, f"{_RESOURCES_ALLOWED}; not {name} (memory budgets are the stage's memory_mb)")
+            fail(f"{path}[{i}]", entry, f"{_RESOURCES_ALLOWED}; not {name} (memory budgets are the stage's memory_mb)")
         out[name] = value
     return out
 
@@ -77,10 +82,10 @@ class SplitFractions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("corpus.split.valid", self.valid, 0.0, 1.0)
-        _check_range("corpus.split.test", self.test, 0.0, 1.0)
+        check_range("corpus.split.valid", self.valid, 0.0, 1.0)
+        check_range("corpus.split.test", self.test, 0.0, 1.0)
         if self.valid + self.test >= 1.0:
-            _fail("corpus.split", {"valid": self.valid, "test": self.test}, "valid + test < 1")
+            fail("corpus.split", {"valid": self.valid, "test": self.test}, "valid + test < 1")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -88,9 +93,9 @@ class CorpusSpec:
     """Where the text is.  Each entry is a path, directory, glob, pyarrow URI (s3://, gs://, hdfs://)
     or a dataset reference ``data:NAME/SPLIT`` resolved through ``lmpipe data`` (mirror or cache)."""
 
-    train: tuple[str, ...]
-    valid: tuple[str, ...] = ()
-    test: tuple[str, ...] = ()
+    train: tuple[LocalPath, ...]
+    valid: tuple[LocalPath, ...] = ()
+    test: tuple[LocalPath, ...] = ()
     #: ``auto`` decides by extension: .txt/.txt.gz/other -> text, .jsonl(.gz) -> jsonl, .parquet -> parquet.
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
     #: The field (JSONL) or column (Parquet) holding the text.
@@ -102,9 +107,9 @@ class CorpusSpec:
 
     def __post_init__(self) -> None:
         if not self.train:
-            _fail("corpus.train", self.train, "one or more paths, globs, URIs or data:NAME/SPLIT references")
+            fail("corpus.train", self.train, "one or more paths, globs, URIs or data:NAME/SPLIT references")
         if self.split is not None and (self.valid or self.test):
-            _fail("corpus.split", "set", "either corpus.split fractions or corpus.valid/corpus.test inputs")
+            fail("corpus.split", "set", "either corpus.split fractions or corpus.valid/corpus.test inputs")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -123,7 +128,7 @@ class NormalizeSpec:
     literal_specials: Literal["error", "map", "rename"] = "error"
 
     def __post_init__(self) -> None:
-        _check_range("normalize.max_line_bytes", self.max_line_bytes, 1, None)
+        check_range("normalize.max_line_bytes", self.max_line_bytes, 1, None)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -141,13 +146,13 @@ class TokenizerSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_range("tokenizer.sp_vocab_size", self.sp_vocab_size, 8, 1 << 24)
-        _check_range("tokenizer.sp_sample_lines", self.sp_sample_lines, 1, None)
-        _check_range("tokenizer.sp_character_coverage", self.sp_character_coverage, 0.9, 1.0)
+        check_range("tokenizer.sp_vocab_size", self.sp_vocab_size, 8, 1 << 24)
+        check_range("tokenizer.sp_sample_lines", self.sp_sample_lines, 1, None)
+        check_range("tokenizer.sp_character_coverage", self.sp_character_coverage, 0.9, 1.0)
         try:
             re.compile(self.pattern)
         except re.error as exc:
-            _fail("tokenizer.pattern", self.pattern, f"a valid Python regular expression ({exc})")
+            fail("tokenizer.pattern", self.pattern, f"a valid Python regular expression ({exc})")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -158,9 +163,9 @@ class VocabSpec:
     max_size: int | None = None
 
     def __post_init__(self) -> None:
-        _check_range("vocab.min_count", self.min_count, 1, None)
+        check_range("vocab.min_count", self.min_count, 1, None)
         if self.max_size is not None:
-            _check_range("vocab.max_size", self.max_size, 4, (1 << 32) - 1)
+            check_range("vocab.max_size", self.max_size, 4, (1 << 32) - 1)
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -168,7 +173,7 @@ class VocabSpec:
 class TokenizeSpec:
     """The tokenize stage: input chunks are read, tokenized and written by ``workers`` Ray actors."""
 
-    workers: int = 2
+    workers: Runtime[int] = 2
     #: Input bytes per chunk, the unit of parallel work; each chunk becomes one shard (more if it is a
     #: large compressed file).  Output is independent of ``workers``, so shards are byte-identical.
     shard_mb: float = 64.0
@@ -176,11 +181,11 @@ class TokenizeSpec:
     compression: Literal["zstd", "lz4", "none"] = "zstd"
     #: Ray resources per worker (:func:`parse_resources`), e.g. ``[CPU=1, ssd=1]`` to run on nodes started
     #: with ``ray start --resources '{"ssd": 4}'``; default one CPU.  Not in the fingerprint: where, not what.
-    resources: tuple[str, ...] = ()
+    resources: Runtime[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        _check_range("tokenize.workers", self.workers, 1, 100_000)
-        _check_range("tokenize.shard_mb", self.shard_mb, 0.001, 16_384)
+        check_range("tokenize.workers", self.workers, 1, 100_000)
+        check_range("tokenize.shard_mb", self.shard_mb, 0.001, 16_384)
         parse_resources("tokenize.resources", self.resources)
 
 
@@ -193,7 +198,7 @@ class NgramSpec:
     prune: tuple[int, ...] = ()
     #: ``lmpipe`` estimates on Ray; ``lmplz`` streams the tokens into an installed KenLM lmplz.
     estimator: Literal["lmpipe", "lmplz"] = "lmpipe"
-    workers: int = 2
+    workers: Runtime[int] = 2
     #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically
     #: when one partition would not fit ``memory_mb``.  More partitions than workers balance the load.
     partitions: int = 4
@@ -203,27 +208,27 @@ class NgramSpec:
     interpolate_unigrams: bool = True
     vocab_pad: int = 0
     #: A file of words (whitespace separated) the model's vocabulary is limited to.
-    limit_vocab: str | None = None
+    limit_vocab: LocalPath | None = None
     arpa_gzip: bool = False
     #: Also write KenLM's binary format when ``build_binary`` is found.
     build_binary: bool = True
     #: Ray resources per task, as ``tokenize.resources`` (default one CPU).  Not in the fingerprint.
-    resources: tuple[str, ...] = ()
+    resources: Runtime[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        _check_range("ngram.order", self.order, 1, 6)
+        check_range("ngram.order", self.order, 1, 6)
         parse_resources("ngram.resources", self.resources)
-        _check_range("ngram.workers", self.workers, 1, 100_000)
-        _check_range("ngram.partitions", self.partitions, 1, 1 << 16)
-        _check_range("ngram.memory_mb", self.memory_mb, 64, None)
-        _check_range("ngram.vocab_pad", self.vocab_pad, 0, None)
+        check_range("ngram.workers", self.workers, 1, 100_000)
+        check_range("ngram.partitions", self.partitions, 1, 1 << 16)
+        check_range("ngram.memory_mb", self.memory_mb, 64, None)
+        check_range("ngram.vocab_pad", self.vocab_pad, 0, None)
         if self.prune:
             if len(self.prune) > self.order:
-                _fail("ngram.prune", list(self.prune), f"at most order={self.order} thresholds")
+                fail("ngram.prune", list(self.prune), f"at most order={self.order} thresholds")
             if self.prune[0] != 0 or any(b < a for a, b in zip(self.prune, self.prune[1:], strict=False)):
-                _fail("ngram.prune", list(self.prune), "non-decreasing thresholds starting with 0, e.g. [0, 0, 1]")
+                fail("ngram.prune", list(self.prune), "non-decreasing thresholds starting with 0, e.g. [0, 0, 1]")
         if self.discount_fallback is not None and len(self.discount_fallback) != 3:
-            _fail("ngram.discount_fallback", list(self.discount_fallback), "three discounts, e.g. [0.5, 1.0, 1.5]")
+            fail("ngram.discount_fallback", list(self.discount_fallback), "three discounts, e.g. [0.5, 1.0, 1.5]")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -245,11 +250,11 @@ class SgnsSpec:
     #: on top of ``vocab.min_count``, so one tokenization serves embeddings of several cuts.
     min_count: int = 5
     epochs: int = 5
-    workers: int = 1  # Ray Train workers (data parallel)
+    workers: Runtime[int] = 1  # Ray Train workers (data parallel)
     use_gpu: bool = False  # one GPU per worker, NCCL between them
     batch_pairs: int = 1024  # pairs per vectorised SGD step
     shared_negatives: int = 1  # consecutive pairs sharing one noise draw (1 = word2vec; 16 is ~3x faster on CPU)
-    threads: int = 1  # Hogwild threads per worker; > 1 makes results depend on thread timing
+    threads: Runtime[int] = 1  # Hogwild threads per worker; > 1 makes results depend on thread timing
     #: Replica merges per epoch when workers > 1; ``null`` = one per ~100k words of the largest worker's
     #: share (``embeddings.train.SYNC_WORDS``).  Rarer merges let the replicas drift apart: on 3.6M English
     #: words 2 workers reached 5.2% analogy accuracy with 4 merges per epoch, 7.4% with 16 (1 worker: 8.1%).
@@ -262,7 +267,7 @@ class SgnsSpec:
     #: All-reduce a part's delta in the background while the next part trains, applying the merge one part
     #: late (``embeddings.train.ReplicaSync``): the wait for the slowest worker is hidden.  Left out of the
     #: fingerprint, like ``workers``.
-    overlap_sync: bool = True
+    overlap_sync: Runtime[bool] = True
     seed: int = 1
     #: Run the standard evaluations (analogies, WS353, SimLex, MEN, RW) when ``data:embedding-eval`` resolves
     #: through the mirror or cache; otherwise they are skipped with the reason logged and recorded.
@@ -270,15 +275,15 @@ class SgnsSpec:
 
     def __post_init__(self) -> None:
         for name in ("dim", "window", "negative", "min_count", "epochs", "workers", "batch_pairs", "threads"):
-            _check_range(f"sgns.{name}", getattr(self, name), 1, None)
+            check_range(f"sgns.{name}", getattr(self, name), 1, None)
         if self.syncs_per_epoch is not None:
-            _check_range("sgns.syncs_per_epoch", self.syncs_per_epoch, 1, None)
-        _check_range("sgns.dim", self.dim, 1, 1 << 16)
-        _check_range("sgns.sample", self.sample, 0.0, 1.0)
+            check_range("sgns.syncs_per_epoch", self.syncs_per_epoch, 1, None)
+        check_range("sgns.dim", self.dim, 1, 1 << 16)
+        check_range("sgns.sample", self.sample, 0.0, 1.0)
         if not 0.0 < self.alpha <= 1.0:
-            _fail("sgns.alpha", self.alpha, "a number in (0 .. 1]")
-        _check_range("sgns.shared_negatives", self.shared_negatives, 1, self.batch_pairs)
-        _check_range("sgns.seed", self.seed, 0, (1 << 63) - 1)
+            fail("sgns.alpha", self.alpha, "a number in (0 .. 1]")
+        check_range("sgns.shared_negatives", self.shared_negatives, 1, self.batch_pairs)
+        check_range("sgns.seed", self.seed, 0, (1 << 63) - 1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -298,20 +303,20 @@ class CooccurSpec:
     boundary: Literal["sentence", "document"] = "sentence"
     min_count: int = 5
     max_size: int | None = None
-    workers: int = 2  # Ray tasks in flight
+    workers: Runtime[int] = 2  # Ray tasks in flight
     #: Hash partitions of the counts by row (output shards); raised automatically to fit ``memory_mb``.
     partitions: int = 4
     #: Memory budget per task in MB: the map side spills its accumulator to disk at half of it.
     memory_mb: int = 1024
 
     def __post_init__(self) -> None:
-        _check_range("cooccur.window", self.window, 1, 20)
+        check_range("cooccur.window", self.window, 1, 20)
         for name in ("min_count", "workers"):
-            _check_range(f"cooccur.{name}", getattr(self, name), 1, None)
-        _check_range("cooccur.partitions", self.partitions, 1, 4096)
-        _check_range("cooccur.memory_mb", self.memory_mb, 64, None)
+            check_range(f"cooccur.{name}", getattr(self, name), 1, None)
+        check_range("cooccur.partitions", self.partitions, 1, 4096)
+        check_range("cooccur.memory_mb", self.memory_mb, 64, None)
         if self.max_size is not None:
-            _check_range("cooccur.max_size", self.max_size, 1, (1 << 32) - 1)
+            check_range("cooccur.max_size", self.max_size, 1, (1 << 32) - 1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -333,8 +338,8 @@ class GloveSpec:
     batch_size: int = 4096
     #: ``sum``: W + W~ (GloVe's -model 2, the paper's choice); ``word``: W alone (-model 1).
     output: Literal["sum", "word"] = "sum"
-    workers: int = 1  # Ray Train workers, each training on its share of the entries
-    threads: int = 1  # torch intra-op threads per worker
+    workers: Runtime[int] = 1  # Ray Train workers, each training on its share of the entries
+    threads: Runtime[int] = 1  # torch intra-op threads per worker
     use_gpu: bool = False
     #: Replica merges per epoch when workers > 1; ``null`` = one per ~1M entries of a worker's share.
     syncs_per_epoch: int | None = None
@@ -343,23 +348,25 @@ class GloveSpec:
 
     def __post_init__(self) -> None:
         for name in ("dim", "epochs", "batch_size", "workers", "threads"):
-            _check_range(f"glove.{name}", getattr(self, name), 1, None)
-        _check_range("glove.dim", self.dim, 1, 1 << 16)
+            check_range(f"glove.{name}", getattr(self, name), 1, None)
+        check_range("glove.dim", self.dim, 1, 1 << 16)
         if self.syncs_per_epoch is not None:
-            _check_range("glove.syncs_per_epoch", self.syncs_per_epoch, 1, None)
+            check_range("glove.syncs_per_epoch", self.syncs_per_epoch, 1, None)
         if not self.x_max > 0:
-            _fail("glove.x_max", self.x_max, "a number > 0")
+            fail("glove.x_max", self.x_max, "a number > 0")
         if not 0.0 < self.alpha <= 1.0:
-            _fail("glove.alpha", self.alpha, "a number in (0 .. 1]")
+            fail("glove.alpha", self.alpha, "a number in (0 .. 1]")
         if not self.eta > 0:
-            _fail("glove.eta", self.eta, "a number > 0")
+            fail("glove.eta", self.eta, "a number > 0")
         if not self.grad_clip > 0:
-            _fail("glove.grad_clip", self.grad_clip, "a number > 0")
-        _check_range("glove.seed", self.seed, 0, (1 << 63) - 1)
+            fail("glove.grad_clip", self.grad_clip, "a number > 0")
+        check_range("glove.seed", self.seed, 0, (1 << 63) - 1)
 
 
 #: Where the lm stage's input embedding may come from: an earlier stage of the run, or a file/directory.
 LM_EMBEDDING_STAGES = ("sgns", "glove")
+#: Vectors named by a stage of this run (``sgns``, ``glove``) or by a local path / URI.
+VectorsPath = Annotated[str, PathRef(names=LM_EMBEDDING_STAGES)]
 _LM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MIX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -394,7 +401,7 @@ class LmModelSpec:
     cutoffs: tuple[int, ...] = ()  # adaptive softmax cluster bounds; () = 2k/10k/50k below V
     #: Input embedding initialised from ``sgns`` or ``glove`` (RUN/<stage>/vectors) or a path to vectors
     #: (``embeddings_format``: an lmpipe Vectors directory, or a file format of ``lmpipe embeddings import``).
-    embeddings: str | None = None
+    embeddings: VectorsPath | None = None
     embeddings_format: Literal["vectors", "word2vec", "word2vec-bin", "glove", "npy", "safetensors"] = "vectors"
     freeze_embeddings: bool = False
     #: Vectors whose dimension is not ``emb_dim``: ``error`` stops before training, ``project`` learns a linear map.
@@ -420,57 +427,57 @@ class LmModelSpec:
     def validate(self, where: str) -> None:
         """Checks with the key path ``where`` (``lm.models[i]``) in every message."""
         if not _LM_NAME.fullmatch(self.name):
-            _fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
+            fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
         for name in ("emb_dim", "hidden"):
-            _check_range(f"{where}.{name}", getattr(self, name), 1, 1 << 16)
-        _check_range(f"{where}.layers", self.layers, 1, 4)
-        _check_range(f"{where}.context", self.context, 1, 32)
+            check_range(f"{where}.{name}", getattr(self, name), 1, 1 << 16)
+        check_range(f"{where}.layers", self.layers, 1, 4)
+        check_range(f"{where}.context", self.context, 1, 32)
         if self.kind == "nplm" and self.softmax != "full":
-            _fail(f"{where}.softmax", self.softmax, "full for kind nplm (its output layer is b + Wx + U act(d + Hx))")
+            fail(f"{where}.softmax", self.softmax, "full for kind nplm (its output layer is b + Wx + U act(d + Hx))")
         if self.kind == "nplm" and self.tie:
-            _fail(f"{where}.tie", self.tie, "false for kind nplm (its output layer reads the hidden units)")
-        _check_range(f"{where}.bptt", self.bptt, 1, 100_000)
-        _check_range(f"{where}.batch_size", self.batch_size, 1, 1 << 20)
-        _check_range(f"{where}.epochs", self.epochs, 1, 100_000)
+            fail(f"{where}.tie", self.tie, "false for kind nplm (its output layer reads the hidden units)")
+        check_range(f"{where}.bptt", self.bptt, 1, 100_000)
+        check_range(f"{where}.batch_size", self.batch_size, 1, 1 << 20)
+        check_range(f"{where}.epochs", self.epochs, 1, 100_000)
         if not 0.0 <= self.dropout < 1.0:
-            _fail(f"{where}.dropout", self.dropout, "a number in [0 .. 1)")
+            fail(f"{where}.dropout", self.dropout, "a number in [0 .. 1)")
         if not self.lr > 0:
-            _fail(f"{where}.lr", self.lr, "a number > 0")
+            fail(f"{where}.lr", self.lr, "a number > 0")
         if not 0.0 <= self.momentum < 1.0:
-            _fail(f"{where}.momentum", self.momentum, "a number in [0 .. 1)")
+            fail(f"{where}.momentum", self.momentum, "a number in [0 .. 1)")
         if self.momentum and self.optimizer != "sgd":
-            _fail(f"{where}.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
-        _check_range(f"{where}.weight_decay", self.weight_decay, 0.0, None)
-        _check_range(f"{where}.clip", self.clip, 0.0, None)
+            fail(f"{where}.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
+        check_range(f"{where}.weight_decay", self.weight_decay, 0.0, None)
+        check_range(f"{where}.clip", self.clip, 0.0, None)
         if not self.init_scale > 0:
-            _fail(f"{where}.init_scale", self.init_scale, "a number > 0")
+            fail(f"{where}.init_scale", self.init_scale, "a number > 0")
         if not self.irnn_input_std > 0:
-            _fail(f"{where}.irnn_input_std", self.irnn_input_std, "a number > 0")
+            fail(f"{where}.irnn_input_std", self.irnn_input_std, "a number > 0")
         if not 0.0 < self.irnn_identity_scale <= 1.0:
-            _fail(f"{where}.irnn_identity_scale", self.irnn_identity_scale, "a number in (0 .. 1]")
+            fail(f"{where}.irnn_identity_scale", self.irnn_identity_scale, "a number in (0 .. 1]")
         if self.forget_bias and self.kind != "lstm":
-            _fail(f"{where}.forget_bias", self.forget_bias, f"0 for kind {self.kind!r} (only an lstm has a forget gate)")
+            fail(f"{where}.forget_bias", self.forget_bias, f"0 for kind {self.kind!r} (only an lstm has a forget gate)")
         if self.classes is not None:
-            _check_range(f"{where}.classes", self.classes, 1, 1 << 20)
+            check_range(f"{where}.classes", self.classes, 1, 1 << 20)
         if any(c < 1 for c in self.cutoffs) or any(b <= a for a, b in zip(self.cutoffs, self.cutoffs[1:], strict=False)):
-            _fail(f"{where}.cutoffs", list(self.cutoffs), "increasing positive ids, e.g. [2000, 10000]")
+            fail(f"{where}.cutoffs", list(self.cutoffs), "increasing positive ids, e.g. [2000, 10000]")
         if self.tie and self.softmax == "adaptive":
-            _fail(f"{where}.tie", self.tie, "false with softmax 'adaptive' (it has its own head); or softmax full/class")
+            fail(f"{where}.tie", self.tie, "false with softmax 'adaptive' (it has its own head); or softmax full/class")
         if self.freeze_embeddings and self.embeddings is None:
-            _fail(f"{where}.freeze_embeddings", True, "false unless `embeddings` names the vectors to freeze")
+            fail(f"{where}.freeze_embeddings", True, "false unless `embeddings` names the vectors to freeze")
         if self.freeze_embeddings and self.tie:
-            _fail(f"{where}.freeze_embeddings", True, "false with tie: true (freezing would freeze the output layer)")
+            fail(f"{where}.freeze_embeddings", True, "false with tie: true (freezing would freeze the output layer)")
         if self.embeddings in LM_EMBEDDING_STAGES and self.embeddings_format != "vectors":
-            _fail(f"{where}.embeddings_format", self.embeddings_format, f"'vectors' for the {self.embeddings} stage")
+            fail(f"{where}.embeddings_format", self.embeddings_format, f"'vectors' for the {self.embeddings} stage")
         if not self.lr_factor > 1.0:
-            _fail(f"{where}.lr_factor", self.lr_factor, "a number > 1")
-        _check_range(f"{where}.min_improvement", self.min_improvement, 1.0, None)
-        _check_range(f"{where}.decay_after", self.decay_after, 0, None)
+            fail(f"{where}.lr_factor", self.lr_factor, "a number > 1")
+        check_range(f"{where}.min_improvement", self.min_improvement, 1.0, None)
+        check_range(f"{where}.decay_after", self.decay_after, 0, None)
         if not 0.0 < self.lr_decay <= 1.0:
-            _fail(f"{where}.lr_decay", self.lr_decay, "a number in (0 .. 1]")
+            fail(f"{where}.lr_decay", self.lr_decay, "a number in (0 .. 1]")
         if self.patience is not None:
-            _check_range(f"{where}.patience", self.patience, 1, None)
-        _check_range(f"{where}.seed", self.seed, 0, (1 << 63) - 1)
+            check_range(f"{where}.patience", self.patience, 1, None)
+        check_range(f"{where}.seed", self.seed, 0, (1 << 63) - 1)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -485,22 +492,22 @@ class LmSpec:
 
     models: tuple[LmModelSpec, ...] = (LmModelSpec(name="lstm"),)
     workers: int = 1
-    threads: int = 1  # torch threads per worker
+    threads: Runtime[int] = 1  # torch threads per worker
     use_gpu: bool = False
     eval_columns: int = 10
     eval_state: Literal["carry", "reset"] = "carry"
 
     def __post_init__(self) -> None:
-        _check_range("lm.workers", self.workers, 1, 100_000)
-        _check_range("lm.threads", self.threads, 1, 1024)
-        _check_range("lm.eval_columns", self.eval_columns, 1, 1 << 20)
+        check_range("lm.workers", self.workers, 1, 100_000)
+        check_range("lm.threads", self.threads, 1, 1024)
+        check_range("lm.eval_columns", self.eval_columns, 1, 1 << 20)
         if not self.models:
-            _fail("lm.models", [], "one or more models, e.g. [{name: lstm, kind: lstm}]")
+            fail("lm.models", [], "one or more models, e.g. [{name: lstm, kind: lstm}]")
         seen: set[str] = set()
         for i, model in enumerate(self.models):
             model.validate(f"lm.models[{i}]")
             if model.name in seen:
-                _fail(f"lm.models[{i}].name", model.name, "a name not used by another model of the list")
+                fail(f"lm.models[{i}].name", model.name, "a name not used by another model of the list")
             seen.add(model.name)
 
     def model(self, name: str | None) -> LmModelSpec:
@@ -533,25 +540,25 @@ class MixtureSpec:
         # the label names the mixture's score files (RUN/mix/scores/<label>/): never a path outside the run
         for i, model in enumerate(self.models):
             if not _LM_NAME.fullmatch(model):
-                _fail(f"{path}.models[{i}]", model, "a model name of the run (letters, digits, '.', '_', '-')")
+                fail(f"{path}.models[{i}]", model, "a model name of the run (letters, digits, '.', '_', '-')")
         if not _MIX_NAME.fullmatch(self.label) or ".." in self.label:
-            _fail(f"{path}.name", self.label, "letters, digits, '.', '_', '-', '+', starting with a letter or digit")
+            fail(f"{path}.name", self.label, "letters, digits, '.', '_', '-', '+', starting with a letter or digit")
         if len(self.models) < 2 or len(set(self.models)) != len(self.models):
-            _fail(f"{path}.models", list(self.models), "two or more different model names, e.g. [kn5, lstm]")
+            fail(f"{path}.models", list(self.models), "two or more different model names, e.g. [kn5, lstm]")
         if self.method == "fixed":
             w = self.weights
             if w is None or len(w) != len(self.models):
-                _fail(f"{path}.weights", None if w is None else list(w), f"{len(self.models)} weights for method fixed")
+                fail(f"{path}.weights", None if w is None else list(w), f"{len(self.models)} weights for method fixed")
             if any(x < 0 for x in w) or abs(sum(w) - 1.0) > 1e-6:
-                _fail(f"{path}.weights", list(w), "non-negative weights summing to 1")
+                fail(f"{path}.weights", list(w), "non-negative weights summing to 1")
         elif self.weights is not None:
-            _fail(f"{path}.weights", list(self.weights), "no weights unless method is fixed (em and grid fit them)")
+            fail(f"{path}.weights", list(self.weights), "no weights unless method is fixed (em and grid fit them)")
         if self.method == "grid" and len(self.models) != 2:
-            _fail(f"{path}.method", self.method, "em or fixed for more than two models (grid is for two)")
+            fail(f"{path}.method", self.method, "em or fixed for more than two models (grid is for two)")
         if list(self.context_bins) != sorted(set(self.context_bins)) or any(b < 1 for b in self.context_bins):
-            _fail(f"{path}.context_bins", list(self.context_bins), "increasing positive counts, e.g. [10, 100, 1000]")
+            fail(f"{path}.context_bins", list(self.context_bins), "increasing positive counts, e.g. [10, 100, 1000]")
         if self.context_bins and self.method != "em":
-            _fail(f"{path}.context_bins", list(self.context_bins), "bins only with method em")
+            fail(f"{path}.context_bins", list(self.context_bins), "bins only with method em")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -563,12 +570,12 @@ class MixSpec:
     bootstrap_samples: int = 1000  # paired bootstrap of the test perplexity difference vs each component
 
     def __post_init__(self) -> None:
-        _check_range("mix.bootstrap_samples", self.bootstrap_samples, 0, 1_000_000)
+        check_range("mix.bootstrap_samples", self.bootstrap_samples, 0, 1_000_000)
         seen: set[str] = set()
         for i, mixture in enumerate(self.mixtures):
             mixture.validate(f"mix.mixtures[{i}]")
             if mixture.label in seen:
-                _fail(f"mix.mixtures[{i}].name", mixture.label, "a name not used by another mixture")
+                fail(f"mix.mixtures[{i}].name", mixture.label, "a name not used by another mixture")
             seen.add(mixture.label)
 
 
@@ -582,7 +589,7 @@ class ReportSpec:
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "valid", "test"):
-            _fail("report.split", self.split, "one of train, valid, test")
+            fail("report.split", self.split, "one of train, valid, test")
 
 
 # --------------------------------------------------------------------------------------------- tagger
@@ -601,9 +608,9 @@ class TaggerTaskSpec:
     name: str
     format: Literal["conll2003", "conll2000", "conllu"]
     column: str  # conll2003: ner | chunk | pos; conll2000: chunk | pos; conllu: upos | xpos
-    train: str  # a path or data:NAME/SPLIT
-    valid: str | None = None
-    test: str | None = None
+    train: LocalPath  # a path or data:NAME/SPLIT
+    valid: LocalPath | None = None
+    test: LocalPath | None = None
     #: With no ``valid`` file: this fraction of the training sentences (by a hash of the sentence) is the valid set.
     valid_fraction: float = 0.0
     #: Chunk columns are trained and predicted in this scheme (read from and written back in the file's own).
@@ -612,15 +619,15 @@ class TaggerTaskSpec:
 
     def validate(self, where: str) -> None:
         if not _LM_NAME.fullmatch(self.name):
-            _fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
+            fail(f"{where}.name", self.name, "letters, digits, '.', '_' and '-', starting with a letter or digit")
         if self.column not in TAGGER_COLUMNS[self.format]:
-            _fail(f"{where}.column", self.column, f"one of {list(TAGGER_COLUMNS[self.format])} for format {self.format!r}")
+            fail(f"{where}.column", self.column, f"one of {list(TAGGER_COLUMNS[self.format])} for format {self.format!r}")
         if not 0.0 <= self.valid_fraction < 1.0:
-            _fail(f"{where}.valid_fraction", self.valid_fraction, "a number in [0 .. 1)")
+            fail(f"{where}.valid_fraction", self.valid_fraction, "a number in [0 .. 1)")
         if self.valid is not None and self.valid_fraction:
-            _fail(f"{where}.valid_fraction", self.valid_fraction, "0 when `valid` names a file")
+            fail(f"{where}.valid_fraction", self.valid_fraction, "0 when `valid` names a file")
         if not self.weight > 0:
-            _fail(f"{where}.weight", self.weight, "a number > 0")
+            fail(f"{where}.weight", self.weight, "a number > 0")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -640,18 +647,18 @@ class TaggerTuneSpec:
         for name in ("lr", "dropout"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not lo_hi[0] <= lo_hi[1]:
-                _fail(f"tagger.tune.{name}", list(lo_hi), "[low, high] with low <= high")
+                fail(f"tagger.tune.{name}", list(lo_hi), "[low, high] with low <= high")
         if not self.lr[0] > 0:
-            _fail("tagger.tune.lr", list(self.lr), "positive bounds")
+            fail("tagger.tune.lr", list(self.lr), "positive bounds")
         if not (0.0 <= self.dropout[0] and self.dropout[1] < 1.0):
-            _fail("tagger.tune.dropout", list(self.dropout), "bounds in [0 .. 1)")
+            fail("tagger.tune.dropout", list(self.dropout), "bounds in [0 .. 1)")
         if not self.hidden or any(h < 1 for h in self.hidden):
-            _fail("tagger.tune.hidden", list(self.hidden), "one or more positive sizes")
+            fail("tagger.tune.hidden", list(self.hidden), "one or more positive sizes")
         if not self.window or any(w < 1 or w % 2 == 0 for w in self.window):
-            _fail("tagger.tune.window", list(self.window), "one or more odd window sizes")
-        _check_range("tagger.tune.grace_period", self.grace_period, 1, None)
-        _check_range("tagger.tune.reduction_factor", self.reduction_factor, 2, None)
-        _check_range("tagger.tune.cpus_per_trial", self.cpus_per_trial, 1, 1024)
+            fail("tagger.tune.window", list(self.window), "one or more odd window sizes")
+        check_range("tagger.tune.grace_period", self.grace_period, 1, None)
+        check_range("tagger.tune.reduction_factor", self.reduction_factor, 2, None)
+        check_range("tagger.tune.cpus_per_trial", self.cpus_per_trial, 1, 1024)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -665,7 +672,7 @@ class TaggerSpec:
 
     tasks: tuple[TaggerTaskSpec, ...] = ()
     model: Literal["window", "rnn"] = "window"
-    vectors: str | None = None
+    vectors: VectorsPath | None = None
     vectors_format: Literal["vectors", "word2vec", "word2vec-bin", "glove", "npy", "safetensors"] = "vectors"
     max_vectors: int | None = 100_000  # the most frequent vectors added to the vocabulary (null: all)
     lowercase: bool | None = None
@@ -701,54 +708,61 @@ class TaggerSpec:
     patience: int | None = 5
     seed: int = 1
     workers: int = 1
-    threads: int = 1
+    threads: Runtime[int] = 1
     use_gpu: bool = False
-    tune: TaggerTuneSpec = field(default_factory=TaggerTuneSpec)
+    #: ``lmpipe tune``'s search space: it never shapes the stage's output.
+    tune: Runtime[TaggerTuneSpec] = field(default_factory=TaggerTuneSpec)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
         for i, task in enumerate(self.tasks):
             task.validate(f"tagger.tasks[{i}]")
             if task.name in seen:
-                _fail(f"tagger.tasks[{i}].name", task.name, "a name not used by another task")
+                fail(f"tagger.tasks[{i}].name", task.name, "a name not used by another task")
             seen.add(task.name)
         if self.max_vectors is not None:
-            _check_range("tagger.max_vectors", self.max_vectors, 1, None)
+            check_range("tagger.max_vectors", self.max_vectors, 1, None)
         if self.vectors in LM_EMBEDDING_STAGES and self.vectors_format != "vectors":
-            _fail("tagger.vectors_format", self.vectors_format, f"'vectors' for the {self.vectors} stage")
+            fail("tagger.vectors_format", self.vectors_format, f"'vectors' for the {self.vectors} stage")
         if self.freeze_vectors and self.vectors is None:
-            _fail("tagger.freeze_vectors", True, "false unless `vectors` names the vectors to freeze")
-        _check_range("tagger.min_count", self.min_count, 1, None)
-        _check_range("tagger.dim", self.dim, 1, 1 << 16)
-        _check_range("tagger.case_dim", self.case_dim, 0, 1 << 10)
+            fail("tagger.freeze_vectors", True, "false unless `vectors` names the vectors to freeze")
+        check_range("tagger.min_count", self.min_count, 1, None)
+        check_range("tagger.dim", self.dim, 1, 1 << 16)
+        check_range("tagger.case_dim", self.case_dim, 0, 1 << 10)
         if self.window < 1 or self.window % 2 == 0:
-            _fail("tagger.window", self.window, "an odd number >= 1 (the token in the middle)")
-        _check_range("tagger.hidden", self.hidden, 1, 1 << 16)
-        _check_range("tagger.layers", self.layers, 1, 8)
-        _check_range("tagger.char_dim", self.char_dim, 1, 1 << 12)
-        _check_range("tagger.char_size", self.char_size, 1, 1 << 12)
+            fail("tagger.window", self.window, "an odd number >= 1 (the token in the middle)")
+        check_range("tagger.hidden", self.hidden, 1, 1 << 16)
+        check_range("tagger.layers", self.layers, 1, 8)
+        check_range("tagger.char_dim", self.char_dim, 1, 1 << 12)
+        check_range("tagger.char_size", self.char_size, 1, 1 << 12)
         if self.char_width < 1 or self.char_width % 2 == 0:
-            _fail("tagger.char_width", self.char_width, "an odd number >= 1 (characters per filter)")
+            fail("tagger.char_width", self.char_width, "an odd number >= 1 (characters per filter)")
         if not 0.0 <= self.dropout < 1.0:
-            _fail("tagger.dropout", self.dropout, "a number in [0 .. 1)")
+            fail("tagger.dropout", self.dropout, "a number in [0 .. 1)")
         if not self.lr > 0:
-            _fail("tagger.lr", self.lr, "a number > 0")
+            fail("tagger.lr", self.lr, "a number > 0")
         if not 0.0 <= self.momentum < 1.0:
-            _fail("tagger.momentum", self.momentum, "a number in [0 .. 1)")
+            fail("tagger.momentum", self.momentum, "a number in [0 .. 1)")
         if self.momentum and self.optimizer != "sgd":
-            _fail("tagger.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
-        _check_range("tagger.weight_decay", self.weight_decay, 0.0, None)
-        _check_range("tagger.lr_decay", self.lr_decay, 0.0, None)
+            fail("tagger.momentum", self.momentum, f"0 with optimizer {self.optimizer!r} (momentum is for sgd)")
+        check_range("tagger.weight_decay", self.weight_decay, 0.0, None)
+        check_range("tagger.lr_decay", self.lr_decay, 0.0, None)
         if not 0.0 <= self.unk_replace < 1.0:
-            _fail("tagger.unk_replace", self.unk_replace, "a probability in [0 .. 1)")
-        _check_range("tagger.clip", self.clip, 0.0, None)
-        _check_range("tagger.batch_size", self.batch_size, 1, 1 << 20)
-        _check_range("tagger.epochs", self.epochs, 1, 100_000)
+            fail("tagger.unk_replace", self.unk_replace, "a probability in [0 .. 1)")
+        check_range("tagger.clip", self.clip, 0.0, None)
+        check_range("tagger.batch_size", self.batch_size, 1, 1 << 20)
+        check_range("tagger.epochs", self.epochs, 1, 100_000)
         if self.patience is not None:
-            _check_range("tagger.patience", self.patience, 1, None)
-        _check_range("tagger.seed", self.seed, 0, (1 << 63) - 1)
-        _check_range("tagger.workers", self.workers, 1, 100_000)
-        _check_range("tagger.threads", self.threads, 1, 1024)
+            check_range("tagger.patience", self.patience, 1, None)
+        check_range("tagger.seed", self.seed, 0, (1 << 63) - 1)
+        check_range("tagger.workers", self.workers, 1, 100_000)
+        check_range("tagger.threads", self.threads, 1, 1024)
+
+
+def stage_section(section: type) -> Any:
+    """A ``RunSpec`` field that is a stage's settings: the stage is named after the field, runs in field
+    order unless its declared upstream stages say otherwise, and lives in ``pipelines/stages/<name>.py``."""
+    return field(default_factory=section, metadata={"stage": True})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -762,23 +776,22 @@ class RunSpec:
     vocab: VocabSpec = field(default_factory=VocabSpec)
     #: Stages ``lmpipe run`` executes by default (``--stages`` overrides), in :data:`STAGE_ORDER`.
     stages: tuple[str, ...] = ("tokenize",)
-    tokenize: TokenizeSpec = field(default_factory=TokenizeSpec)
-    ngram: NgramSpec = field(default_factory=NgramSpec)
-    sgns: SgnsSpec = field(default_factory=SgnsSpec)
-    cooccur: CooccurSpec = field(default_factory=CooccurSpec)
-    glove: GloveSpec = field(default_factory=GloveSpec)
-    lm: LmSpec = field(default_factory=LmSpec)
-    tagger: TaggerSpec = field(default_factory=TaggerSpec)
-    mix: MixSpec = field(default_factory=MixSpec)
-    report: ReportSpec = field(default_factory=ReportSpec)
+    tokenize: TokenizeSpec = stage_section(TokenizeSpec)
+    ngram: NgramSpec = stage_section(NgramSpec)
+    sgns: SgnsSpec = stage_section(SgnsSpec)
+    cooccur: CooccurSpec = stage_section(CooccurSpec)
+    glove: GloveSpec = stage_section(GloveSpec)
+    lm: LmSpec = stage_section(LmSpec)
+    tagger: TaggerSpec = stage_section(TaggerSpec)
+    mix: MixSpec = stage_section(MixSpec)
+    report: ReportSpec = stage_section(ReportSpec)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
-            _fail("name", self.name, "a non-empty run name without '/' that does not start with '.'")
-        known = [s for s in STAGE_ORDER if s in _implemented_stages()]
+            fail("name", self.name, "a non-empty run name without '/' that does not start with '.'")
         for stage in self.stages:
-            if stage not in known:
-                _fail("stages", list(self.stages), f"stage names from {known}")
+            if stage not in STAGE_ORDER:
+                fail("stages", list(self.stages), f"stage names from {list(STAGE_ORDER)}")
 
     def section(self, name: str) -> Any:
         """The settings dataclass of one stage (or a shared section) by name."""
@@ -786,198 +799,24 @@ class RunSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as plain YAML-able data (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        return plain(self)
 
 
-def _implemented_stages() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(RunSpec) if f.name in STAGE_ORDER)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------------------------- parsing
-def _describe(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in get_args(tp))
-    if origin is tuple:
-        return f"a list of {_describe(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return f"a mapping with keys {[f.name for f in dataclasses.fields(tp)]}"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Convert one YAML value to the annotated type, or fail naming path, value and what is allowed."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        real = [a for a in args if a is not type(None)]
-        if len(real) == 1:  # Optional[X]: X's own error is the precise one
-            return _convert(real[0], value, path)
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(arg, value, path)
-            except SpecError as exc:
-                errors.append(exc)
-        _fail(path, value, _describe(tp))
-    if origin is Literal:
-        if value not in get_args(tp):
-            _fail(path, value, _describe(tp))
-        return value
-    if origin is tuple:
-        item_type = get_args(tp)[0]
-        items = [value] if isinstance(value, str | int | float) and not isinstance(value, bool) else value
-        if not isinstance(items, list | tuple):
-            _fail(path, value, _describe(tp))
-        return tuple(_convert(item_type, v, f"{path}[{i}]") for i, v in enumerate(items))
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(path, value, "true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(path, value, "an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            _fail(path, value, "a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            _fail(path, value, "a string")
-        return value
-    raise TypeError(f"unsupported spec type {tp!r} at {path}")  # a programming error, not user input
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        _fail(path or "<top>", data, _describe(cls))
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{path}.{key}" if path else str(key)
-            raise SpecError(f"{where}: unknown key; allowed keys{' of ' + path if path else ''}: {sorted(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        where = f"{path}.{f.name}" if path else f.name
-        if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], where)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(f"{where}: missing required key ({_describe(hints[f.name])})")
-    return cls(**kwargs)
-
-
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``key.path=value`` override (value parsed as YAML) to raw spec data, in place."""
-    if "=" not in assignment:
-        raise SpecError(f"--set {assignment!r}: expected key.path=value")
-    key, raw = assignment.split("=", 1)
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise SpecError(f"--set {assignment!r}: empty key path")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise SpecError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from exc
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
-        node = child
-    node[parts[-1]] = value
+#: The stages: the ``RunSpec`` fields declared with :func:`stage_section`, in pipeline order.
+STAGE_ORDER: tuple[str, ...] = tuple(f.name for f in fields(RunSpec) if f.metadata.get("stage"))
 
 
 def parse_spec(data: Any, *, source: str = "<spec>", overrides: typing.Sequence[str] = ()) -> RunSpec:
     """Parse raw YAML data (plus ``--set`` overrides) into a validated :class:`RunSpec`."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{source}: a spec is a YAML mapping, got {type(data).__name__}")
-    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-    try:
-        for assignment in overrides:
-            apply_override(data, assignment)
-        return _build(RunSpec, data, "")
-    except SpecError as exc:
-        raise SpecError(f"{source}: {exc}") from None
+    return parse(RunSpec, data, source=source, overrides=overrides)
 
 
 def load_spec(path: str | Path, *, overrides: typing.Sequence[str] = ()) -> RunSpec:
-    """Read a spec file with ``yaml.safe_load`` and parse it.  Names the file in every error."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc})") from exc
-    if isinstance(data, dict):
-        _anchor_paths(data, path.parent.resolve())
-    return parse_spec(data, source=str(path), overrides=overrides)
-
-
-def is_local_relative(ref: str) -> bool:
-    """True for a relative local path (not a URI, not a ``data:`` reference, not absolute)."""
-    return not ("://" in ref or ref.startswith("data:") or Path(ref).is_absolute())
-
-
-def _anchor_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative paths written in a spec file mean 'beside the spec file', wherever lmpipe is run from.
-
-    Paths given later with ``--set`` keep their meaning relative to the working directory."""
-    corpus = data.get("corpus")
-    if isinstance(corpus, dict):
-        for split in ("train", "valid", "test"):
-            refs = corpus.get(split)
-            if isinstance(refs, str):
-                refs = [refs]
-            if isinstance(refs, list):
-                corpus[split] = [str(base / r) if isinstance(r, str) and is_local_relative(r) else r for r in refs]
-    ngram = data.get("ngram")
-    if isinstance(ngram, dict) and isinstance(ngram.get("limit_vocab"), str) and is_local_relative(ngram["limit_vocab"]):
-        ngram["limit_vocab"] = str(base / ngram["limit_vocab"])
-    lm = data.get("lm")
-    models = lm.get("models") if isinstance(lm, dict) else None
-    for model in models if isinstance(models, list) else []:
-        ref = model.get("embeddings") if isinstance(model, dict) else None
-        if isinstance(ref, str) and ref not in LM_EMBEDDING_STAGES and is_local_relative(ref):
-            model["embeddings"] = str(base / ref)
-    tagger = data.get("tagger")
-    if isinstance(tagger, dict):
-        ref = tagger.get("vectors")
-        if isinstance(ref, str) and ref not in LM_EMBEDDING_STAGES and is_local_relative(ref):
-            tagger["vectors"] = str(base / ref)
-        tasks = tagger.get("tasks")
-        for task in tasks if isinstance(tasks, list) else []:
-            for split in ("train", "valid", "test") if isinstance(task, dict) else ():
-                if isinstance(task.get(split), str) and is_local_relative(task[split]):
-                    task[split] = str(base / task[split])
+    """Read a spec file with ``yaml.safe_load`` and parse it; relative :data:`LocalPath` values mean
+    'beside the spec file'.  Names the file in every error."""
+    return load(RunSpec, path, overrides=overrides)
 
 
 def dump_spec(spec: RunSpec) -> str:
     """The resolved spec as YAML, written to the run directory so a run documents itself."""
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    return dump(spec)

@@ -117,3 +117,39 @@ def test_load_spec_names_the_file_on_yaml_errors(tmp_path):
         load_spec(bad)
     with pytest.raises(SpecError, match="cannot read spec"):
         load_spec(tmp_path / "missing.yaml")
+
+
+def test_local_path_fields_are_found_by_their_type():
+    from lmpipe.pipelines.spec import local_path_fields
+
+    assert local_path_fields(RunSpec) == [
+        "corpus.train[]", "corpus.valid[]", "corpus.test[]", "ngram.limit_vocab", "lm.models[].embeddings",
+        "tagger.tasks[].train", "tagger.tasks[].valid", "tagger.tasks[].test", "tagger.vectors",
+    ]  # fmt: skip
+
+
+def test_every_local_path_is_anchored_beside_the_spec_and_listed(tmp_path):
+    from lmpipe.pipelines.spec import local_paths
+
+    data = {
+        "name": "t",
+        "corpus": {"train": "a.txt", "valid": ["s3://bucket/v.txt"], "test": ["data:ptb/test"]},
+        "ngram": {"limit_vocab": "words.txt"},
+        "lm": {"models": [{"name": "a", "embeddings": "vec"}, {"name": "b", "embeddings": "sgns"},
+                          {"name": "c", "embeddings": "/abs/vec"}]},
+        "tagger": {"vectors": "glove", "tasks": [{"name": "t", "format": "conll2003", "column": "ner",
+                                                   "train": "tagged/train.txt", "test": "data:conll2003/test"}]},
+    }  # fmt: skip
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    spec = load_spec(tmp_path / "t.yaml")
+    assert local_paths(spec) == [
+        ("corpus.train[0]", str(tmp_path / "a.txt")),
+        ("ngram.limit_vocab", str(tmp_path / "words.txt")),
+        ("lm.models[0].embeddings", str(tmp_path / "vec")),
+        ("lm.models[2].embeddings", "/abs/vec"),
+        ("tagger.tasks[0].train", str(tmp_path / "tagged" / "train.txt")),
+    ]
+    assert spec.corpus.valid == ("s3://bucket/v.txt",) and spec.corpus.test == ("data:ptb/test",)
+    assert spec.lm.models[1].embeddings == "sgns" and spec.tagger.vectors == "glove"
+    moved = load_spec(tmp_path / "t.yaml", overrides=["ngram.limit_vocab=rel.txt"])  # --set: relative to the cwd
+    assert moved.ngram.limit_vocab == "rel.txt"

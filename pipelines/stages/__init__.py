@@ -1,15 +1,26 @@
-"""Stage registry.  A stage module provides three functions:
+"""The stage protocol.  A stage is a ``RunSpec`` section declared with ``stage_section`` plus a module
+``pipelines/stages/<name>.py`` holding:
 
-``check(ctx)``
-    validate settings that need the environment (binaries, upstream stages, input paths) before any
-    stage runs, raising an error that names the problem and the fix.
-``plan(ctx) -> (settings, inputs)``
-    the JSON-able settings that shape the output and the identities of its inputs; their hash is the
-    stage's fingerprint (same fingerprint + complete manifest = skip).
-``execute(ctx, tmp_dir) -> dict``
-    compute into ``tmp_dir`` and return manifest fields (``outputs`` required; anything else is added).
+``STAGE = Stage(name=..., settings=<its spec section class>, upstream=(...), ...)``
+    the declaration the runner (``pipelines.run``) derives the rest from: the order (upstream stages run
+    first), the settings (the section without its ``Runtime`` fields, plus the ``shared`` sections), the
+    inputs (each upstream stage's fingerprint, plus :func:`inputs`), the fingerprint, the checkpoint folder,
+    whether Ray is started, the check that every upstream stage runs now or has completed, and (``ray_train``)
+    the check of its workers against the machine when it must run.
+``check(ctx)`` (optional)
+    validate what needs the environment (binaries, input paths, vectors) before any stage runs, raising a
+    ``UserError`` that names the problem and the fix; ``lmpipe validate`` runs it too.
+``inputs(ctx) -> dict`` (optional)
+    identities of what the stage reads besides its upstream stages (files named by the spec: their
+    content hash, see :func:`lmpipe.pipelines.rundir.path_identity`).
+``execute(ctx, run) -> dict``
+    compute into ``run.tmp_dir`` (a :class:`~lmpipe.pipelines.rundir.StageRun`: fingerprint, settings,
+    inputs, checkpoint folder) and return manifest sections (``outputs`` required).
 ``summary(manifest) -> list[str]``
     lines printed after the stage (also for a skipped stage).
+
+Optional extras: ``report_rows(manifest, run_dir)`` (rows for ``pipelines.report``) and ``tune(ctx, ...)``
+(``lmpipe tune``).
 """
 
 from __future__ import annotations
@@ -19,20 +30,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from lmpipe.pipelines.spec import RunSpec
+from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError
 
-#: Stage name -> module implementing it.  A new stage adds one line here and a section to RunSpec.
-STAGE_MODULES: dict[str, str] = {
-    "tokenize": "lmpipe.pipelines.stages.tokenize",
-    "ngram": "lmpipe.pipelines.stages.ngram",
-    "sgns": "lmpipe.pipelines.stages.sgns",
-    "cooccur": "lmpipe.pipelines.stages.cooccur",
-    "glove": "lmpipe.pipelines.stages.glove",
-    "lm": "lmpipe.pipelines.stages.lm",
-    "tagger": "lmpipe.pipelines.stages.tagger",
-    "mix": "lmpipe.pipelines.stages.mix",
-    "report": "lmpipe.pipelines.stages.report",
-}
+#: In :attr:`Stage.after`: every stage that does not itself say ``EVERY`` (the mix and report stages).
+EVERY = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """What a stage module declares about itself; see the module docstring."""
+
+    name: str
+    #: The stage's spec section (``RunSpec.<name>``).
+    settings: type
+    #: Stages whose outputs it reads: they run first, must run now or have completed, and their fingerprints
+    #: are inputs (``{"tokenize": <fingerprint>}``).
+    upstream: tuple[str, ...] = ()
+    #: Stages it reads when present (named by a setting, or every earlier one): ordering only.
+    after: tuple[str, ...] = ()
+    #: Shared sections that also shape its output; settings are then ``{section: ..., name: ...}``.
+    shared: tuple[str, ...] = ()
+    #: False for a stage that reads manifests and small files only: no Ray instance is started for it.
+    needs_ray: bool = True
+    #: Trains with Ray Train: when the stage must run, its section's ``workers`` x ``threads`` CPUs (and a GPU
+    #: per worker with ``use_gpu``) are checked against the machine before Ray starts (:func:`check_machine`).
+    ray_train: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +65,58 @@ class StageContext:
     mirror: str | None = None
     #: The stages this run executes (a stage may need an upstream one to run now or to have run before).
     selected: tuple[str, ...] = ()
+    #: The Ray address the run will join (None: an embedded local Ray on this machine).
+    address: str | None = None
+    #: CPUs of the embedded local Ray (None: all of this machine's).
+    num_cpus: int | None = None
 
 
 def require_stage(ctx: StageContext, upstream: str, stage: str, hint: str = "") -> None:
-    """A stage's ``check``: ``upstream`` must run in this invocation or have completed in the run directory."""
+    """``upstream`` must run in this invocation or have completed in the run directory."""
     from lmpipe.pipelines.rundir import read_manifest
 
     if upstream not in ctx.selected and read_manifest(ctx.run_dir, upstream) is None:
-        raise FileNotFoundError(f"{ctx.run_dir / upstream}: the {stage} stage needs the {upstream} stage; run it first{hint}")
+        raise MissingError(f"{ctx.run_dir / upstream}: the {stage} stage needs the {upstream} stage; run it first{hint}")
 
 
 def stage_module(name: str) -> ModuleType:
-    if name not in STAGE_MODULES:
-        raise ValueError(f"stage {name!r} is not implemented; implemented stages: {sorted(STAGE_MODULES)}")
-    return importlib.import_module(STAGE_MODULES[name])
+    """The module of a stage (``pipelines/stages/<name>.py``), checked against its declaration."""
+    if name not in STAGE_ORDER:
+        raise SpecError(f"stage {name!r} is not implemented; implemented stages: {list(STAGE_ORDER)}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    declared: Stage = module.STAGE
+    section = RunSpec.__dataclass_fields__[name].default_factory  # type: ignore[misc]
+    if declared.name != name or declared.settings is not section:
+        raise TypeError(f"{module.__name__}: STAGE declares {declared.name!r}/{declared.settings.__name__}, "
+                        f"RunSpec.{name} is {section.__name__}")  # a programming error  # fmt: skip
+    return module
+
+
+def declaration(name: str) -> Stage:
+    return stage_module(name).STAGE
+
+
+def check_machine(ctx: StageContext, section: str) -> None:
+    """A training stage's ``workers`` x ``threads`` (and GPUs) against what the run will have, before Ray
+    starts: this machine for an embedded local Ray (``num_cpus`` if given), the running Ray instance if this
+    process has one.  A cluster to be joined is checked once joined (``cluster.training.check_resources``)."""
+    import os
+    import sys
+
+    from lmpipe.cluster.training import check_resources
+
+    spec = ctx.spec.section(section)
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        check_resources(section, spec.workers, spec.threads, spec.use_gpu)
+        return
+    if ctx.address or os.environ.get("RAY_ADDRESS"):
+        return
+    machine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = ctx.num_cpus or machine
+    gpus = 0
+    if spec.use_gpu:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    check_resources(section, spec.workers, spec.threads, spec.use_gpu, available=(float(cpus or 1), float(gpus)))

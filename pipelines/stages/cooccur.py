@@ -55,10 +55,12 @@ from lmpipe.pipelines.core.schemas import COOC_PARTIAL
 from lmpipe.pipelines.core.shards import shard_batches, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import part_dir
-from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import CooccurSpec
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.spec_parser import SpecError
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.ngram import run_tasks
 
 logger = logging.getLogger(__name__)
@@ -71,15 +73,7 @@ BLOCKS_PER_WORKER = 2
 
 
 # ------------------------------------------------------------------------------------------ contract
-def check(ctx: StageContext) -> None:
-    require_stage(ctx, "tokenize", "cooccur")
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["cooccur"]
-    settings.pop("workers")
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    return settings, {"tokenize": tokenize["fingerprint"] if tokenize else None}
+STAGE = Stage(name="cooccur", settings=CooccurSpec, upstream=("tokenize",))
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
@@ -236,17 +230,18 @@ def _blocks(shards: list[Path], workers: int) -> list[list[Path]]:
     return [shards[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: CooccurSpec = ctx.spec.cooccur
+    tmp_dir = run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     keep = vocabulary_cut(vocab.counts, spec.min_count, spec.max_size)
     if len(keep) == 0:
         top = int(vocab.counts[3:].max()) if len(vocab) > 3 else 0
-        raise ValueError(
+        raise SpecError(
             f"cooccur.min_count: bad value {spec.min_count}; no word occurs that often (the most frequent: {top} times)"
         )
     listed = read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]
@@ -303,7 +298,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     shutil.rmtree(work, ignore_errors=True)
     nonzeros = sum(m["nonzeros"] for m in merged)
     if nonzeros == 0:
-        raise ValueError(
+        raise InputError(
             f"{tokenize_dir}/train: no two words of the cooccur.min_count={spec.min_count} cut share a "
             f"{spec.boundary} within cooccur.window={spec.window}; the co-occurrence matrix is empty: lower "
             "cooccur.min_count or use more text"

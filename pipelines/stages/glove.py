@@ -32,39 +32,28 @@ from lmpipe.embeddings.glove import GloveConfig
 from lmpipe.embeddings.glove_train import GloveJob, train_loop
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.files import sha256_file
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.ingest import InputError
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import GloveSpec
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_GLOVE_STOP_AFTER_EPOCH"
+STAGE = Stage(name="glove", settings=GloveSpec, upstream=("cooccur",), ray_train=True)
 
 
-def check(ctx: StageContext) -> None:
-    require_stage(ctx, "cooccur", "glove", " (--stages tokenize,cooccur,glove)")
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["glove"]
-    settings.pop("workers")
-    settings.pop("threads")
-    cooccur = read_manifest(ctx.run_dir, "cooccur")
-    return settings, {"cooccur": cooccur["fingerprint"] if cooccur else None}
-
-
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: GloveSpec = ctx.spec.glove
+    tmp_dir = run.tmp_dir
     cooccur_dir = ctx.run_dir / "cooccur"
     manifest = read_manifest(ctx.run_dir, "cooccur")
     shards = sorted((cooccur_dir / "cooc").glob("part-*.arrow"))
     if manifest is None or manifest["outputs"]["nonzeros"] == 0 or not shards:
-        raise ValueError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
+        raise InputError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
     check_resources("glove", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
-    fp = fingerprint({"stage": "glove", "settings": settings, "inputs": inputs})  # the runner's formula
-    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"glove-{fp[:16]}"
+    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     stop = os.environ.get(STOP_ENV)
     job = GloveJob(
         vocab_path=str(cooccur_dir / "vocab.tsv"),

@@ -33,16 +33,21 @@ from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
 from lmpipe.lm.models import ModelConfig, align_vectors
 from lmpipe.lm.softmax import default_classes, default_cutoffs
 from lmpipe.lm.train import LmJob, TrainConfig, train_models
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.shards import read_sentences, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
-from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec, SpecError
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.ingest import InputError
+from lmpipe.pipelines.rundir import StageRun, fingerprint, path_identity, read_manifest
+from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, LmModelSpec, LmSpec
+from lmpipe.pipelines.spec_parser import SpecError
+from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_LM_STOP_AFTER_EPOCH"
+#: A model's input vectors may come from an embeddings stage of the run (``lm.models[].embeddings``).
+STAGE = Stage(name="lm", settings=LmSpec, upstream=("tokenize",), after=LM_EMBEDDING_STAGES, ray_train=True)
 HIDDEN_STATE = {
     "carry": "zero at the top of each of eval_columns contiguous runs of sentences, carried across sentence ends",
     "reset": "zero at the start of every sentence (KenLM's reset at <s>)",
@@ -80,14 +85,14 @@ def _check_vectors(ctx: StageContext, i: int, model: LmModelSpec) -> None:
     path, fmt = vectors_location(ctx.run_dir, model)
     if model.embeddings in LM_EMBEDDING_STAGES:
         if model.embeddings not in ctx.selected and read_manifest(ctx.run_dir, model.embeddings) is None:
-            raise FileNotFoundError(
+            raise MissingError(
                 f"{where}: {model.embeddings!r} needs the {model.embeddings} stage of this run; run it first or "
                 f"add it to --stages"
             )
         if model.embeddings in ctx.selected:
             return  # produced in this run: checked again before training
     elif not path.exists():
-        raise FileNotFoundError(f"{where}: {path}: no such vectors file or directory")
+        raise MissingError(f"{where}: {path}: no such vectors file or directory")
     dim = vectors_dim(path, fmt)
     if dim is not None and dim != model.emb_dim and model.dim_mismatch == "error":
         raise SpecError(
@@ -108,7 +113,6 @@ def load_vectors(path: Path, fmt: str):
 
 # ------------------------------------------------------------------------------------------ contract
 def check(ctx: StageContext) -> None:
-    require_stage(ctx, "tokenize", "lm")
     for i, model in enumerate(ctx.spec.lm.models):
         if model.embeddings is not None:
             _check_vectors(ctx, i, model)
@@ -120,21 +124,12 @@ def _input_identity(ctx: StageContext, model: LmModelSpec) -> str | None:
     if model.embeddings in LM_EMBEDDING_STAGES:
         upstream = read_manifest(ctx.run_dir, model.embeddings)
         return upstream["fingerprint"] if upstream else None
-    path, _ = vectors_location(ctx.run_dir, model)
-    if path.is_dir():
-        return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
-    return sha256_file(path) if path.exists() else None
+    return path_identity(vectors_location(ctx.run_dir, model)[0])
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["lm"]
-    settings.pop("threads")
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    inputs: dict[str, Any] = {"tokenize": tokenize["fingerprint"] if tokenize else None}
-    for model in ctx.spec.lm.models:
-        if model.embeddings is not None:
-            inputs[f"embeddings:{model.name}"] = _input_identity(ctx, model)
-    return settings, inputs
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """Each model's input vectors: the embeddings stage's fingerprint, or the vectors' content hash."""
+    return {f"embeddings:{m.name}": _input_identity(ctx, m) for m in ctx.spec.lm.models if m.embeddings is not None}
 
 
 # ------------------------------------------------------------------------------------------ execute
@@ -213,13 +208,14 @@ def _with_units(score: dict[str, Any], units: dict[str, int], kind: str, policy:
     return out
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: LmSpec = ctx.spec.lm
+    tmp_dir = run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     shards = {s: split_shards(tokenize_dir, s) for s in ("train", "valid", "test")}
     if not shards["train"]:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
     for i, model in enumerate(spec.models):
         if not shards["valid"] and (model.schedule == "plateau" or model.patience is not None):
             raise SpecError(
@@ -227,7 +223,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
                 "and the corpus has none: set corpus.valid or corpus.split, or schedule: fixed/none and patience: null"
             )
     check_resources("lm", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
+    settings, inputs = run.settings, run.inputs
     stop = os.environ.get(STOP_ENV)
     storage = ctx.run_dir / ".ray-train"
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}

@@ -26,22 +26,24 @@ from lmpipe.lm.token_scores import TokenScores, read_token_scores, write_token_s
 from lmpipe.pipelines.core.schemas import BOS_ID
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.run_scores import find_token_scores
-from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import STAGE_ORDER, MixSpec, MixtureSpec
-from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.spec_parser import SpecError
+from lmpipe.pipelines.stages import EVERY, Stage, StageContext
 
 logger = logging.getLogger(__name__)
-#: Reads manifests and small files only: no Ray instance is started for it.
-NEEDS_RAY = False
+#: Mixes the scored models of every stage before it; reads manifests and small files only (no Ray).
+STAGE = Stage(name="mix", settings=MixSpec, after=(EVERY,), needs_ray=False)
 TUNE_SPLIT, EVAL_SPLIT = "valid", "test"
 
 
 def check(ctx: StageContext) -> None:
     if not ctx.spec.mix.mixtures:
-        raise ValueError("mix.mixtures is empty: list at least one mixture, e.g. [{models: [kn5, lstm]}]")
+        raise SpecError("mix.mixtures is empty: list at least one mixture, e.g. [{models: [kn5, lstm]}]")
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """The fingerprint of every stage of the run that wrote per-token scores."""
     inputs: dict[str, Any] = {}
     for name in STAGE_ORDER:
         if name in ("mix", "report"):
@@ -49,19 +51,19 @@ def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
         manifest = read_manifest(ctx.run_dir, name)
         if manifest is not None and manifest.get("token_scores"):
             inputs[name] = manifest["fingerprint"]
-    return ctx.spec.to_dict()["mix"], inputs
+    return inputs
 
 
 def _load(available: dict[str, dict[str, Path]], mixture: MixtureSpec, split: str) -> dict[str, TokenScores]:
     out = {}
     for model in mixture.models:
         if model not in available:
-            raise ValueError(
+            raise SpecError(
                 f"mix: model {model!r} of mixture {mixture.label!r} has no token scores in this run; "
                 f"scored models: {sorted(available)} (run the stage that trains it first)"
             )
         if split not in available[model]:
-            raise ValueError(
+            raise SpecError(
                 f"mix: model {model!r} was not scored on the {split} split (has {sorted(available[model])})"
             )
         out[model] = read_token_scores(available[model][split])
@@ -83,15 +85,16 @@ def _fit(ctx: StageContext, mixture: MixtureSpec, tune: dict[str, TokenScores]) 
     return fit_em(tune, prev_counts=prev, bins=mixture.context_bins)
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: MixSpec = ctx.spec.mix
+    tmp_dir = run.tmp_dir
     available = find_token_scores(ctx.run_dir)
     results: dict[str, Any] = {}
     token_scores: dict[str, dict[str, str]] = {}
     for i, mixture in enumerate(spec.mixtures, start=1):
         label = mixture.label
         if label in available:
-            raise ValueError(
+            raise SpecError(
                 f"mix.mixtures: name {label!r} is already a model of the run; name the mixture otherwise"
             )
         logger.info(

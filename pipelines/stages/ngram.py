@@ -38,15 +38,18 @@ from tqdm import tqdm
 from lmpipe.cluster.process import Placement, process_info, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.files import sha256_file, write_table
 from lmpipe.pipelines.core.keyed import key_columns
 from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from lmpipe.pipelines.core.shards import read_shard, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import LazyPartitions, read_partition, write_partitioned
-from lmpipe.pipelines.rundir import read_manifest
+from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import NgramSpec, parse_resources
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.spec_parser import SpecError
+from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -59,29 +62,24 @@ _GROUP_OVERHEAD = 3.0
 #: The PyPI kenlm module is compiled with KENLM_MAX_ORDER 6 (its setup.py default) and does not expose it.
 KENLM_MODULE_MAX_ORDER = 6
 
+STAGE = Stage(name="ngram", settings=NgramSpec, upstream=("tokenize",))
+
 
 def check(ctx: StageContext) -> None:
     spec: NgramSpec = ctx.spec.ngram
     if spec.order > KENLM_MODULE_MAX_ORDER:
-        raise ValueError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
+        raise SpecError(f"ngram.order: bad value {spec.order}; the kenlm module loads orders up to {KENLM_MODULE_MAX_ORDER}")
     if spec.estimator == "lmplz":
         from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
         find_kenlm_binary("lmplz")  # raises naming where it looked and how to build it
     if spec.limit_vocab is not None and not Path(spec.limit_vocab).is_file():
-        raise FileNotFoundError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
-    require_stage(ctx, "tokenize", "ngram")
+        raise MissingError(f"ngram.limit_vocab: {spec.limit_vocab}: no such file")
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["ngram"]
-    settings.pop("workers")
-    settings.pop("resources", None)  # where the tasks run, not what they compute
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    inputs = {"tokenize": tokenize["fingerprint"] if tokenize else None}
-    if ctx.spec.ngram.limit_vocab:
-        inputs["limit_vocab"] = sha256_file(Path(ctx.spec.ngram.limit_vocab))
-    return settings, inputs
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """The word list the vocabulary is limited to, by content."""
+    return {"limit_vocab": sha256_file(Path(ctx.spec.ngram.limit_vocab))} if ctx.spec.ngram.limit_vocab else {}
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
@@ -241,7 +239,7 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     per_token = sum(_BYTES_PER_NGRAM_ID * k + 8 for k in range(1, spec.order + 1)) * _GROUP_OVERHEAD
     if shard_tokens * per_token > budget:
         need = math.ceil(shard_tokens * per_token / (1 << 20))
-        raise ValueError(
+        raise SpecError(
             f"ngram.memory_mb: bad value {spec.memory_mb}; counting one token shard ({shard_tokens:,} tokens, "
             f"orders 1..{spec.order}) needs about {need} MB: increase ngram.memory_mb to {need} or lower tokenize.shard_mb"
         )
@@ -363,7 +361,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     from lmpipe.pipelines.evaluate import split_sentences
 
     if vocab.counts[UNK_ID] > 0:
-        raise ValueError(
+        raise SpecError(
             "ngram.estimator: lmplz refuses <unk> in its input, and the training shards hold <unk> "
             f"({int(vocab.counts[UNK_ID]):,} tokens cut by vocab.min_count/max_size); use estimator: lmpipe, "
             "or vocab.min_count: 1 and vocab.max_size: null"
@@ -395,13 +393,13 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     return {"arpa": arpa, "ngrams": ngrams}
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
-    spec = ctx.spec.ngram
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
+    spec, tmp_dir = ctx.spec.ngram, run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
     work = tmp_dir / "_work"
     placement = Placement()
     if spec.estimator == "lmplz":

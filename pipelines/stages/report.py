@@ -8,24 +8,20 @@ the report stale.  ``lmpipe compare RUN [RUN ...]`` renders the same table over 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from lmpipe.pipelines.report import collect, write_report
-from lmpipe.pipelines.rundir import read_manifest
-from lmpipe.pipelines.spec import STAGE_ORDER
-from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.rundir import StageRun, read_manifest
+from lmpipe.pipelines.spec import STAGE_ORDER, ReportSpec
+from lmpipe.pipelines.stages import EVERY, Stage, StageContext
 
 logger = logging.getLogger(__name__)
-#: Reads manifests and small files only: no Ray instance is started for it.
-NEEDS_RAY = False
+#: Tabulates every stage before it (with no model yet, the report says so); reads manifests only (no Ray).
+STAGE = Stage(name="report", settings=ReportSpec, after=(EVERY,), needs_ray=False)
 
 
-def check(ctx: StageContext) -> None:
-    """Nothing to check up front: with no model yet, the report says so when it runs."""
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """The fingerprint of every other stage of the run that has completed."""
     inputs: dict[str, Any] = {}
     for name in STAGE_ORDER:
         if name == "report":
@@ -33,11 +29,11 @@ def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
         manifest = read_manifest(ctx.run_dir, name)
         if manifest is not None:
             inputs[name] = manifest["fingerprint"]
-    return ctx.spec.to_dict()["report"], inputs
+    return inputs
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
-    spec = ctx.spec.report
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
+    spec, tmp_dir = ctx.spec.report, run.tmp_dir
     report = collect(ctx.run_dir)
     written = write_report(report, tmp_dir, split=spec.split, normalize=spec.normalize)
     logger.info("report: %d model row(s), %d vector set(s) -> %s", written["models"], written["embeddings"], written["files"])

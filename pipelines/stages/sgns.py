@@ -35,51 +35,40 @@ from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.shards import split_shards
 from lmpipe.pipelines.core.vocab import Vocab
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.ingest import InputError
+from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.spec import SgnsSpec
-from lmpipe.pipelines.stages import StageContext, require_stage
+from lmpipe.pipelines.spec_parser import SpecError
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_SGNS_STOP_AFTER_EPOCH"
+STAGE = Stage(name="sgns", settings=SgnsSpec, upstream=("tokenize",), ray_train=True)
 
 
-def check(ctx: StageContext) -> None:
-    require_stage(ctx, "tokenize", "sgns")
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["sgns"]
-    settings.pop("workers")
-    settings.pop("threads")
-    settings.pop("overlap_sync")
-    tokenize = read_manifest(ctx.run_dir, "tokenize")
-    return settings, {"tokenize": tokenize["fingerprint"] if tokenize else None}
-
-
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: SgnsSpec = ctx.spec.sgns
+    tmp_dir = run.tmp_dir
     tokenize_dir = ctx.run_dir / "tokenize"
     shards = split_shards(tokenize_dir, "train")
     if not shards:
-        raise ValueError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
+        raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to train on")
     vocab = Vocab.load(tokenize_dir / "vocab.tsv")
     keep, drop = vocabulary_cut(vocab.counts, spec.min_count)
     if len(keep) == 0:
         top = int(vocab.counts[3:].max()) if len(vocab) > 3 else 0
-        raise ValueError(
+        raise SpecError(
             f"sgns.min_count: bad value {spec.min_count}; no word occurs that often (the most frequent: {top} times)"
         )
     if len(keep) <= spec.negative:
-        raise ValueError(
+        raise SpecError(
             f"sgns.negative: bad value {spec.negative}; only {len(keep)} words occur sgns.min_count={spec.min_count} "
             "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
         )
     check_resources("sgns", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
-    fp = fingerprint({"stage": "sgns", "settings": settings, "inputs": inputs})  # the runner's formula
-    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"sgns-{fp[:16]}"
+    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     stop = os.environ.get(STOP_ENV)
     job = TrainJob(
         vocab_path=str(tokenize_dir / "vocab.tsv"),

@@ -47,9 +47,10 @@ from lmpipe.lm.tagging.models import TaggerConfig
 from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
 from lmpipe.pipelines import datasets
 from lmpipe.pipelines.conll import FILE_SCHEMES, Sentence, read_conll, write_predictions
+from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.tag_schemes import convert, render, spans
-from lmpipe.pipelines.rundir import fingerprint, read_manifest
+from lmpipe.pipelines.rundir import StageRun, path_identity, read_manifest
 from lmpipe.pipelines.spec import (
     LM_EMBEDDING_STAGES,
     TAGGER_SPAN_COLUMNS,
@@ -57,12 +58,14 @@ from lmpipe.pipelines.spec import (
     TaggerSpec,
     TaggerTaskSpec,
 )
-from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
 STOP_ENV = "LMPIPE_TAGGER_STOP_AFTER_EPOCH"
 SPLITS = ("train", "valid", "test")
+#: Its word vectors may come from an embeddings stage of the run (``tagger.vectors``).
+STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES, ray_train=True)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -93,19 +96,19 @@ def check(ctx: StageContext) -> None:
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None and not resolve_input(ref, ctx.mirror).is_file():
-                raise FileNotFoundError(f"tagger.tasks[{i}].{split}: {ref}: no such file")
+                raise MissingError(f"tagger.tasks[{i}].{split}: {ref}: no such file")
     if spec.vectors is not None:
         path, fmt = vectors_location(ctx.run_dir, spec)
         if spec.vectors in LM_EMBEDDING_STAGES:
             if spec.vectors not in ctx.selected and read_manifest(ctx.run_dir, spec.vectors) is None:
-                raise FileNotFoundError(
+                raise MissingError(
                     f"tagger.vectors: {spec.vectors!r} needs the {spec.vectors} stage of this run; run it first or add "
                     "it to --stages (or name a vectors file of another run)"
                 )
             if spec.vectors in ctx.selected:
                 return
         elif not path.exists():
-            raise FileNotFoundError(f"tagger.vectors: {path}: no such vectors file or directory")
+            raise MissingError(f"tagger.vectors: {path}: no such vectors file or directory")
         from lmpipe.pipelines.stages.lm import vectors_dim
 
         dim = vectors_dim(path, fmt)
@@ -115,30 +118,23 @@ def check(ctx: StageContext) -> None:
             )
 
 
-def _identity(path: Path) -> str:
-    if path.is_dir():
-        return fingerprint({p.name: sha256_file(p) for p in sorted(path.iterdir()) if p.is_file()})
-    return sha256_file(path)
-
-
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    settings = ctx.spec.to_dict()["tagger"]
-    for key in ("threads", "tune"):
-        settings.pop(key)
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """Each task's files (a ``data:`` reference is pinned by its checksum, a path by its content) and the
+    word vectors (the embeddings stage's fingerprint, or their content hash)."""
     inputs: dict[str, Any] = {}
     for i, task in enumerate(ctx.spec.tagger.tasks):
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None:  # a data: reference is pinned by its checksum; a path by its content
-                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else _identity(Path(ref))
+                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else path_identity(Path(ref))
     spec = ctx.spec.tagger
     if spec.vectors in LM_EMBEDDING_STAGES:
         upstream = read_manifest(ctx.run_dir, spec.vectors)
         inputs["vectors"] = upstream["fingerprint"] if upstream else None
     elif spec.vectors is not None:
         path, _ = vectors_location(ctx.run_dir, spec)
-        inputs["vectors"] = _identity(path) if path.exists() else None
-    return settings, inputs
+        inputs["vectors"] = path_identity(path)
+    return inputs
 
 
 # ------------------------------------------------------------------------------------------ prepare
@@ -352,12 +348,11 @@ def evaluate(
     return result
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: TaggerSpec = ctx.spec.tagger
+    tmp_dir = run.tmp_dir
     check_resources("tagger", spec.workers, spec.threads, spec.use_gpu)
-    settings, inputs = plan(ctx)
-    fp = fingerprint({"stage": "tagger", "settings": settings, "inputs": inputs})  # the runner's formula
-    checkpoint_dir = ctx.run_dir / ".checkpoints" / f"tagger-{fp[:16]}"
+    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
     logger.info("=== 1/3 Preparing %d task(s): %s ===", len(spec.tasks), [t.name for t in spec.tasks])
     prepared = prepare(ctx, checkpoint_dir / "data", tmp_dir, checkpoint_dir)
     cfg = prepared.job.model

@@ -20,12 +20,10 @@ import json
 import logging
 import shutil
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 from tqdm import tqdm
 
 from lmpipe.cluster.process import ray_options
@@ -35,11 +33,15 @@ from lmpipe.pipelines.core.vocab import TokenCountAccumulator, Vocab, build_voca
 from lmpipe.pipelines.encode import LOCAL_DIR, ChunkJob
 from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
 from lmpipe.pipelines.ray_stages import map_chunks
-from lmpipe.pipelines.spec import parse_resources
-from lmpipe.pipelines.stages import StageContext
+from lmpipe.pipelines.rundir import StageRun
+from lmpipe.pipelines.spec import TokenizeSpec, parse_resources
+from lmpipe.pipelines.stages import Stage, StageContext
 from lmpipe.pipelines.tokenizers import SentencePieceTokenizer, train_sentencepiece
 
 logger = logging.getLogger(__name__)
+
+#: The corpus, its normalisation, tokenizer and vocabulary cut shape the output as much as its own section.
+STAGE = Stage(name="tokenize", settings=TokenizeSpec, shared=("corpus", "normalize", "tokenizer", "vocab"))
 
 
 def _sources(ctx: StageContext):
@@ -52,21 +54,9 @@ def check(ctx: StageContext) -> None:
         raise InputError(f"corpus.train: every input is empty: {[s.uri for s in sources['train']]}")
 
 
-def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
-    spec = ctx.spec
-    tokenize = spec.to_dict()["tokenize"]
-    tokenize.pop("workers")  # the output does not depend on the number of workers
-    tokenize.pop("resources", None)  # nor on where they run
-    settings = {
-        "corpus": spec.to_dict()["corpus"],
-        "normalize": spec.to_dict()["normalize"],
-        "tokenizer": spec.to_dict()["tokenizer"],
-        "vocab": spec.to_dict()["vocab"],
-        "tokenize": tokenize,
-    }
-    sources = _sources(ctx)
-    inputs = {split: [s.fingerprint() for s in items] for split, items in sources.items()}
-    return settings, inputs
+def inputs(ctx: StageContext) -> dict[str, Any]:
+    """Each split's source files by identity (uri, size, modification time): cheap for a large corpus."""
+    return {split: [s.fingerprint() for s in items] for split, items in _sources(ctx).items()}
 
 
 def _banner(step: int, total: int, text: str) -> None:
@@ -77,8 +67,10 @@ def _progress(total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=f"tokenize: {desc}", unit="chunk", disable=None, leave=False)
 
 
-def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
-    spec = ctx.spec
+def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
+    import ray
+
+    spec, tmp_dir = ctx.spec, run.tmp_dir
     sources = _sources(ctx)
     all_sources = [s for split in ("train", "valid", "test") for s in sources[split]]
     shard_bytes = max(1, int(spec.tokenize.shard_mb * (1 << 20)))
