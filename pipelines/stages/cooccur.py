@@ -52,12 +52,12 @@ from lmpipe.embeddings.cooccur import (
 from lmpipe.embeddings.vectors import write_vocab_tsv
 from lmpipe.lm.ngram_counts import key_hash
 from lmpipe.pipelines.partitions import part_dir, read_table, write_table
+from lmpipe.pipelines.ray_stages import map_tasks
 from lmpipe.pipelines.rundir import read_manifest
 from lmpipe.pipelines.schemas import COOC_PARTIAL
 from lmpipe.pipelines.shards import sha256_file, split_shards
 from lmpipe.pipelines.spec import CooccurSpec
 from lmpipe.pipelines.stages import StageContext, require_stage
-from lmpipe.pipelines.stages.ngram import run_tasks
 from lmpipe.pipelines.vocab import Vocab
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
                 max_pairs,
             )
         )
-    tasks = run_tasks(_count_task, calls, workers=spec.workers, desc="cooccur count")
+    tasks = map_tasks(_count_task, calls, workers=spec.workers, desc="cooccur: count")
     count_seconds = time.perf_counter() - started
     tokens = sum(t["tokens"] for t in tasks)
     logger.info(
@@ -300,9 +300,9 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
     logger.info("=== 2/3 Merging %d partition(s) ===", partitions)
     merge_started = time.perf_counter()
     out_dir = tmp_dir / "cooc"
-    merged = run_tasks(
+    merged = map_tasks(
         _merge_task, [(str(work), str(out_dir), p, config.scale) for p in range(partitions)],
-        workers=spec.workers, desc="cooccur merge",
+        workers=spec.workers, desc="cooccur: merge",
     )  # fmt: skip
     merge_seconds = time.perf_counter() - merge_started
     shutil.rmtree(work, ignore_errors=True)

@@ -25,13 +25,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import ray
 from tqdm import tqdm
 
 from lmpipe.cluster.process import ray_options
 from lmpipe.pipelines.encode import LOCAL_DIR, ChunkJob
 from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
-from lmpipe.pipelines.ray_stages import map_chunks
+from lmpipe.pipelines.ray_stages import map_chunks, map_tasks
 from lmpipe.pipelines.schemas import EOS_ID
 from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import parse_resources
@@ -110,7 +109,10 @@ def execute(ctx: StageContext, tmp_dir: Path) -> dict[str, Any]:
         if not sample:
             raise InputError("corpus.train: no usable lines to train sentencepiece on")
         lines = [line for _, line in sorted(sample)[: spec.tokenizer.sp_sample_lines]]
-        sp_model = ray.get(ray.remote(**options)(train_sentencepiece).remote(lines, spec.tokenizer))
+        # One task (Ray's default three retries), so the training runs where the resources say.
+        (sp_model,) = map_tasks(
+            train_sentencepiece, [(lines, spec.tokenizer)], workers=1, desc="tokenize: sentencepiece", options=options, retries=3
+        )
         (tmp_dir / "tokenizer.model").write_bytes(sp_model)
         pieces = SentencePieceTokenizer(sp_model).pieces()
         vocab_tokens = pa.array(pieces, pa.string())
