@@ -73,7 +73,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.datasets import fetch
+    from lmpipe.pipelines.datasets.fetch import fetch
 
     path = fetch(args.name, dest=Path(args.dest) if args.dest else None, mirror=_mirror(args))
     print(path)
@@ -81,7 +81,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.datasets import list_datasets
+    from lmpipe.pipelines.datasets.registry import list_datasets
 
     for item in list_datasets():
         print(item)
@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from lmpipe.cluster.jobs import SubmitError
     from lmpipe.cluster.storage import StorageError
-    from lmpipe.pipelines.datasets import DatasetError
+    from lmpipe.pipelines.datasets.registry import DatasetError
     from lmpipe.pipelines.ingest import InputError
     from lmpipe.pipelines.report import CompareError
     from lmpipe.pipelines.spec import SpecError

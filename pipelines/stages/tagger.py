@@ -45,7 +45,6 @@ from lmpipe.lm.tagging.data import UNK, CharVocab, WordVocab, build_char_vocab, 
 from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import TaggerConfig
 from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
-from lmpipe.pipelines import datasets
 from lmpipe.pipelines.conll import (
     FILE_SCHEMES,
     Sentence,
@@ -55,6 +54,8 @@ from lmpipe.pipelines.conll import (
     spans,
     write_predictions,
 )
+from lmpipe.pipelines.datasets.registry import is_data_ref
+from lmpipe.pipelines.datasets.resolve import resolve
 from lmpipe.pipelines.rundir import fingerprint, read_manifest
 from lmpipe.pipelines.shards import sha256_file
 from lmpipe.pipelines.spec import (
@@ -74,7 +75,7 @@ SPLITS = ("train", "valid", "test")
 
 # ------------------------------------------------------------------------------------------ inputs
 def resolve_input(ref: str, mirror: str | None) -> Path:
-    return datasets.resolve(ref, mirror=mirror) if datasets.is_data_ref(ref) else Path(ref)
+    return resolve(ref, mirror=mirror) if is_data_ref(ref) else Path(ref)
 
 
 def vectors_location(run_dir: Path, spec: TaggerSpec) -> tuple[Path, str]:
@@ -137,7 +138,7 @@ def plan(ctx: StageContext) -> tuple[dict[str, Any], dict[str, Any]]:
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None:  # a data: reference is pinned by its checksum; a path by its content
-                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else _identity(Path(ref))
+                inputs[f"{i}.{split}"] = ref if is_data_ref(ref) else _identity(Path(ref))
     spec = ctx.spec.tagger
     if spec.vectors in LM_EMBEDDING_STAGES:
         upstream = read_manifest(ctx.run_dir, spec.vectors)
