@@ -157,7 +157,7 @@ def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: in
     """Paired bootstrap of two models' perplexity difference from their token-score files."""
     from lmpipe.lm.bootstrap import paired_bootstrap
     from lmpipe.lm.token_scores import find_token_scores, read_token_scores
-    from lmpipe.pipelines.report import CompareError
+    from lmpipe.pipelines.report_rows import CompareError
 
     available: dict[str, Path] = {}
     for run in runs:
@@ -177,14 +177,8 @@ def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: in
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.report import (
-        collect,
-        compare,
-        embeddings_markdown,
-        merge,
-        models_markdown,
-        write_report,
-    )
+    from lmpipe.pipelines.report import embeddings_markdown, models_markdown, write_report
+    from lmpipe.pipelines.report_rows import collect, compare, merge
 
     report = merge(collect(Path(run)) for run in args.runs)
     normalize = None if args.normalize == "none" else args.normalize
@@ -363,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lmpipe.cluster.storage import StorageError
     from lmpipe.pipelines.datasets.registry import DatasetError
     from lmpipe.pipelines.ingest import InputError
-    from lmpipe.pipelines.report import CompareError
+    from lmpipe.pipelines.report_rows import CompareError
     from lmpipe.pipelines.spec import SpecError
 
     try:

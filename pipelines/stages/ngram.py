@@ -90,8 +90,8 @@ def summary(manifest: dict[str, Any]) -> list[str]:
 
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
-    """One row per scored split for ``pipelines.report`` (parameters = n-gram entries of the ARPA)."""
-    from lmpipe.pipelines.report import hardware, perplexity_row
+    """One row per scored split for ``pipelines.report_rows`` (parameters = n-gram entries of the ARPA)."""
+    from lmpipe.pipelines.report_rows import hardware, perplexity_row
 
     settings = manifest["settings"]
     order = settings["order"]

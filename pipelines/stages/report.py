@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lmpipe.pipelines.report import collect, write_report
+from lmpipe.pipelines.report import write_report
+from lmpipe.pipelines.report_rows import collect
 from lmpipe.pipelines.rundir import read_manifest
 from lmpipe.pipelines.spec import STAGE_ORDER
 from lmpipe.pipelines.stages import StageContext
