@@ -18,6 +18,7 @@ Exit status: 0 on success, 2 for a bad spec or bad input (the message names file
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -205,14 +206,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Stage -> the module whose ``tune(ctx, samples, out_dir)`` searches its settings.
+TUNERS = {"tagger": "lmpipe.pipelines.tune_tagger"}
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from lmpipe.cluster.connect import connect
     from lmpipe.pipelines.spec import load_spec
-    from lmpipe.pipelines.stages import StageContext, stage_module
+    from lmpipe.pipelines.stages import StageContext
 
     spec = load_spec(args.spec, overrides=args.set)
-    module = stage_module(args.stage)
-    if not hasattr(module, "tune"):
+    if args.stage not in TUNERS:
         print(
             f"lmpipe: error: --stage {args.stage}: this stage has no search space; tunable stages: tagger",
             file=sys.stderr,
@@ -223,7 +227,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), selected=())
     connect(args.address, num_cpus=args.num_cpus)
     out = Path(args.out) if args.out else run_dir / f"tune-{args.stage}"
-    best = module.tune(ctx, args.samples, out)
+    best = importlib.import_module(TUNERS[args.stage]).tune(ctx, args.samples, out)
     print(f"best {best['metric']} {best['score']:.4f} (epoch {best['epoch']}) with {best['params']}")
     print(f"trials: {out / 'trials.tsv'}; best settings: {out / 'best.yaml'}")
     return 0
@@ -320,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("tune", help="random hyper-parameter search with Ray Tune + ASHA (tagger stage)")
     tn.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/conll2003.yaml")
-    tn.add_argument("--stage", required=True, choices=["tagger"], help="the stage to tune")
+    tn.add_argument("--stage", required=True, choices=sorted(TUNERS), help="the stage to tune")
     tn.add_argument("--samples", type=int, default=10, help="random trials (default 10)")
     tn.add_argument(
         "--run-dir", help="run directory (default runs/<spec name>); results in RUN/tune-<stage>/"
