@@ -668,15 +668,6 @@ def _adjust_task(
     return count_stats_step(adjusted)
 
 
-def _last_entry_task(
-    store: PartitionStore, top: int, parts: int, word_rank: np.ndarray | None
-) -> tuple[dict[int, OrderStats], int]:
-    """lmplz's last-entry corrections, and how many of ``<unk>``, ``<s>`` the unigram step will add."""
-    adjusted = {k: _Partitions(store, f"adj{k}", parts) for k in range(1, top + 1)}
-    has_unk = any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
-    return last_entry_correction(adjusted, top, word_rank), 2 - int(has_unk)
-
-
 @dataclass(frozen=True, slots=True)
 class _Partitions:
     """A dataset's non-empty partitions, re-read on every iteration (:func:`last_entry_correction` iterates)."""
@@ -687,6 +678,15 @@ class _Partitions:
 
     def __iter__(self) -> Iterator[pa.Table]:
         return partitions_of(self.store, self.name, self.parts)
+
+
+def _last_entry_task(
+    store: PartitionStore, top: int, parts: int, word_rank: np.ndarray | None
+) -> tuple[dict[int, OrderStats], int]:
+    """lmplz's last-entry corrections, and how many of ``<unk>``, ``<s>`` the unigram step will add."""
+    adjusted = {k: _Partitions(store, f"adj{k}", parts) for k in range(1, top + 1)}
+    has_unk = any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
+    return last_entry_correction(adjusted, top, word_rank), 2 - int(has_unk)
 
 
 def _unigram_task(store: PartitionStore, parts: int, discount: Discount, interpolate: bool, pad: int) -> int:
@@ -722,6 +722,13 @@ def _backoff_task(store: PartitionStore, k: int, top: int, p: int) -> int:
     model = backoff_step(interp, gammas)
     store.put(f"model{k}", p, model)
     return model.num_rows
+
+
+def _resplit(
+    map_fn: MapFn, store: PartitionStore, src: str, dst: str, keys: Mapping[int, list[str]], p: int, desc: str
+) -> None:
+    """The shuffle between two steps: each partition of dataset ``src{k}`` re-hashed by ``keys[k]`` into ``dst{k}``."""
+    map_fn(_resplit_task, [(store, f"{src}{k}", q, f"{dst}{k}", keys[k], p) for k in keys for q in range(p)], desc)
 
 
 def _check_counts(counts_by_order: Mapping[int, pa.Table], vocab: Sequence[str], order: int) -> None:
@@ -781,7 +788,7 @@ def estimate(
     orders, higher = range(1, n_order + 1), range(2, n_order + 1)
 
     logger.info("=== 1/5 Adjusting counts (order %d, %d partitions) ===", n_order, p)
-    map_fn(_resplit_task, [(store, f"counts{k}", q, f"suffix{k}", key_columns(k, 1), p) for k in higher for q in range(p)], "split by suffix")
+    _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
     prune_words = prune_words_mask(vocab, limit_vocab)
     calls = [(store, k, q, n_order, thresholds[k - 1], prune_words) for k in orders for q in range(p)]
     part_stats = map_fn(_adjust_task, calls, "adjust")
@@ -803,7 +810,7 @@ def estimate(
     logger.info("=== 3/5 Initial probabilities ===")
     unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
-    map_fn(_resplit_task, [(store, f"adj{k}", q, f"adjctx{k}", key_columns(k - 1), p) for k in higher for q in range(p)], "split by context")
+    _resplit(map_fn, store, "adj", "adjctx", {k: key_columns(k - 1) for k in higher}, p, "split by context")
     map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
     for k in orders:
         store.drop(f"adj{k}")
