@@ -787,7 +787,7 @@ def estimate(
     thresholds = config.thresholds()
     orders, higher = range(1, n_order + 1), range(2, n_order + 1)
 
-    logger.info("=== 1/5 Adjusting counts (order %d, %d partitions) ===", n_order, p)
+    logger.info("--- 1/5 Adjusting counts (order %d, %d partitions) ---", n_order, p)
     _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
     prune_words = prune_words_mask(vocab, limit_vocab)
     calls = [(store, k, q, n_order, thresholds[k - 1], prune_words) for k in orders for q in range(p)]
@@ -795,7 +795,7 @@ def estimate(
     for k in higher:
         store.drop(f"suffix{k}")
 
-    logger.info("=== 2/5 Counts-of-counts and discounts ===")
+    logger.info("--- 2/5 Counts-of-counts and discounts ---")
     stats = {k: sum(part_stats[(k - 1) * p : k * p], OrderStats()) for k in orders}
     ((corrections, n_specials),) = map_fn(_last_entry_task, [(store, n_order, p, word_rank)], "last entry")
     for k, delta in corrections.items():
@@ -807,7 +807,7 @@ def estimate(
         d, s = discounts[k], stats[k]
         logger.info("%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n)
 
-    logger.info("=== 3/5 Initial probabilities ===")
+    logger.info("--- 3/5 Initial probabilities ---")
     unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
     _resplit(map_fn, store, "adj", "adjctx", {k: key_columns(k - 1) for k in higher}, p, "split by context")
@@ -816,12 +816,12 @@ def estimate(
         store.drop(f"adj{k}")
         store.drop(f"adjctx{k}")
 
-    logger.info("=== 4/5 Interpolating ===")
+    logger.info("--- 4/5 Interpolating ---")
     for k in higher:  # order k needs all of INTERP[k-1]
         map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
         store.drop(f"uninterp{k}")
 
-    logger.info("=== 5/5 Backoffs ===")
+    logger.info("--- 5/5 Backoffs ---")
     sizes = map_fn(_backoff_task, [(store, k, n_order, q) for k in orders for q in range(p)], "backoff")
     ngrams = {k: sum(sizes[(k - 1) * p : k * p]) for k in orders}
     for k in orders:

@@ -9,11 +9,11 @@ Each step is a set of Ray tasks (``pipelines.ray_stages.map_tasks``) over hash p
 through partition files (``pipelines.partitions.DirectoryStore``), so a task holds one shard or one
 partition, never the whole model::
 
-    count         task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
-                  task per (order, partition): merge the pieces -> counts/order-k/part-p
-    estimate      lm.kneser_ney.estimate, its map_fn = these Ray tasks, its store = the folder store:
-                  adjust, discounts, probabilities, interpolate, backoff (the steps are sequenced there only)
-    ARPA          the driver streams the MODEL parts into the ARPA, one part at a time
+    === 1/3 count ===     task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
+                          task per (order, partition): merge the pieces -> counts/order-k/part-p
+    === 2/3 estimate ===  lm.kneser_ney.estimate, its map_fn = these Ray tasks, its store = the folder store:
+                          adjust, discounts, probabilities, interpolate, backoff (sequenced there only)
+    === 3/3 ARPA ===      the driver streams the MODEL parts into the ARPA, one part at a time
 
 ``estimator: lmplz`` streams the tokenized training text into an installed KenLM ``lmplz`` instead.
 """
@@ -173,7 +173,7 @@ def _estimate(
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
     store = DirectoryStore(work)
-    logger.info("=== Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
+    logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
     results = tasks(_count_task, [(str(s), n, store, parts, i) for i, s in enumerate(shards)], "count")
     rows = tasks(_merge_task, [(store, k, p) for k in range(1, n + 1) for p in range(parts)], "merge")
@@ -187,6 +187,7 @@ def _estimate(
         interpolate_unigrams=spec.interpolate_unigrams, vocab_pad=spec.vocab_pad,
     )  # fmt: skip
     limit = set(Path(spec.limit_vocab).read_text(encoding="utf-8").split()) if spec.limit_vocab else None
+    logger.info("=== 2/3 Estimating the Kneser-Ney model (lm.kneser_ney, %d partitions) ===", parts)
     model = kn.estimate(
         None, vocab.tokens.to_pylist(), config, limit_vocab=limit, word_rank=_word_rank(results, len(vocab)),
         num_partitions=parts, map_fn=tasks, store=store,
@@ -196,7 +197,7 @@ def _estimate(
     for k in range(1, n + 1):
         store.path(f"counts{k}").rename(counts_dir / f"order-{k}")
 
-    logger.info("=== Writing the ARPA ===")
+    logger.info("=== 3/3 Writing the ARPA ===")
     from lmpipe.lm.arpa import write_arpa_parts
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
