@@ -65,7 +65,7 @@ def head_lines(src: Path, dst: Path, lines: int) -> Path:
 
 def base_spec(args: argparse.Namespace) -> dict[str, Any]:
     """ptb-lm.yaml as data; --quick: 1 epoch on 3,000 training sentences, sgns 1 epoch."""
-    from lmpipe.pipelines.datasets import resolve
+    from lmpipe.pipelines.datasets.resolve import resolve
 
     data = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
     data["lm"]["threads"] = args.threads
@@ -146,7 +146,7 @@ def throughput(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, Any]
 
     from lmpipe.lm.train import TrainConfig
     from lmpipe.pipelines.core.vocab import Vocab
-    from lmpipe.pipelines.datasets import resolve
+    from lmpipe.pipelines.datasets.resolve import resolve
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
     from lmpipe.pipelines.stages.lm import model_config, train_config

@@ -127,12 +127,12 @@ def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
 def tagger_train_text(mirror: Path) -> str:
     """The words of the three tasks' *training* files, a sentence per line: unlabelled in-domain text for the
     vectors (Reuters news, WSJ, web text), as a semi-supervised tagger would use; dev and test stay unseen."""
-    from lmpipe.pipelines import datasets
     from lmpipe.pipelines.conll import read_conll
+    from lmpipe.pipelines.datasets.resolve import resolve
 
     lines: list[str] = []
     for task in TASKS.values():
-        for sentence in read_conll(datasets.resolve(task["train"], mirror=str(mirror)), task["format"]):
+        for sentence in read_conll(resolve(task["train"], mirror=str(mirror)), task["format"]):
             lines.append(" ".join(sentence.tokens))
     return "\n".join(lines)
 
@@ -140,8 +140,8 @@ def tagger_train_text(mirror: Path) -> str:
 # ------------------------------------------------------------------------------------------ data
 def quick_tasks(args, work: Path) -> dict[str, dict[str, Any]]:
     """The same tasks on the first sentences of each file (written under ``work/quick``)."""
-    from lmpipe.pipelines import datasets
     from lmpipe.pipelines.conll import read_conll
+    from lmpipe.pipelines.datasets.resolve import resolve
 
     out: dict[str, dict[str, Any]] = {}
     folder = work / "quick"
@@ -151,7 +151,7 @@ def quick_tasks(args, work: Path) -> dict[str, dict[str, Any]]:
         for split, limit in (("train", 400), ("valid", 100), ("test", 100)):
             if split not in task:
                 continue
-            src = datasets.resolve(task[split], mirror=str(args.mirror))
+            src = resolve(task[split], mirror=str(args.mirror))
             sents = read_conll(src, task["format"])[:limit]
             path = folder / f"{name}.{split}"
             cols = ["pos", "chunk", "ner"] if task["format"] == "conll2003" else ["pos", "chunk"]

@@ -1,8 +1,9 @@
 """Interpolated modified Kneser-Ney, computed exactly as KenLM's ``lmplz``, over hash-partitioned count tables.
 
 Reimplements kpu/kenlm ``lm/builder/{adjust_counts,initial_probabilities,interpolate}.cc`` (kenlm 0.3.0) as
-pure functions over Arrow tables, one per lmplz stage, so that each can run as one Ray task per hash
-partition (``pipelines/ray_stages.py``) or in one process (:func:`estimate`).  Arithmetic follows lmplz's
+pure functions over Arrow tables, one per lmplz stage, sequenced once by :func:`estimate` over hash
+partitions: in one process by default, or as one Ray task per partition when the ngram stage passes its
+``map_fn`` (``pipelines.ray_stages.map_tasks``) and a folder store shared by the tasks.  Arithmetic follows lmplz's
 ``float`` (float32) operations in lmplz's order, so values agree with lmplz's ARPA to float32 rounding.
 
 Pipeline (k = order, N = highest order; "by X" = the hash-partition key of the inputs, see
@@ -55,8 +56,9 @@ An lmplz quirk that changes n_j on small corpora *is* reproduced (:func:`last_en
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -70,7 +72,7 @@ from lmpipe.pipelines.core.keyed import (
     pack_keys,
     partition_by,
 )
-from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID
+from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID, ngram_schema
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +172,15 @@ class OrderStats:
 
 @dataclass(frozen=True, slots=True)
 class KneserNeyModel:
-    """The estimated model: MODEL[k] tables (see :func:`backoff_step`) plus what was learnt on the way."""
+    """The estimated model: MODEL[k] tables (see :func:`backoff_step`; empty when they stay in the caller's
+    store, see :func:`estimate`) plus what was learnt on the way."""
 
     order: int
     tables: dict[int, pa.Table]
     discounts: dict[int, Discount]
     stats: dict[int, OrderStats]
     vocab_size: int = 0
+    ngrams: dict[int, int] = field(default_factory=dict)  # rows of MODEL[k]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -580,14 +584,68 @@ def backoff_step(interp: pa.Table, gammas: pa.Table | None) -> pa.Table:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Single-process driver
+# The driver: steps (a)-(e) over partitioned storage, mapped serially or as tasks
 # --------------------------------------------------------------------------------------------------------
 
 
-def _repartition(parts: Sequence[pa.Table], keys: list[str], num_partitions: int) -> list[pa.Table]:
-    """The shuffle between steps (Ray does this across workers); a no-op for one partition."""
-    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    return [table.combine_chunks()] if num_partitions == 1 else partition_by(table, keys, num_partitions)
+class PartitionStore(Protocol):
+    """Named datasets of hash partitions, the exchange between the steps (the shuffle).
+
+    A dataset is written in *pieces*: ``write`` splits a table by the hash of ``keys`` into one piece per
+    partition, ``put`` stores a table as one piece of partition ``p``; ``read`` concatenates partition
+    ``p``'s pieces in piece-name order (``None``, or ``schema.empty_table()``, when it has none).  A store the
+    tasks of a parallel ``map_fn`` write to must be reachable from them (a shared folder,
+    ``pipelines.partitions.DirectoryStore``); :class:`MemoryStore` serves the serial map.
+    """
+
+    def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None: ...
+
+    def put(self, name: str, p: int, table: pa.Table) -> None: ...
+
+    def read(self, name: str, p: int, schema: pa.Schema | None = None) -> pa.Table | None: ...
+
+    def drop(self, name: str) -> None: ...
+
+
+class MemoryStore:
+    """:class:`PartitionStore` in this process's memory, for :func:`serial_map`."""
+
+    def __init__(self) -> None:
+        self._pieces: dict[str, dict[int, dict[str, pa.Table]]] = {}
+
+    def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None:
+        for p, part in enumerate(partition_by(table, list(keys), num_partitions)):
+            if part.num_rows:
+                self.put(name, p, part, piece)
+
+    def put(self, name: str, p: int, table: pa.Table, piece: str = "0") -> None:
+        self._pieces.setdefault(name, {}).setdefault(p, {})[piece] = table
+
+    def read(self, name: str, p: int, schema: pa.Schema | None = None) -> pa.Table | None:
+        pieces = self._pieces.get(name, {}).get(p, {})
+        if not pieces:
+            return schema.empty_table() if schema is not None else None
+        return pa.concat_tables([pieces[k] for k in sorted(pieces)]).combine_chunks()
+
+    def drop(self, name: str) -> None:
+        self._pieces.pop(name, None)
+
+
+#: ``map_fn(fn, calls, desc)``: ``[fn(*args) for args in calls]``, in order, however it runs them.
+MapFn = Callable[[Callable[..., Any], Sequence[tuple], str], list[Any]]
+
+
+def serial_map(fn: Callable[..., Any], calls: Sequence[tuple], desc: str = "") -> list[Any]:
+    """The default ``map_fn``: every call in this process, one after another."""
+    return [fn(*args) for args in calls]
+
+
+def partitions_of(store: PartitionStore, name: str, num_partitions: int) -> Iterator[pa.Table]:
+    """The non-empty partitions of a dataset, read one at a time (so a task never holds all of them)."""
+    for p in range(num_partitions):
+        table = store.read(name, p)
+        if table is not None and table.num_rows:
+            yield table
 
 
 def prune_words_mask(vocab: Sequence[str], limit_vocab: Collection[str] | None) -> np.ndarray | None:
@@ -600,29 +658,93 @@ def prune_words_mask(vocab: Sequence[str], limit_vocab: Collection[str] | None) 
     return mask
 
 
-def estimate(
-    counts_by_order: dict[int, pa.Table],
-    vocab: Sequence[str],
-    config: KneserNeyConfig,
-    *,
-    limit_vocab: Collection[str] | None = None,
-    word_rank: np.ndarray | None = None,
-    num_partitions: int = 1,
-) -> KneserNeyModel:
-    """Estimate the model from raw counts of orders 1..N by running steps (a)-(e) over ``num_partitions``.
+# Tasks: one step on one partition, reading and writing the store (module-level, so Ray can ship them).
 
-    ``counts_by_order``: :func:`lm.ngram_counts.count_ngrams` output (one table per order, merged).
-    ``vocab``: token strings by id (for ``limit_vocab`` and id validation).  ``word_rank``: lmplz's word
-    numbering (:func:`lm.ngram_counts.first_occurrence_rank`), only needed to reproduce one lmplz quirk
-    exactly (:func:`last_entry_correction`).  The Ray wrapper runs the same step functions as tasks.
-    """
-    n_order = config.order
-    missing = [k for k in range(1, n_order + 1) if k not in counts_by_order]
+
+def _resplit_task(store: PartitionStore, src: str, p: int, dst: str, keys: list[str], parts: int) -> None:
+    table = store.read(src, p)
+    if table is not None and table.num_rows:
+        store.write(dst, table, keys, parts, f"{p:04d}")
+
+
+def _adjust_task(
+    store: PartitionStore, k: int, p: int, top: int, threshold: int, prune_words: np.ndarray | None
+) -> OrderStats:
+    lower = store.read(f"counts{k}", p, ngram_schema(k))
+    higher = store.read(f"suffix{k + 1}", p, ngram_schema(k + 1)) if k < top else None
+    adjusted = adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
+    store.put(f"adj{k}", p, adjusted)
+    return count_stats_step(adjusted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Partitions:
+    """A dataset's non-empty partitions, re-read on every iteration (:func:`last_entry_correction` iterates)."""
+
+    store: PartitionStore
+    name: str
+    parts: int
+
+    def __iter__(self) -> Iterator[pa.Table]:
+        return partitions_of(self.store, self.name, self.parts)
+
+
+def _last_entry_task(
+    store: PartitionStore, top: int, parts: int, word_rank: np.ndarray | None
+) -> tuple[dict[int, OrderStats], int]:
+    """lmplz's last-entry corrections, and how many of ``<unk>``, ``<s>`` the unigram step will add."""
+    adjusted = {k: _Partitions(store, f"adj{k}", parts) for k in range(1, top + 1)}
+    has_unk = any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
+    return last_entry_correction(adjusted, top, word_rank), 2 - int(has_unk)
+
+
+def _unigram_task(store: PartitionStore, parts: int, discount: Discount, interpolate: bool, pad: int) -> int:
+    adjusted = pa.concat_tables(list(partitions_of(store, "adj1", parts)))
+    unigrams, vocab_size = unigram_step(adjusted, discount, interpolate_unigrams=interpolate, vocab_pad=pad)
+    store.write("interp1", unigrams, key_columns(1), parts, "0000")
+    return vocab_size
+
+
+def _initial_task(store: PartitionStore, k: int, p: int, discount: Discount, parts: int) -> None:
+    adjusted = store.read(f"adjctx{k}", p)
+    if adjusted is None or adjusted.num_rows == 0:
+        return
+    uninterp, gammas = initial_probabilities_step(adjusted, discount)
+    # Written straight into the partitioning their consumers join on: u by suffix, gamma by its own key.
+    store.write(f"uninterp{k}", uninterp, key_columns(k, 1), parts, f"{p:04d}")
+    store.write(f"gamma{k - 1}", gammas, key_columns(k - 1), parts, f"{p:04d}")
+
+
+def _interpolate_task(store: PartitionStore, k: int, p: int, parts: int) -> None:
+    uninterp = store.read(f"uninterp{k}", p)
+    if uninterp is None or uninterp.num_rows == 0:
+        return
+    interp = interpolate_step(uninterp, store.read(f"interp{k - 1}", p, kn_schema(k - 1, "interp")))
+    store.write(f"interp{k}", interp, key_columns(k), parts, f"{p:04d}")
+
+
+def _backoff_task(store: PartitionStore, k: int, top: int, p: int) -> int:
+    interp = store.read(f"interp{k}", p)
+    if interp is None or interp.num_rows == 0:
+        return 0
+    gammas = store.read(f"gamma{k}", p, kn_schema(k, "gamma")) if k < top else None
+    model = backoff_step(interp, gammas)
+    store.put(f"model{k}", p, model)
+    return model.num_rows
+
+
+def _resplit(
+    map_fn: MapFn, store: PartitionStore, src: str, dst: str, keys: Mapping[int, list[str]], p: int, desc: str
+) -> None:
+    """The shuffle between two steps: each partition of dataset ``src{k}`` re-hashed by ``keys[k]`` into ``dst{k}``."""
+    map_fn(_resplit_task, [(store, f"{src}{k}", q, f"{dst}{k}", keys[k], p) for k in keys for q in range(p)], desc)
+
+
+def _check_counts(counts_by_order: Mapping[int, pa.Table], vocab: Sequence[str], order: int) -> None:
+    missing = [k for k in range(1, order + 1) if k not in counts_by_order]
     if missing:
-        raise ValueError(
-            f"counts for orders {missing} missing; count_ngrams(table, {n_order}) gives all of them"
-        )
-    for k in range(1, n_order + 1):
+        raise ValueError(f"counts for orders {missing} missing; count_ngrams(table, {order}) gives all of them")
+    for k in range(1, order + 1):
         t = counts_by_order[k]
         if t.num_rows and max(int(column_np(t.combine_chunks(), f"w{i}").max()) for i in range(k)) >= len(
             vocab
@@ -630,79 +752,96 @@ def estimate(
             raise ValueError(f"{k}-gram counts use ids >= the vocabulary size {len(vocab)}")
     if counts_by_order[1].num_rows == 0:
         raise ValueError("no unigrams to estimate from: the corpus has no sentences")
+
+
+def estimate(
+    counts_by_order: Mapping[int, pa.Table] | None,
+    vocab: Sequence[str],
+    config: KneserNeyConfig,
+    *,
+    limit_vocab: Collection[str] | None = None,
+    word_rank: np.ndarray | None = None,
+    num_partitions: int = 1,
+    map_fn: MapFn = serial_map,
+    store: PartitionStore | None = None,
+) -> KneserNeyModel:
+    """Estimate the model from raw counts of orders 1..N by running steps (a)-(e) over ``num_partitions``.
+
+    The one sequencing of the steps.  Each step is ``map_fn`` over (order, partition) tasks that read and
+    write ``store``; only a few numbers per task come back (counts-of-counts, row counts), so the caller's
+    process never holds a table larger than the vocabulary.  Defaults: :func:`serial_map` and a
+    :class:`MemoryStore` filled from ``counts_by_order`` (:func:`lm.ngram_counts.count_ngrams` output, one
+    merged table per order); ``tables`` of the result are then MODEL[k], sorted.  With a ``store`` of its
+    own, the caller passes ``counts_by_order=None`` and has put the merged counts of order k in dataset
+    ``counts{k}``, hash-partitioned by ``w0..w{k-1}`` into ``num_partitions``; MODEL[k] is left in dataset
+    ``model{k}`` (one sorted piece per partition) and ``tables`` is empty.
+
+    ``vocab``: token strings by id (for ``limit_vocab`` and id validation).  ``word_rank``: lmplz's word
+    numbering (:func:`lm.ngram_counts.first_occurrence_rank`), only needed to reproduce one lmplz quirk
+    exactly (:func:`last_entry_correction`).
+    """
+    n_order, p = config.order, num_partitions
     if word_rank is not None and len(word_rank) < len(vocab):
         raise ValueError(f"word_rank has {len(word_rank)} entries for a vocabulary of {len(vocab)}")
-    p = num_partitions
+    collect = store is None
+    if store is None:
+        if counts_by_order is None:
+            raise ValueError("estimate needs counts_by_order, or a store holding datasets counts1..countsN")
+        _check_counts(counts_by_order, vocab, n_order)
+        store = MemoryStore()
+        for k in range(1, n_order + 1):
+            store.write(f"counts{k}", counts_by_order[k], key_columns(k), p, "0")
+    elif counts_by_order is not None:
+        raise ValueError("with a store of its own, estimate reads the counts from it: pass counts_by_order=None")
     thresholds = config.thresholds()
+    orders, higher = range(1, n_order + 1), range(2, n_order + 1)
+
+    logger.info("--- 1/5 Adjusting counts (order %d, %d partitions) ---", n_order, p)
+    _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
     prune_words = prune_words_mask(vocab, limit_vocab)
+    calls = [(store, k, q, n_order, thresholds[k - 1], prune_words) for k in orders for q in range(p)]
+    part_stats = map_fn(_adjust_task, calls, "adjust")
+    for k in higher:
+        store.drop(f"suffix{k}")
 
-    logger.info("=== 1/4 Adjusting counts (order %d, %d partitions) ===", n_order, p)
-    adjusted: dict[int, list[pa.Table]] = {}
-    for k in range(1, n_order + 1):
-        lower = _repartition([counts_by_order[k]], key_columns(k), p)
-        higher = (
-            _repartition([counts_by_order[k + 1]], key_columns(k + 1, 1), p) if k < n_order else [None] * p
-        )
-        adjusted[k] = [
-            adjust_counts_step(lo, hi, prune_threshold=thresholds[k - 1], prune_words=prune_words)
-            for lo, hi in zip(lower, higher, strict=True)
-        ]
-
-    logger.info("=== 2/4 Counts-of-counts and discounts ===")
-    stats = {k: sum((count_stats_step(t) for t in parts), OrderStats()) for k, parts in adjusted.items()}
-    for k, delta in last_entry_correction(adjusted, n_order, word_rank).items():
+    logger.info("--- 2/5 Counts-of-counts and discounts ---")
+    stats = {k: sum(part_stats[(k - 1) * p : k * p], OrderStats()) for k in orders}
+    ((corrections, n_specials),) = map_fn(_last_entry_task, [(store, n_order, p, word_rank)], "last entry")
+    for k, delta in corrections.items():
         stats[k] = stats[k] + delta
-    n_specials = 2 - int(
-        any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
-    )  # <unk>, <s> added later
-    stats[1] = stats[1] + OrderStats(n_specials, n_specials, (0, 0, 0, 0))
+    stats[1] = stats[1] + OrderStats(n_specials, n_specials, (0, 0, 0, 0))  # <unk>, <s> added later
     fallback = config.fallback() if config.discount_fallback is not None else None
     discounts = compute_discounts(stats, fallback)
-    for k in range(1, n_order + 1):
+    for k in orders:
         d, s = discounts[k], stats[k]
-        logger.info(
-            "%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n
-        )
+        logger.info("%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n)
 
-    logger.info("=== 3/4 Initial probabilities ===")
-    interp: dict[int, list[pa.Table]] = {}
-    unigrams, vocab_size = unigram_step(
-        pa.concat_tables(adjusted[1]),
-        discounts[1],
-        interpolate_unigrams=config.interpolate_unigrams,
-        vocab_pad=config.vocab_pad,
-    )
-    interp[1] = [unigrams]
-    uninterp: dict[int, list[pa.Table]] = {}
-    gammas: dict[int, list[pa.Table]] = {}
-    for k in range(2, n_order + 1):
-        results = [
-            initial_probabilities_step(t, discounts[k])
-            for t in _repartition(adjusted[k], key_columns(k - 1), p)
-        ]
-        uninterp[k] = [r[0] for r in results]
-        gammas[k - 1] = [r[1] for r in results]
-    adjusted.clear()  # free the adjusted counts before interpolation
+    logger.info("--- 3/5 Initial probabilities ---")
+    unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
+    (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
+    _resplit(map_fn, store, "adj", "adjctx", {k: key_columns(k - 1) for k in higher}, p, "split by context")
+    map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
+    for k in orders:
+        store.drop(f"adj{k}")
+        store.drop(f"adjctx{k}")
 
-    logger.info("=== 4/4 Interpolating orders and computing backoffs ===")
-    for k in range(2, n_order + 1):
-        interp[k] = [
-            interpolate_step(u, lo)
-            for u, lo in zip(
-                _repartition(uninterp.pop(k), key_columns(k, 1), p),
-                _repartition(interp[k - 1], key_columns(k - 1), p),
-                strict=True,
-            )
-        ]
+    logger.info("--- 4/5 Interpolating ---")
+    for k in higher:  # order k needs all of INTERP[k-1]
+        map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
+        store.drop(f"uninterp{k}")
+
+    logger.info("--- 5/5 Backoffs ---")
+    sizes = map_fn(_backoff_task, [(store, k, n_order, q) for k in orders for q in range(p)], "backoff")
+    ngrams = {k: sum(sizes[(k - 1) * p : k * p]) for k in orders}
+    for k in orders:
+        store.drop(f"interp{k}")
+        store.drop(f"gamma{k}")
+        logger.info("%d-grams: %d", k, ngrams[k])
     tables: dict[int, pa.Table] = {}
-    for k in range(1, n_order + 1):
-        g_parts = _repartition(gammas.pop(k), key_columns(k), p) if k < n_order else [None] * p
-        parts = [
-            backoff_step(i, g)
-            for i, g in zip(_repartition(interp[k], key_columns(k), p), g_parts, strict=True)
-        ]
-        tables[k] = _sorted(pa.concat_tables(parts).combine_chunks(), k)
-        logger.info("%d-grams: %d", k, tables[k].num_rows)
+    if collect:
+        for k in orders:
+            parts = [t for q in range(p) if (t := store.read(f"model{k}", q)) is not None]
+            tables[k] = _sorted(pa.concat_tables(parts).combine_chunks(), k)
     return KneserNeyModel(
-        order=n_order, tables=tables, discounts=discounts, stats=stats, vocab_size=vocab_size
+        order=n_order, tables=tables, discounts=discounts, stats=stats, vocab_size=vocab_size, ngrams=ngrams
     )

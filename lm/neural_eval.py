@@ -14,7 +14,7 @@ Either way the context of a sentence's first word is ``</s>``, the model's ``<s>
 ``text_units`` gives the denominators of the tokenizer-independent figures (Mielke 2019, REFERENCES G):
 per-word perplexity = exp(total NLL / (words + sentences)) and bits per byte = total NLL / (ln 2 x bytes),
 bytes of the text rebuilt from the tokens plus one newline per sentence.  A pipeline run uses the tokenize
-stage's count of the lines' own bytes instead (``pipelines.report.token_stream``), the one definition its
+stage's count of the lines' own bytes instead (``pipelines.report_rows.token_stream``), the one definition its
 report uses for every model; the rebuilt count serves token streams without that manifest.
 """
 

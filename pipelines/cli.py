@@ -21,6 +21,7 @@ file or upstream stage, more workers than the machine has; the message, one line
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -88,7 +89,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.datasets import fetch
+    from lmpipe.pipelines.datasets.fetch import fetch
 
     path = fetch(args.name, dest=Path(args.dest) if args.dest else None, mirror=_mirror(args))
     print(path)
@@ -96,7 +97,7 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.datasets import list_datasets
+    from lmpipe.pipelines.datasets.registry import list_datasets
 
     for item in list_datasets():
         print(item)
@@ -173,7 +174,7 @@ def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: in
     """Paired bootstrap of two models' perplexity difference from their token-score files."""
     from lmpipe.lm.bootstrap import paired_bootstrap
     from lmpipe.lm.token_scores import read_token_scores
-    from lmpipe.pipelines.report import CompareError
+    from lmpipe.pipelines.report_rows import CompareError
     from lmpipe.pipelines.run_scores import find_token_scores
 
     available: dict[str, Path] = {}
@@ -194,14 +195,8 @@ def _bootstrap_models(runs: list[str], names: list[str], split: str, samples: in
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.report import (
-        collect,
-        compare,
-        embeddings_markdown,
-        merge,
-        models_markdown,
-        write_report,
-    )
+    from lmpipe.pipelines.report import embeddings_markdown, models_markdown, write_report
+    from lmpipe.pipelines.report_rows import collect, compare, merge
 
     report = merge(collect(Path(run)) for run in args.runs)
     normalize = None if args.normalize == "none" else args.normalize
@@ -228,14 +223,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Stage -> the module whose ``tune(ctx, samples, out_dir)`` searches its settings.
+TUNERS = {"tagger": "lmpipe.pipelines.tune_tagger"}
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from lmpipe.cluster.connect import connect
     from lmpipe.pipelines.spec import load_spec
-    from lmpipe.pipelines.stages import StageContext, stage_module
+    from lmpipe.pipelines.stages import StageContext
 
     spec = load_spec(args.spec, overrides=args.set)
-    module = stage_module(args.stage)
-    if not hasattr(module, "tune"):
+    if args.stage not in TUNERS:
         print(
             f"lmpipe: error: --stage {args.stage}: this stage has no search space; tunable stages: tagger",
             file=sys.stderr,
@@ -246,7 +244,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), address=args.address, num_cpus=args.num_cpus)
     connect(args.address, num_cpus=args.num_cpus)
     out = Path(args.out) if args.out else run_dir / f"tune-{args.stage}"
-    best = module.tune(ctx, args.samples, out)
+    best = importlib.import_module(TUNERS[args.stage]).tune(ctx, args.samples, out)
     print(f"best {best['metric']} {best['score']:.4f} (epoch {best['epoch']}) with {best['params']}")
     print(f"trials: {out / 'trials.tsv'}; best settings: {out / 'best.yaml'}")
     return 0
@@ -350,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("tune", help="random hyper-parameter search with Ray Tune + ASHA (tagger stage)")
     tn.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/conll2003.yaml")
-    tn.add_argument("--stage", required=True, choices=["tagger"], help="the stage to tune")
+    tn.add_argument("--stage", required=True, choices=sorted(TUNERS), help="the stage to tune")
     tn.add_argument("--samples", type=int, default=10, help="random trials (default 10)")
     tn.add_argument(
         "--run-dir", help="run directory (default runs/<spec name>); results in RUN/tune-<stage>/"

@@ -120,7 +120,7 @@ def _detect_format(path: str, declared: str) -> tuple[str, str]:
 def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, str]]:
     """One spec entry -> [(filesystem, path, display uri)], sorted, or an InputError naming it."""
     if ref.startswith("data:"):
-        from lmpipe.pipelines.datasets import resolve
+        from lmpipe.pipelines.datasets.resolve import resolve
 
         try:
             ref = str(resolve(ref, mirror=mirror))

@@ -13,7 +13,8 @@ name and renamed, so a retried task never leaves a half piece behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,21 +45,31 @@ def read_partition(dataset: Path, p: int, schema: pa.Schema | None = None) -> pa
     return pa.concat_tables([read_table(path) for path in pieces]).combine_chunks()
 
 
-class LazyPartitions(Sequence):
-    """The partitions of a dataset as a sequence that reads one partition at a time when iterated."""
+class DirectoryStore:
+    """``lm.kneser_ney.PartitionStore`` on disk: dataset ``name`` is the folder ``root/name`` (layout above).
 
-    def __init__(self, dataset: Path, num_partitions: int, schema: pa.Schema | None = None) -> None:
-        self.dataset, self.num_partitions, self.schema = Path(dataset), num_partitions, schema
+    It holds only a path, so Ray ships it to tasks cheaply; every task of a run must see the same ``root``
+    (one machine, or shared storage on a cluster).
+    """
 
-    def __len__(self) -> int:
-        return self.num_partitions
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
 
-    def __getitem__(self, p):  # type: ignore[override]
-        if isinstance(p, slice):
-            return [self[i] for i in range(*p.indices(len(self)))]
-        table = read_partition(self.dataset, p, self.schema)
-        return table if table is not None else pa.table({})
+    def path(self, name: str) -> Path:
+        return self.root / name
 
-    def __iter__(self) -> Iterator[pa.Table]:
-        for p in range(self.num_partitions):
-            yield self[p]
+    def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None:
+        write_partitioned(table, self.path(name), keys, num_partitions, piece)
+
+    def put(self, name: str, p: int, table: pa.Table, piece: str = "0") -> None:
+        write_table(part_dir(self.path(name), p) / f"piece-{piece}.arrow", table)
+
+    def read(self, name: str, p: int, schema: pa.Schema | None = None) -> pa.Table | None:
+        return read_partition(self.path(name), p, schema)
+
+    def drop(self, name: str) -> None:
+        shutil.rmtree(self.path(name), ignore_errors=True)
+
+    def pieces(self, name: str) -> list[Path]:
+        """Every piece file of a dataset, in partition then piece order (for streaming it out in order)."""
+        return sorted(self.path(name).glob("part-*/piece-*.arrow"))

@@ -1,23 +1,30 @@
-"""Thin Ray Data wrappers: run the pure per-chunk functions of ``pipelines.encode`` on an actor pool.
+"""The one way stage code reaches Ray: tasks (:func:`map_tasks`) and an actor pool (:func:`map_chunks`).
+
+:func:`map_tasks` runs ``fn(*args)`` per call as Ray tasks, a bounded number in flight, with retries, a
+progress bar and the placement of every task (the ngram and cooccur stages; ``lm.kneser_ney.estimate``
+takes it as its ``map_fn``).  :func:`map_chunks` runs the pure per-chunk functions of
+``pipelines.encode`` on an actor pool (the tokenize stage)::
 
     chunks (driver) -> ray.data.from_items -> map_batches(ChunkActor, ActorPoolStrategy(size=workers))
                     -> small result tables streamed back to the driver, one chunk at a time
 
 The actor loads the tokenizer (and vocabulary) once in ``__init__``; each call handles one chunk and
 returns a small table, so the driver holds vocabularies and statistics, never the corpus.  Only this
-module, the stage orchestration and ``cluster/`` import ``ray``.
+module and ``cluster/`` import ``ray``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from tqdm import tqdm
 
-from lmpipe.cluster.process import process_info
+from lmpipe.cluster.process import Placement, process_info
 from lmpipe.pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from lmpipe.pipelines.ingest import Chunk, InputError
 from lmpipe.pipelines.tokenizers import make_tokenizer
@@ -86,6 +93,51 @@ class ChunkActor:
             {"chunk": [index], "stats": [json.dumps(payload)], "piece_counts": [pieces], "error": [None]},
             schema=STATS,
         )
+
+
+def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
+    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``."""
+    return fn(*args), process_info()
+
+
+def map_tasks(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple],
+    *,
+    workers: int,
+    desc: str,
+    options: dict[str, Any] | None = None,
+    placement: Placement | None = None,
+    retries: int = 2,
+) -> list[Any]:
+    """Run ``fn(*args)`` for every tuple as Ray tasks, at most ``workers`` in flight; results in order.
+
+    ``options`` are each task's resources (``cluster.process.ray_options``; default one CPU); ``placement``
+    counts tasks per node and process; ``retries`` is Ray's ``max_retries`` (a task lost with its worker
+    is rerun).  A task's exception is raised again as itself, without Ray's wrapper.
+    """
+    import ray
+
+    remote = ray.remote(max_retries=retries, **(options or {"num_cpus": 1}))(_traced)
+    results: list[Any] = [None] * len(calls)
+    pending: dict[Any, int] = {}
+    todo = list(enumerate(calls))
+    with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
+        while todo or pending:
+            while todo and len(pending) < workers:
+                i, args = todo.pop(0)
+                pending[remote.remote(fn, *args)] = i
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            try:
+                results[pending.pop(ref)], where = ray.get(ref)
+                if placement is not None:
+                    placement.add(where)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                raise (cause or exc) from None
+            bar.update(1)
+    return results
 
 
 def unwrap_error(exc: BaseException) -> BaseException:

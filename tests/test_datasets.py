@@ -1,4 +1,4 @@
-"""Tests for pipelines.datasets: the registry, mirror copy/resolve, and downloads from file:// URLs.
+"""Tests for pipelines.datasets (registry, fetch, resolve): the registry, mirror copy/resolve, and downloads from file:// URLs.
 
 Mirror tests read ``$LMPIPE_DATA_MIRROR`` (CI sets it to ../shared/data) and skip without it.  Download
 tests build their own zip / tar.gz / gz in tmp_path and register a toy dataset.  No test touches the
@@ -21,7 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.pipelines import datasets as ds
+from lmpipe.pipelines.datasets import fetch as fetch_module
+from lmpipe.pipelines.datasets import registry as ds
+from lmpipe.pipelines.datasets import resolve as resolve_module
+from lmpipe.pipelines.datasets.fetch import HOME_ENV, MARKER, MIRROR_ENV, fetch
+from lmpipe.pipelines.datasets.resolve import resolve
 
 MIRROR = os.environ.get("LMPIPE_DATA_MIRROR")
 MIRROR_ONLY = {"brown", "bbc-news", "kjv", "embedding-eval"}
@@ -39,9 +43,9 @@ def leftovers(root: Path) -> list[Path]:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An empty cache, no mirror from the environment, a fresh verification memo, and no network."""
-    monkeypatch.setenv(ds.HOME_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(ds.MIRROR_ENV, raising=False)
-    monkeypatch.setattr(ds, "_VERIFIED", set())
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.setattr(resolve_module, "_VERIFIED", set())
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("tests must not touch the network")
@@ -101,7 +105,7 @@ def test_registry_checksums_match_mirror_sha256sums(mirror: Path) -> None:
         for tree in d.trees:
             under = {p: v for p, v in listed.items() if p.startswith(f"{tree.path}/")}
             assert len(under) == tree.n_files
-            assert ds._tree_digest(under) == tree.sha256
+            assert fetch_module._tree_digest(under) == tree.sha256
             covered |= under.keys()
     assert covered == set(listed)
 
@@ -141,16 +145,16 @@ def test_registry_entries_are_validated(build, message: str) -> None:
 def test_unknown_names_list_the_valid_options() -> None:
     """Unknown datasets list every registered name; unknown splits list the dataset's splits and paths."""
     with pytest.raises(ds.UnknownDatasetError) as e:
-        ds.fetch("penn-treebank", progress=False)
+        fetch("penn-treebank", progress=False)
     for d in ds.list_datasets():
         assert repr(d.name) in str(e.value)
     with pytest.raises(ds.UnknownDatasetError, match="wikitext-103"):
-        ds.resolve("data:wikitext/train")
+        resolve("data:wikitext/train")
     with pytest.raises(ds.UnknownDatasetError, match=r"splits are \['test', 'train', 'valid'\]"):
-        ds.resolve("data:ptb/dev")
+        resolve("data:ptb/dev")
     for bad in ("data:ptb", "data:ptb/../ptb/ptb.train.txt", "ptb/train"):
         with pytest.raises(ds.UnknownDatasetError):
-            ds.resolve(bad)
+            resolve(bad)
     assert ds.is_data_ref("data:ptb/train") and not ds.is_data_ref("corpus/ptb.txt")
 
 
@@ -159,51 +163,51 @@ def test_unknown_names_list_the_valid_options() -> None:
 def test_fetch_from_mirror_copies_verified_files_once(mirror: Path, tmp_path: Path, name: str) -> None:
     """fetch --mirror copies every file into dest, checks its sha256, writes the marker, and is idempotent."""
     dest = tmp_path / "dest"
-    assert ds.fetch(name, dest=dest, mirror=mirror, progress=False) == dest / name
+    assert fetch(name, dest=dest, mirror=mirror, progress=False) == dest / name
     files = ds.get(name).files
     for f in files:
         assert sha256((dest / f.path).read_bytes()) == f.sha256
-    marker = json.loads((dest / name / ds.MARKER).read_text())
+    marker = json.loads((dest / name / MARKER).read_text())
     assert marker["sha256"] == {f.path: f.sha256 for f in files}
     assert marker["fingerprint"] == ds.get(name).fingerprint
     before = {f.path: (dest / f.path).stat().st_mtime_ns for f in files}
-    ds.fetch(name, dest=dest, mirror=mirror, progress=False)
+    fetch(name, dest=dest, mirror=mirror, progress=False)
     assert {f.path: (dest / f.path).stat().st_mtime_ns for f in files} == before
 
 
 def test_resolve_reads_the_mirror_in_place(mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Splits, relative paths and tree splits resolve to the mirror's own files, verified once per process."""
-    assert ds.resolve("data:ptb/train", mirror=mirror) == mirror / "ptb/ptb.train.txt"
-    assert ds.resolve("data:conll2003/eng.testa", mirror=mirror) == mirror / "conll2003/eng.testa"
-    assert ds.resolve("data:brown/all", mirror=mirror) == mirror / "brown"
-    assert ds.resolve("data:brown/ca01", mirror=mirror) == mirror / "brown/ca01"
-    monkeypatch.setenv(ds.MIRROR_ENV, str(mirror))
-    assert ds.resolve("data:conll2000/test") == mirror / "conll2000/test.txt"
+    assert resolve("data:ptb/train", mirror=mirror) == mirror / "ptb/ptb.train.txt"
+    assert resolve("data:conll2003/eng.testa", mirror=mirror) == mirror / "conll2003/eng.testa"
+    assert resolve("data:brown/all", mirror=mirror) == mirror / "brown"
+    assert resolve("data:brown/ca01", mirror=mirror) == mirror / "brown/ca01"
+    monkeypatch.setenv(MIRROR_ENV, str(mirror))
+    assert resolve("data:conll2000/test") == mirror / "conll2000/test.txt"
     hashed = []
-    monkeypatch.setattr(ds, "_hash_file", lambda path: hashed.append(path))
-    ds.resolve("data:ptb/train")
-    ds.resolve("data:conll2000/test")
+    monkeypatch.setattr(resolve_module, "hash_file", lambda path: hashed.append(path))
+    resolve("data:ptb/train")
+    resolve("data:conll2000/test")
     assert hashed == []
 
 
 def test_resolve_falls_back_to_the_cache(mirror: Path, tmp_path: Path) -> None:
     """A mirror that lacks the file is skipped in favour of a fetched cache."""
-    ds.fetch("ptb", mirror=mirror, progress=False)  # into $LMPIPE_DATA_HOME
+    fetch("ptb", mirror=mirror, progress=False)  # into $LMPIPE_DATA_HOME
     cached = tmp_path / "cache/ptb/ptb.valid.txt"
-    assert ds.resolve("data:ptb/valid") == cached
+    assert resolve("data:ptb/valid") == cached
     (tmp_path / "empty-mirror").mkdir()
-    assert ds.resolve("data:ptb/valid", mirror=tmp_path / "empty-mirror") == cached
+    assert resolve("data:ptb/valid", mirror=tmp_path / "empty-mirror") == cached
 
 
 def test_resolve_without_data_says_how_to_fetch(tmp_path: Path) -> None:
     """With neither a mirror nor a fetched cache, the error gives the fetch command."""
     with pytest.raises(ds.DataNotFoundError, match=r"lmpipe data fetch ptb.*--mirror"):
-        ds.resolve("data:ptb/train")
+        resolve("data:ptb/train")
     partial = tmp_path / "cache/ptb/ptb.train.txt"  # a file without a marker is not trusted
     partial.parent.mkdir(parents=True)
     partial.write_text("a partial copy\n")
     with pytest.raises(ds.DataNotFoundError, match="lmpipe data fetch ptb"):
-        ds.resolve("data:ptb/train")
+        resolve("data:ptb/train")
 
 
 def test_corrupt_mirror_file_is_rejected_by_name(mirror: Path, tmp_path: Path) -> None:
@@ -216,13 +220,13 @@ def test_corrupt_mirror_file_is_rejected_by_name(mirror: Path, tmp_path: Path) -
     expected = next(f.sha256 for f in ds.get("ptb").files if f.path == expected)
     dest = tmp_path / "dest"
     with pytest.raises(ds.ChecksumError) as e:
-        ds.fetch("ptb", dest=dest, mirror=bad, progress=False)
+        fetch("ptb", dest=dest, mirror=bad, progress=False)
     assert "ptb/ptb.valid.txt" in str(e.value) and expected in str(e.value) and actual in str(e.value)
-    assert not (dest / "ptb/ptb.valid.txt").exists() and not (dest / "ptb" / ds.MARKER).exists()
+    assert not (dest / "ptb/ptb.valid.txt").exists() and not (dest / "ptb" / MARKER).exists()
     assert leftovers(dest) == []
     with pytest.raises(ds.ChecksumError, match="ptb.valid.txt"):
-        ds.resolve("data:ptb/valid", mirror=bad)
-    assert ds.resolve("data:ptb/train", mirror=bad) == bad / "ptb/ptb.train.txt"
+        resolve("data:ptb/valid", mirror=bad)
+    assert resolve("data:ptb/train", mirror=bad) == bad / "ptb/ptb.train.txt"
 
 
 def test_corrupt_file_in_a_tree_is_named(mirror: Path, tmp_path: Path) -> None:
@@ -231,12 +235,12 @@ def test_corrupt_file_in_a_tree_is_named(mirror: Path, tmp_path: Path) -> None:
     copy_into(mirror, bad, "brown")
     (bad / "brown/cb01").write_bytes(b"not the brown corpus\n")
     with pytest.raises(ds.ChecksumError, match="tree sha256") as e:
-        ds.resolve("data:brown/all", mirror=bad)
+        resolve("data:brown/all", mirror=bad)
     assert "brown/ (503 files)" in str(e.value)
     sums = [ln for ln in (mirror / "SHA256SUMS").read_text().splitlines() if "./brown/" in ln]
     (bad / "SHA256SUMS").write_text("\n".join(sums) + "\n")
     with pytest.raises(ds.ChecksumError) as e:
-        ds.fetch("brown", dest=tmp_path / "dest", mirror=bad, progress=False)
+        fetch("brown", dest=tmp_path / "dest", mirror=bad, progress=False)
     assert e.value.what == str(bad / "brown/cb01")
     assert e.value.actual == sha256(b"not the brown corpus\n")
 
@@ -244,16 +248,16 @@ def test_corrupt_file_in_a_tree_is_named(mirror: Path, tmp_path: Path) -> None:
 def test_mirror_only_dataset_needs_a_mirror() -> None:
     """Without a mirror, a mirror-only dataset says so instead of trying the network."""
     with pytest.raises(ds.DataNotFoundError, match=r"mirror-only.*--mirror"):
-        ds.fetch("kjv", progress=False)
+        fetch("kjv", progress=False)
 
 
 def test_mirror_without_the_dataset_does_not_download(tmp_path: Path) -> None:
     """A mirror is authoritative: a missing dataset is an error naming the files, never a network fallback."""
     (tmp_path / "m").mkdir()
     with pytest.raises(ds.DataNotFoundError, match="lacks text8/text8"):
-        ds.fetch("text8", mirror=tmp_path / "m", progress=False)
+        fetch("text8", mirror=tmp_path / "m", progress=False)
     with pytest.raises(ds.DataNotFoundError, match="not a directory"):
-        ds.fetch("ptb", mirror=tmp_path / "nowhere", progress=False)
+        fetch("ptb", mirror=tmp_path / "nowhere", progress=False)
 
 
 # ------------------------------------------------------------------------------------------- download
@@ -304,17 +308,17 @@ def test_download_extracts_verifies_and_never_refetches(
     """A download lands verified in the cache, extracted, with a marker; a second fetch downloads nothing."""
     monkeypatch.setitem(ds._REGISTRY, "toy", toy_dataset(tmp_path / "upstream", kind))
     cache = tmp_path / "cache"
-    assert ds.fetch("toy", progress=False) == cache / "toy"
+    assert fetch("toy", progress=False) == cache / "toy"
     for path, data in FILES.items():
         assert (cache / path).read_bytes() == data
     assert not (cache / "toy/.download").exists() and leftovers(cache) == []
-    assert json.loads((cache / "toy" / ds.MARKER).read_text())["sha256"] == {
+    assert json.loads((cache / "toy" / MARKER).read_text())["sha256"] == {
         p: sha256(d) for p, d in FILES.items()
     }
-    assert ds.resolve("data:toy/a") == cache / "toy/a.txt"
+    assert resolve("data:toy/a") == cache / "toy/a.txt"
     before = {p: (cache / p).stat().st_mtime_ns for p in FILES}
     shutil.rmtree(tmp_path / "upstream")  # any download attempt would now fail
-    assert ds.fetch("toy", progress=False) == cache / "toy"
+    assert fetch("toy", progress=False) == cache / "toy"
     assert {p: (cache / p).stat().st_mtime_ns for p in FILES} == before
 
 
@@ -329,11 +333,11 @@ def test_download_checksum_mismatch_installs_nothing(
     toy = dataclasses.replace(toy, sources=(dataclasses.replace(toy.sources[0], **wrong), *toy.sources[1:]))
     monkeypatch.setitem(ds._REGISTRY, "toy", toy)
     with pytest.raises(ds.ChecksumError) as e:
-        ds.fetch("toy", progress=False)
+        fetch("toy", progress=False)
     assert e.value.what == toy.sources[0].url and e.value.algorithm == algorithm
     assert wrong[algorithm] in str(e.value)
     cache = tmp_path / "cache"
-    assert not (cache / "toy" / ds.MARKER).exists() and not (cache / "toy/a.txt").exists()
+    assert not (cache / "toy" / MARKER).exists() and not (cache / "toy/a.txt").exists()
     assert leftovers(cache) == []
 
 
@@ -344,23 +348,23 @@ def test_extracted_file_mismatch_is_named(tmp_path: Path, monkeypatch: pytest.Mo
     toy = dataclasses.replace(toy, files=(dataclasses.replace(toy.files[0], sha256="f" * 64), toy.files[1]))
     monkeypatch.setitem(ds._REGISTRY, "toy", toy)
     with pytest.raises(ds.ChecksumError, match="toy/a.txt") as e:
-        ds.fetch("toy", progress=False)
+        fetch("toy", progress=False)
     assert e.value.expected == "f" * 64 and e.value.actual == sha256(FILES["toy/a.txt"])
-    assert not (tmp_path / "cache/toy" / ds.MARKER).exists() and leftovers(tmp_path / "cache") == []
+    assert not (tmp_path / "cache/toy" / MARKER).exists() and leftovers(tmp_path / "cache") == []
 
 
 def test_registry_change_makes_the_cache_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A marker written under other pins does not count: the dataset is fetched again."""
     toy = toy_dataset(tmp_path / "upstream", "zip")
     monkeypatch.setitem(ds._REGISTRY, "toy", toy)
-    ds.fetch("toy", progress=False)
+    fetch("toy", progress=False)
     md5 = hashlib.md5(FILES["toy/a.txt"]).hexdigest()
     pinned = dataclasses.replace(toy, files=(dataclasses.replace(toy.files[0], md5=md5), toy.files[1]))
     monkeypatch.setitem(ds._REGISTRY, "toy", pinned)
     with pytest.raises(ds.DataNotFoundError, match="lmpipe data fetch toy"):
-        ds.resolve("data:toy/a")
-    ds.fetch("toy", progress=False)
-    assert json.loads((tmp_path / "cache/toy" / ds.MARKER).read_text())["fingerprint"] == pinned.fingerprint
+        resolve("data:toy/a")
+    fetch("toy", progress=False)
+    assert json.loads((tmp_path / "cache/toy" / MARKER).read_text())["fingerprint"] == pinned.fingerprint
 
 
 def test_missing_member_and_unreachable_url_are_explained(
@@ -372,9 +376,9 @@ def test_missing_member_and_unreachable_url_are_explained(
     renamed_source = dataclasses.replace(toy.sources[0], members=renamed)
     monkeypatch.setitem(ds._REGISTRY, "toy", dataclasses.replace(toy, sources=(renamed_source,)))
     with pytest.raises(ds.DatasetError, match=r"no regular file 'toy-2.0/a.txt'.*toy-1.0/a.txt"):
-        ds.fetch("toy", progress=False)
+        fetch("toy", progress=False)
     gone = dataclasses.replace(toy.sources[0], url=(tmp_path / "nowhere.zip").as_uri())
     monkeypatch.setitem(ds._REGISTRY, "toy", dataclasses.replace(toy, sources=(gone,)))
     with pytest.raises(ds.DatasetError, match=r"download of .*nowhere.zip failed.*--mirror"):
-        ds.fetch("toy", progress=False)
+        fetch("toy", progress=False)
     assert leftovers(tmp_path / "cache") == []

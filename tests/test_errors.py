@@ -13,9 +13,14 @@ from lmpipe.lm.kenlm_tools import KenLMNotFoundError
 from lmpipe.lm.kneser_ney import BadDiscountError
 from lmpipe.pipelines.conll import ConllError
 from lmpipe.pipelines.core.errors import MissingError, UserError
-from lmpipe.pipelines.datasets import ChecksumError, DataNotFoundError, DatasetError, UnknownDatasetError
+from lmpipe.pipelines.datasets.registry import (
+    ChecksumError,
+    DataNotFoundError,
+    DatasetError,
+    UnknownDatasetError,
+)
 from lmpipe.pipelines.ingest import InputError
-from lmpipe.pipelines.report import CompareError
+from lmpipe.pipelines.report_rows import CompareError
 from lmpipe.pipelines.spec import SpecError
 
 from .conftest import SPECS

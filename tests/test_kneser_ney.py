@@ -262,6 +262,39 @@ def test_partitioning_does_not_change_the_model(tmp_path):
     assert one.discounts == four.discounts and one.stats == four.stats
 
 
+def test_folder_store_and_counted_map_give_the_memory_model(tmp_path):
+    """The ngram stage's way (counts in a folder store, MODEL left there, every task through ``map_fn``)
+    gives the same tables as the in-memory default, and every step goes through ``map_fn``."""
+    from lmpipe.lm.ngram_counts import key_columns
+    from lmpipe.pipelines.partitions import DirectoryStore, read_table
+
+    config = KneserNeyConfig(order=4, prune=(0, 0, 1))
+    memory, _ = ours(tmp_path, SYN, 4, config, partitions=3)
+    vocab, table = encode(SYN)
+    store = DirectoryStore(tmp_path / "store")
+    for k, counts in count_ngrams(table, 4).items():
+        store.write(f"counts{k}", counts, key_columns(k), 3, "0")
+    seen: list[str] = []
+
+    def counted_map(fn, calls, desc):
+        seen.append(desc)
+        return [fn(*args) for args in calls]
+
+    folder = estimate(
+        None, vocab, config, word_rank=first_occurrence_rank(table), num_partitions=3, map_fn=counted_map,
+        store=store,
+    )  # fmt: skip
+    assert folder.tables == {}
+    assert {"adjust", "last entry", "unigrams", "probabilities", "backoff", "interpolate 4"} <= set(seen)
+    for k in range(1, 5):
+        parts = [read_table(path) for path in store.pieces(f"model{k}")]
+        got = pa.concat_tables(parts).sort_by([(f"w{i}", "ascending") for i in range(k)])
+        assert got.equals(memory.tables[k]) and folder.ngrams[k] == memory.tables[k].num_rows
+    assert folder.discounts == memory.discounts and folder.stats == memory.stats
+    # Only the input and the model are left in the store.
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [f"{d}{k}" for d in ("counts", "model") for k in range(1, 5)]
+
+
 def test_empty_corpus_fails_fast():
     empty = pa.table({"ids": pa.array([], pa.list_(pa.uint32()))})
     with pytest.raises(ValueError, match="no sentences"):

@@ -89,7 +89,8 @@ def test_token_scores_and_report_rows(two_workers, tmp_path):
     learning curves, and two of them can be mixed (weights fitted on valid) without re-running either."""
     from lmpipe.lm.mixture import apply, fit_em
     from lmpipe.lm.token_scores import read_token_scores
-    from lmpipe.pipelines.report import collect, write_report
+    from lmpipe.pipelines.report import write_report
+    from lmpipe.pipelines.report_rows import collect
     from lmpipe.pipelines.run_scores import find_token_scores
 
     run, manifest = two_workers

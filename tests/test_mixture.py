@@ -186,7 +186,7 @@ def _fake_run(run: Path, models: dict[str, tuple[TokenScores, TokenScores]]) -> 
 
 def test_mix_stage_and_cli(tmp_path, capsys):
     from lmpipe.pipelines.cli import main
-    from lmpipe.pipelines.report import collect, compare
+    from lmpipe.pipelines.report_rows import collect, compare
 
     a_valid, b_valid, _ = _sampled(8000, 0.4, seed=3)
     a_test, b_test, _ = _sampled(8000, 0.4, seed=3)

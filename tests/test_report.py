@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lmpipe.pipelines.cli import main
-from lmpipe.pipelines.report import CompareError, CurvePoint, collect, compare, merge, write_report
+from lmpipe.pipelines.report import write_report
+from lmpipe.pipelines.report_rows import CompareError, CurvePoint, collect, compare, merge
 
 
 def _score(

@@ -303,3 +303,49 @@ def test_character_features_tag_words_never_seen_in_training(tmp_path, chars):
         assert accuracy < 50  # a constant guess for <unk>: about a third
     else:
         assert accuracy > 95
+
+
+def test_tag_inventory_lists_training_tags_then_unknown_ones():
+    """Training tags sorted, then valid/test-only tags; unknown tags are counted in the file's scheme."""
+    from lmpipe.lm.tagging.prepare import tag_inventory
+
+    gold = {"train": [["B-NP", "I-NP"], ["B-NP"]], "valid": [["B-VP", "B-NP"]], "test": [["B-PP"]]}
+    file_tags = {"train": [["I-NP", "I-NP"], ["I-NP"]], "valid": [["I-VP", "I-NP"]], "test": [["I-PP"]]}
+    tags, train_tags, unknown = tag_inventory(gold, file_tags)
+    assert tags == ["B-NP", "I-NP", "B-VP", "B-PP"] and train_tags == 2
+    assert unknown == {"valid": {"I-VP": 1}, "test": {"I-PP": 1}}
+
+
+def test_valid_cut_depends_on_the_text_not_the_order():
+    """The cut is a function of (seed, tokens): reversing the file keeps every sentence's side; 0 and 1 are
+    the extremes, and about ``fraction`` of many sentences go to valid."""
+    from lmpipe.lm.tagging.prepare import valid_cut
+
+    sents = [[f"w{i}", f"x{i % 7}"] for i in range(2000)]
+    cut = valid_cut(sents, 0.25, seed=3)
+    assert valid_cut(sents[::-1], 0.25, seed=3) == cut[::-1]
+    assert 400 < sum(cut) < 600 and valid_cut(sents, 0.25, seed=4) != cut
+    assert not any(valid_cut(sents, 0.0, seed=3)) and all(valid_cut(sents, 1.0, seed=3))
+
+
+def test_prepare_data_writes_each_split_and_the_aligned_vectors(tmp_path):
+    """Vocabulary from all tasks' training words then the vectors' tokens; lowercase lookup when the vectors
+    are lowercase; characters as written (<pad>, <unk>, then T h e c a t P r i s); every split encoded with
+    its unknown-word rate; vector rows aligned to the vocabulary."""
+    from lmpipe.lm.tagging.data import Encoded
+    from lmpipe.lm.tagging.prepare import TaskText, prepare_data
+
+    pos = TaskText(name="pos", tokens={"train": [["The", "cat"]], "test": [["A", "cat"]]},
+                   gold={"train": [["DT", "NN"]], "test": [["DT", "NN"]]}, tags=["DT", "NN"])  # fmt: skip
+    ner = TaskText(name="ner", tokens={"train": [["Paris"]]}, gold={"train": [["B-LOC"]]}, tags=["B-LOC"])
+    matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+    data = prepare_data([pos, ner], tmp_path, min_count=1, lowercase=None, chars=True,
+                        vectors=(["cat", "dog", "paris"], matrix))  # fmt: skip
+    assert data.vocab.lowercase and data.vocab.tokens == ("<pad>", "<unk>", "cat", "paris", "the", "dog")
+    assert data.report["unk_rate"] == {"pos": {"train": 0.0, "test": 0.5}, "ner": {"train": 0.0}}
+    assert data.report["vocabulary"] == {"size": 6, "lowercase": True, "characters": 2 + 10, "with_vectors": 3}
+    test = Encoded.load(tmp_path / "task-0-test.npz")
+    assert test.words.tolist() == [1, 2] and test.tags.tolist() == [0, 1]
+    with np.load(tmp_path / "embedding-init.npz") as z:
+        assert z["found"].tolist() == [False, False, True, True, False, True]
+        assert z["matrix"][3].tolist() == [4.0, 5.0] and z["matrix"][5].tolist() == [2.0, 3.0]

@@ -57,11 +57,11 @@ from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
 from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import part_dir
+from lmpipe.pipelines.ray_stages import map_tasks
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import CooccurSpec
 from lmpipe.pipelines.spec_parser import SpecError
 from lmpipe.pipelines.stages import Stage, StageContext
-from lmpipe.pipelines.stages.ngram import run_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
                 max_pairs,
             )
         )
-    tasks = run_tasks(_count_task, calls, workers=spec.workers, desc="cooccur count")
+    tasks = map_tasks(_count_task, calls, workers=spec.workers, desc="cooccur: count")
     count_seconds = time.perf_counter() - started
     tokens = sum(t["tokens"] for t in tasks)
     logger.info(
@@ -290,9 +290,9 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     logger.info("=== 2/3 Merging %d partition(s) ===", partitions)
     merge_started = time.perf_counter()
     out_dir = tmp_dir / "cooc"
-    merged = run_tasks(
+    merged = map_tasks(
         _merge_task, [(str(work), str(out_dir), p, config.scale) for p in range(partitions)],
-        workers=spec.workers, desc="cooccur merge",
+        workers=spec.workers, desc="cooccur: merge",
     )  # fmt: skip
     merge_seconds = time.perf_counter() - merge_started
     shutil.rmtree(work, ignore_errors=True)

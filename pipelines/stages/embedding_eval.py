@@ -32,7 +32,8 @@ RESTRICT_VOCAB = 300_000
 
 def eval_files(mirror: str | None) -> tuple[dict[str, Path], str | None]:
     """The evaluation files by set name, or ``({}, reason)`` when the dataset does not resolve."""
-    from lmpipe.pipelines.datasets import DatasetError, resolve
+    from lmpipe.pipelines.datasets.registry import DatasetError
+    from lmpipe.pipelines.datasets.resolve import resolve
 
     try:
         return {

@@ -119,8 +119,8 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
 
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
-    """The vectors and their evaluations, for ``pipelines.report`` (the same row type as sgns)."""
-    from lmpipe.pipelines.report import embedding_row, hardware
+    """The vectors and their evaluations, for ``pipelines.report_rows`` (the same row type as sgns)."""
+    from lmpipe.pipelines.report_rows import embedding_row, hardware
 
     tr = manifest["training"]
     return [

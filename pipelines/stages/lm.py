@@ -227,7 +227,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     stop = os.environ.get(STOP_ENV)
     storage = ctx.run_dir / ".ray-train"
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
-    from lmpipe.pipelines.report import token_stream
+    from lmpipe.pipelines.report_rows import token_stream
 
     _, text_bytes = token_stream(ctx.run_dir)  # bits per byte: the tokenize stage's byte count, as every row
     for split, n in text_bytes.items():
@@ -342,7 +342,7 @@ def _write_token_scores(
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per model and split, and each model's validation perplexity per epoch, for the report."""
-    from lmpipe.pipelines.report import CurvePoint, hardware, perplexity_row
+    from lmpipe.pipelines.report_rows import CurvePoint, hardware, perplexity_row
 
     training = manifest.get("training", {})
     rows: list[Any] = []

@@ -144,7 +144,7 @@ def _weights_text(weights: dict[str, Any]) -> str:
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     """One row per mixture and split; details carry the weights and, on test, the bootstrap intervals."""
-    from lmpipe.pipelines.report import hardware, perplexity_row
+    from lmpipe.pipelines.report_rows import hardware, perplexity_row
 
     rows = []
     for label, entry in manifest["mixtures"].items():

@@ -5,24 +5,21 @@ Input: ``RUN/tokenize`` (train shards, ``vocab.tsv``).  Output (``RUN/ngram/``):
 per order (``schemas.ngram_schema``), and ``manifest.json`` with counts-of-counts, discounts and the valid
 and test perplexities (KenLM's accounting).
 
-Each step is a set of Ray tasks over hash partitions, exchanging data through partition files
-(``pipelines.partitions``), so a task holds one shard or one partition, never the whole model::
+Each step is a set of Ray tasks (``pipelines.ray_stages.map_tasks``) over hash partitions, exchanging data
+through partition files (``pipelines.partitions.DirectoryStore``), so a task holds one shard or one
+partition, never the whole model::
 
-    === 1/6 count ===        task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
-                             task per (order, partition): merge the pieces -> counts/order-k/part-p
-    === 2/6 adjust ===       order k+1 re-split by suffix; task per (k, p): continuation counts + prune marks
-    === 3/6 discounts ===    counts-of-counts summed on the driver (a few integers per order) -> D1, D2, D3+
-    === 4/6 probabilities === order k re-split by context; task per (k, p): u(w|h) and gamma(h)
-    === 5/6 interpolate ===  order by order, task per p: p(w|h) = u(w|h) + gamma(h) p(w|h')
-    === 6/6 backoff + ARPA === task per (k, p): log10 p and backoff; the driver streams parts into the ARPA
+    === 1/3 count ===     task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
+                          task per (order, partition): merge the pieces -> counts/order-k/part-p
+    === 2/3 estimate ===  lm.kneser_ney.estimate, its map_fn = these Ray tasks, its store = the folder store:
+                          adjust, discounts, probabilities, interpolate, backoff (sequenced there only)
+    === 3/3 ARPA ===      the driver streams the MODEL parts into the ARPA, one part at a time
 
 ``estimator: lmplz`` streams the tokenized training text into an installed KenLM ``lmplz`` instead.
-The step functions are ``lm.kneser_ney``'s, the same ones its single-process ``estimate`` runs.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import shutil
@@ -32,20 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-from tqdm import tqdm
 
-from lmpipe.cluster.process import Placement, process_info, ray_options
+from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
 from lmpipe.pipelines.core.errors import MissingError
-from lmpipe.pipelines.core.files import sha256_file, write_table
+from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.keyed import key_columns
 from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from lmpipe.pipelines.core.shards import read_shard, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.ingest import InputError
-from lmpipe.pipelines.partitions import LazyPartitions, read_partition, write_partitioned
+from lmpipe.pipelines.partitions import DirectoryStore
+from lmpipe.pipelines.ray_stages import map_tasks
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import NgramSpec, parse_resources
 from lmpipe.pipelines.spec_parser import SpecError
@@ -94,8 +90,8 @@ def summary(manifest: dict[str, Any]) -> list[str]:
 
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
-    """One row per scored split for ``pipelines.report`` (parameters = n-gram entries of the ARPA)."""
-    from lmpipe.pipelines.report import hardware, perplexity_row
+    """One row per scored split for ``pipelines.report_rows`` (parameters = n-gram entries of the ARPA)."""
+    from lmpipe.pipelines.report_rows import hardware, perplexity_row
 
     settings = manifest["settings"]
     order = settings["order"]
@@ -113,126 +109,27 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     ]
 
 
-# ------------------------------------------------------------------------------------------ tasks
-def _count_task(shard: str, order: int, work: str, partitions: int, index: int) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------ counting
+def _count_task(shard: str, order: int, store: DirectoryStore, partitions: int, index: int) -> dict[str, Any]:
     """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""
     table = read_shard(shard)
     counts = count_ngrams(table, order, unk="word")
     for k, t in counts.items():
-        write_partitioned(t, Path(work) / f"raw{k}", key_columns(k), partitions, f"{index:05d}")
+        store.write(f"raw{k}", t, key_columns(k), partitions, f"{index:05d}")
     flat = np.asarray(table.column("ids").combine_chunks().flatten() if table.num_rows else [], dtype=np.uint32)
     words = flat[flat >= FIRST_WORD_ID]
     ids, first = np.unique(words, return_index=True)
     return {"tokens": int(len(flat)), "sentences": table.num_rows, "words": len(words), "ids": ids, "first": first}
 
 
-def _merge_task(work: str, out: str, order: int, p: int) -> int:
-    table = read_partition(Path(work) / f"raw{order}", p, ngram_schema(order))
-    merged = merge_counts([table])
-    write_table(Path(out) / f"order-{order}" / f"part-{p:04d}" / "piece-0.arrow", merged)
+def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
+    """Reduce side: merge partition ``p``'s pieces of one order into ``counts{order}``, the estimator's input."""
+    merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
+    store.put(f"counts{order}", p, merged)
     return merged.num_rows
 
 
-def _resplit_task(src: str, p: int, dst: str, keys: list[str], partitions: int, schema: pa.Schema | None) -> None:
-    table = read_partition(Path(src), p, schema)
-    if table is not None and table.num_rows:
-        write_partitioned(table, Path(dst), keys, partitions, f"{p:04d}")
-
-
-def _adjust_task(counts: str, suffix: str | None, order: int, p: int, work: str, threshold: int, prune_words) -> kn.OrderStats:
-    lower = read_partition(Path(counts) / f"order-{order}", p, ngram_schema(order))
-    higher = read_partition(Path(suffix), p, ngram_schema(order + 1)) if suffix else None
-    adjusted = kn.adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
-    write_table(Path(work) / f"adj{order}" / f"part-{p:04d}" / "piece-0.arrow", adjusted)
-    return kn.count_stats_step(adjusted)
-
-
-def _last_entry_task(work: str, order: int, partitions: int, word_rank) -> dict[int, kn.OrderStats]:
-    adjusted = {k: LazyPartitions(Path(work) / f"adj{k}", partitions) for k in range(1, order + 1)}
-    return kn.last_entry_correction(adjusted, order, word_rank)
-
-
-def _unigram_task(work: str, partitions: int, discount: kn.Discount, interpolate: bool, pad: int) -> int:
-    parts = [t for t in LazyPartitions(Path(work) / "adj1", partitions) if t.num_rows]
-    unigrams, vocab_size = kn.unigram_step(pa.concat_tables(parts), discount, interpolate_unigrams=interpolate, vocab_pad=pad)
-    write_partitioned(unigrams, Path(work) / "interp1", key_columns(1), partitions, "0000")
-    return vocab_size
-
-
-def _initial_task(work: str, order: int, p: int, discount: kn.Discount, partitions: int) -> None:
-    adjusted = read_partition(Path(work) / f"adjctx{order}", p)
-    if adjusted is None or adjusted.num_rows == 0:
-        return
-    uninterp, gammas = kn.initial_probabilities_step(adjusted, discount)
-    # Written straight into the partitioning their consumers join on: u by suffix, gamma by its own key.
-    write_partitioned(uninterp, Path(work) / f"uninterp{order}", key_columns(order, 1), partitions, f"{p:04d}")
-    write_partitioned(gammas, Path(work) / f"gamma{order - 1}", key_columns(order - 1), partitions, f"{p:04d}")
-
-
-def _interpolate_task(work: str, order: int, p: int, partitions: int) -> None:
-    uninterp = read_partition(Path(work) / f"uninterp{order}", p)
-    if uninterp is None or uninterp.num_rows == 0:
-        return
-    lower = read_partition(Path(work) / f"interp{order - 1}", p)
-    interp = kn.interpolate_step(uninterp, lower if lower is not None else pa.table({f"w{i}": pa.array([], pa.uint32()) for i in range(order - 1)} | {"prob": pa.array([], pa.float32())}))
-    write_partitioned(interp, Path(work) / f"interp{order}", key_columns(order), partitions, f"{p:04d}")
-
-
-def _backoff_task(work: str, order: int, top: int, p: int, out: str) -> int:
-    interp = read_partition(Path(work) / f"interp{order}", p)
-    if interp is None or interp.num_rows == 0:
-        return 0
-    gammas = None
-    if order < top:
-        gammas = read_partition(Path(work) / f"gamma{order}", p)
-        if gammas is None:
-            gammas = pa.table({**{f"w{i}": pa.array([], pa.uint32()) for i in range(order)}, "gamma": pa.array([], pa.float32())})
-    model = kn.backoff_step(interp, gammas)
-    write_table(Path(out) / f"order-{order}" / f"part-{p:04d}.arrow", model)
-    return model.num_rows
-
-
 # ------------------------------------------------------------------------------------------ driver
-def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
-    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``."""
-    return fn(*args), process_info()
-
-
-def run_tasks(
-    fn: Callable[..., Any],
-    calls: Sequence[tuple],
-    *,
-    workers: int,
-    desc: str,
-    options: dict[str, Any] | None = None,
-    placement: Placement | None = None,
-) -> list[Any]:
-    """Run ``fn(*args)`` for every tuple as Ray tasks, at most ``workers`` in flight; results in order.
-    ``options`` are each task's resources (default one CPU); ``placement`` counts tasks per node and process."""
-    import ray
-
-    remote = ray.remote(max_retries=2, **(options or {"num_cpus": 1}))(_traced)
-    results: list[Any] = [None] * len(calls)
-    pending: dict[Any, int] = {}
-    todo = list(enumerate(calls))
-    with tqdm(total=len(calls), desc=f"ngram: {desc}", unit="task", disable=None, leave=False) as bar:
-        while todo or pending:
-            while todo and len(pending) < workers:
-                i, args = todo.pop(0)
-                pending[remote.remote(fn, *args)] = i
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            try:
-                results[pending.pop(ref)], where = ray.get(ref)
-                if placement is not None:
-                    placement.add(where)
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-                raise (cause or exc) from None
-            bar.update(1)
-    return results
-
-
 def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a shard cannot."""
     budget = spec.memory_mb * (1 << 20)
@@ -263,83 +160,49 @@ def _word_rank(results: list[dict[str, Any]], vocab_size: int) -> np.ndarray:
     return rank
 
 
-def _finish_discounts(stats, corrections, adjusted_unigrams, config: kn.KneserNeyConfig) -> dict[int, kn.Discount]:
-    """Discounts from summed counts-of-counts, exactly as ``kn.estimate`` finishes them (shared below)."""
-    for k, delta in corrections.items():
-        stats[k] = stats[k] + delta
-    has_unk = any(np.any(np.asarray(t.column("w0")) == UNK_ID) for t in adjusted_unigrams if t.num_rows)
-    n_specials = 2 - int(has_unk)  # <unk>, <s> are added by the unigram step when absent
-    stats[1] = stats[1] + kn.OrderStats(n_specials, n_specials, (0, 0, 0, 0))
-    fallback = config.fallback() if config.discount_fallback is not None else None
-    return kn.compute_discounts(stats, fallback)
-
-
 def _estimate(
     spec: NgramSpec, shards: list[Path], tokens_per_shard: list[int], vocab: Vocab, tmp_dir: Path, work: Path, workers: int,
     placement: Placement | None = None,
 ) -> dict[str, Any]:
+    """Count on Ray tasks, then ``lm.kneser_ney.estimate`` with Ray tasks as its map over a folder store."""
     options = ray_options(parse_resources("ngram.resources", spec.resources))
-    tasks = functools.partial(run_tasks, options=options, placement=placement)
+
+    def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
+        return map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
+
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
-    counts_dir = tmp_dir / "counts"
-    logger.info("=== 1/6 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
+    store = DirectoryStore(work)
+    logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
-    results = tasks(_count_task, [(str(s), n, str(work), parts, i) for i, s in enumerate(shards)], workers=workers, desc="count")
-    rows = tasks(_merge_task, [(str(work), str(counts_dir), k, p) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="merge")
+    results = tasks(_count_task, [(str(s), n, store, parts, i) for i, s in enumerate(shards)], "count")
+    rows = tasks(_merge_task, [(store, k, p) for k in range(1, n + 1) for p in range(parts)], "merge")
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     for k in range(1, n + 1):
-        shutil.rmtree(work / f"raw{k}", ignore_errors=True)
+        store.drop(f"raw{k}")
 
-    logger.info("=== 2/6 Adjusting counts ===")
     config = kn.KneserNeyConfig(
         order=n, prune=spec.prune, discount_fallback=spec.discount_fallback,
         interpolate_unigrams=spec.interpolate_unigrams, vocab_pad=spec.vocab_pad,
-    )
-    thresholds = config.thresholds()
+    )  # fmt: skip
     limit = set(Path(spec.limit_vocab).read_text(encoding="utf-8").split()) if spec.limit_vocab else None
-    prune_words = kn.prune_words_mask(vocab.tokens.to_pylist(), limit)
-    resplit = [(str(counts_dir / f"order-{k}"), p, str(work / f"suffix{k}"), key_columns(k, 1), parts, ngram_schema(k)) for k in range(2, n + 1) for p in range(parts)]
-    tasks(_resplit_task, resplit, workers=workers, desc="split by suffix")
-    calls = [
-        (str(counts_dir), str(work / f"suffix{k + 1}") if k < n else None, k, p, str(work), thresholds[k - 1], prune_words)
-        for k in range(1, n + 1) for p in range(parts)
-    ]
-    part_stats = tasks(_adjust_task, calls, workers=workers, desc="adjust")
-    for k in range(2, n + 1):
-        shutil.rmtree(work / f"suffix{k}", ignore_errors=True)
-
-    logger.info("=== 3/6 Counts-of-counts and discounts ===")
-    stats = {k: sum(part_stats[(k - 1) * parts : k * parts], kn.OrderStats()) for k in range(1, n + 1)}
-    word_rank = _word_rank(results, len(vocab))
-    (corrections,) = tasks(_last_entry_task, [(str(work), n, parts, word_rank)], workers=1, desc="last entry")
-    discounts = _finish_discounts(stats, corrections, LazyPartitions(work / "adj1", parts), config)
+    logger.info("=== 2/3 Estimating the Kneser-Ney model (lm.kneser_ney, %d partitions) ===", parts)
+    model = kn.estimate(
+        None, vocab.tokens.to_pylist(), config, limit_vocab=limit, word_rank=_word_rank(results, len(vocab)),
+        num_partitions=parts, map_fn=tasks, store=store,
+    )  # fmt: skip
+    counts_dir = tmp_dir / "counts"  # the raw counts stay, as an output of the stage
+    counts_dir.mkdir(parents=True, exist_ok=True)
     for k in range(1, n + 1):
-        d = discounts[k]
-        logger.info("order %d: D1=%g D2=%g D3+=%g n1..n4=%s", k, d.d1, d.d2, d.d3, stats[k].n)
+        store.path(f"counts{k}").rename(counts_dir / f"order-{k}")
 
-    logger.info("=== 4/6 Initial probabilities ===")
-    (vocab_size,) = tasks(
-        _unigram_task, [(str(work), parts, discounts[1], spec.interpolate_unigrams, spec.vocab_pad)], workers=1, desc="unigrams"
-    )
-    resplit = [(str(work / f"adj{k}"), p, str(work / f"adjctx{k}"), key_columns(k - 1), parts, None) for k in range(2, n + 1) for p in range(parts)]
-    tasks(_resplit_task, resplit, workers=workers, desc="split by context")
-    tasks(_initial_task, [(str(work), k, p, discounts[k], parts) for k in range(2, n + 1) for p in range(parts)], workers=workers, desc="probabilities")
-
-    logger.info("=== 5/6 Interpolating ===")
-    for k in range(2, n + 1):
-        tasks(_interpolate_task, [(str(work), k, p, parts) for p in range(parts)], workers=workers, desc=f"interpolate {k}")
-
-    logger.info("=== 6/6 Backoffs and ARPA ===")
-    model_dir = work / "model"
-    sizes = tasks(_backoff_task, [(str(work), k, n, p, str(model_dir)) for k in range(1, n + 1) for p in range(parts)], workers=workers, desc="backoff")
-    ngrams = {k: sum(sizes[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
+    logger.info("=== 3/3 Writing the ARPA ===")
     from lmpipe.lm.arpa import write_arpa_parts
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
     arpa_started = time.perf_counter()
-    write_arpa_parts({k: sorted((model_dir / f"order-{k}").glob("part-*.arrow")) for k in range(1, n + 1)}, ngrams, vocab.tokens, arpa)
+    write_arpa_parts({k: store.pieces(f"model{k}") for k in range(1, n + 1)}, model.ngrams, vocab.tokens, arpa)
     arpa_seconds = time.perf_counter() - arpa_started
     return {
         "arpa": arpa,
@@ -348,10 +211,10 @@ def _estimate(
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
         "raw_ngrams": ngram_counts,
-        "ngrams": ngrams,
-        "vocab_size_uniform": vocab_size,
-        "discounts": {k: [d.d1, d.d2, d.d3] for k, d in discounts.items()},
-        "counts_of_counts": {k: list(s.n) for k, s in stats.items()},
+        "ngrams": model.ngrams,
+        "vocab_size_uniform": model.vocab_size,
+        "discounts": {k: [d.d1, d.d2, d.d3] for k, d in model.discounts.items()},
+        "counts_of_counts": {k: list(s.n) for k, s in model.stats.items()},
     }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lmpipe.pipelines.report import collect, write_report
+from lmpipe.pipelines.report import write_report
+from lmpipe.pipelines.report_rows import collect
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import STAGE_ORDER, ReportSpec
 from lmpipe.pipelines.stages import EVERY, Stage, StageContext

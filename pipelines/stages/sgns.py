@@ -141,8 +141,8 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
 
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
-    """The vectors and their evaluations, for ``pipelines.report``."""
-    from lmpipe.pipelines.report import embedding_row, hardware
+    """The vectors and their evaluations, for ``pipelines.report_rows``."""
+    from lmpipe.pipelines.report_rows import embedding_row, hardware
 
     tr = manifest["training"]
     return [

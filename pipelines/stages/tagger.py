@@ -21,35 +21,34 @@ path in ``vectors_format``).  Output (``RUN/tagger/``)::
     === 3/3 evaluate ===  predictions written and scored in the file's scheme (lm.tagging.metrics)
 
 ``LMPIPE_TAGGER_STOP_AFTER_EPOCH=N`` stops training with an error right after epoch N's checkpoint, as a kill
-would: the resume tests use it.  ``lmpipe tune SPEC --stage tagger`` calls :func:`tune` (Ray Tune, ASHA).
+would: the resume tests use it.  ``lmpipe tune SPEC --stage tagger`` runs ``pipelines.tune_tagger`` (Ray Tune,
+ASHA) over the same :func:`prepare`.  The data preparation itself is ``lm.tagging.prepare``'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
-from lmpipe.lm.tagging.data import UNK, CharVocab, WordVocab, build_char_vocab, build_vocab, encode
+from lmpipe.lm.tagging.data import CharVocab, WordVocab
 from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import TaggerConfig
+from lmpipe.lm.tagging.prepare import TaskText, prepare_data, tag_inventory, valid_cut
 from lmpipe.lm.tagging.train import OptimConfig, TaggerJob, TaskData, train_loop
-from lmpipe.pipelines import datasets
 from lmpipe.pipelines.conll import FILE_SCHEMES, Sentence, read_conll, write_predictions
 from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.tag_schemes import convert, render, spans
+from lmpipe.pipelines.datasets.registry import is_data_ref
+from lmpipe.pipelines.datasets.resolve import resolve
 from lmpipe.pipelines.rundir import StageRun, path_identity, read_manifest
 from lmpipe.pipelines.spec import (
     LM_EMBEDDING_STAGES,
@@ -70,7 +69,7 @@ STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES, ray
 
 # ------------------------------------------------------------------------------------------ inputs
 def resolve_input(ref: str, mirror: str | None) -> Path:
-    return datasets.resolve(ref, mirror=mirror) if datasets.is_data_ref(ref) else Path(ref)
+    return resolve(ref, mirror=mirror) if is_data_ref(ref) else Path(ref)
 
 
 def vectors_location(run_dir: Path, spec: TaggerSpec) -> tuple[Path, str]:
@@ -126,7 +125,7 @@ def inputs(ctx: StageContext) -> dict[str, Any]:
         for split in SPLITS:
             ref = getattr(task, split)
             if ref is not None:  # a data: reference is pinned by its checksum; a path by its content
-                inputs[f"{i}.{split}"] = ref if datasets.is_data_ref(ref) else path_identity(Path(ref))
+                inputs[f"{i}.{split}"] = ref if is_data_ref(ref) else path_identity(Path(ref))
     spec = ctx.spec.tagger
     if spec.vectors in LM_EMBEDDING_STAGES:
         upstream = read_manifest(ctx.run_dir, spec.vectors)
@@ -159,18 +158,8 @@ class Prepared:
     report: dict[str, Any]
 
 
-def _valid_cut(
-    sentences: list[Sentence], fraction: float, seed: int
-) -> tuple[list[Sentence], list[Sentence]]:
-    """(train, valid): a sentence is valid when a hash of (seed, its tokens) falls below ``fraction``."""
-    train, valid = [], []
-    for s in sentences:
-        h = hashlib.blake2b(f"{seed}\x00{' '.join(s.tokens)}".encode(), digest_size=8).digest()
-        (valid if int.from_bytes(h, "big") / 2**64 < fraction else train).append(s)
-    return train, valid
-
-
 def _read_task(task: TaggerTaskSpec, i: int, mirror: str | None, seed: int) -> PreparedTask:
+    """Read and check one task's files, cut a valid set if asked, and convert chunk tags to the training scheme."""
     sentences: dict[str, list[Sentence]] = {}
     for split in SPLITS:
         ref = getattr(task, split)
@@ -179,7 +168,10 @@ def _read_task(task: TaggerTaskSpec, i: int, mirror: str | None, seed: int) -> P
             if not sentences[split]:
                 raise SpecError(f"tagger.tasks[{i}].{split}: {ref} holds no sentence")
     if task.valid is None and task.valid_fraction:
-        sentences["train"], sentences["valid"] = _valid_cut(sentences["train"], task.valid_fraction, seed)
+        train = sentences["train"]
+        to_valid = valid_cut([s.tokens for s in train], task.valid_fraction, seed)
+        sentences["train"] = [s for s, v in zip(train, to_valid, strict=True) if not v]
+        sentences["valid"] = [s for s, v in zip(train, to_valid, strict=True) if v]
         if not sentences["valid"] or not sentences["train"]:
             raise SpecError(
                 f"tagger.tasks[{i}].valid_fraction: {task.valid_fraction} leaves an empty train or valid set"
@@ -195,20 +187,13 @@ def _read_task(task: TaggerTaskSpec, i: int, mirror: str | None, seed: int) -> P
         ]
         for split, sents in sentences.items()
     }
-    tags = sorted({t for ts in gold["train"] for t in ts})
-    train_tags = len(tags)
-    known_file = {t for s in sentences["train"] for t in s.tags[task.column]}
-    unknown: dict[str, dict[str, int]] = {}
-    for split in ("valid", "test"):
-        if split in sentences:
-            missing = Counter(t for s in sentences[split] for t in s.tags[task.column] if t not in known_file)
-            if missing:
-                unknown[split] = dict(sorted(missing.items()))
-                logger.warning(
-                    "tagger task %s: %s has %d token(s) with tags never seen in train: %s (kept as gold, counted as errors)",
-                    task.name, split, sum(missing.values()), dict(missing),
-                )  # fmt: skip
-            tags += sorted({t for ts in gold[split] for t in ts} - set(tags))
+    file_tags = {split: [s.tags[task.column] for s in sents] for split, sents in sentences.items()}
+    tags, train_tags, unknown = tag_inventory(gold, file_tags)
+    for split, missing in unknown.items():
+        logger.warning(
+            "tagger task %s: %s has %d token(s) with tags never seen in train: %s (kept as gold, counted as errors)",
+            task.name, split, sum(missing.values()), missing,
+        )  # fmt: skip
     return PreparedTask(task, kind, file_scheme, sentences, gold, tags, train_tags, unknown)
 
 
@@ -226,20 +211,6 @@ def _vectors(ctx: StageContext, spec: TaggerSpec):
     return vectors
 
 
-def align(vocab: WordVocab, tokens: list[str], matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(V, d)`` rows for the vocabulary and the mask of rows found; with a lowercased lookup a word takes the
-    vector of the first (most frequent) token that lowercases to it."""
-    index: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        index.setdefault(vocab.key(t), i)
-    found = np.array([i >= 2 and t in index for i, t in enumerate(vocab.tokens)], dtype=bool)
-    aligned = np.zeros((len(vocab.tokens), matrix.shape[1]), dtype=np.float32)
-    rows = np.array([index[t] for t, f in zip(vocab.tokens, found, strict=True) if f], dtype=np.int64)
-    if len(rows):
-        aligned[found] = np.asarray(matrix[rows], dtype=np.float32)
-    return aligned, found
-
-
 def prepare(
     ctx: StageContext, data_dir: Path, out_dir: Path, checkpoint_dir: Path, spec: TaggerSpec | None = None
 ) -> Prepared:
@@ -247,45 +218,28 @@ def prepare(
     spec = spec or ctx.spec.tagger
     tasks = [_read_task(t, i, ctx.mirror, spec.seed) for i, t in enumerate(spec.tasks)]
     vectors = _vectors(ctx, spec)
-    vec_tokens = vectors.tokens[: spec.max_vectors] if vectors is not None else []
-    lowercase = spec.lowercase
-    if lowercase is None:
-        lowercase = not any(t != t.lower() for t in vec_tokens)
-    train_tokens = [s.tokens for t in tasks for s in t.sentences["train"]]
-    vocab = build_vocab(train_tokens, min_count=spec.min_count, lowercase=lowercase, extra=vec_tokens)
-    char_vocab = build_char_vocab(train_tokens) if spec.chars != "none" else None
-    data_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {
-        "vocabulary": {"size": len(vocab.tokens), "lowercase": lowercase},
-        "unk_rate": {},
-    }
-    if char_vocab is not None:
-        report["vocabulary"]["characters"] = len(char_vocab.chars)
+    data = prepare_data(
+        [
+            TaskText(name=t.spec.name, tokens={split: [s.tokens for s in sents] for split, sents in t.sentences.items()},
+                     gold=t.gold, tags=t.tags)
+            for t in tasks
+        ],
+        data_dir, min_count=spec.min_count, lowercase=spec.lowercase, chars=spec.chars != "none",
+        vectors=(vectors.tokens[: spec.max_vectors], vectors.matrix[: spec.max_vectors]) if vectors is not None else None,
+    )  # fmt: skip
+    vocab, char_vocab = data.vocab, data.char_vocab
     if vectors is not None:
-        aligned, found = align(vocab, vec_tokens, vectors.matrix[: spec.max_vectors])
-        np.savez(data_dir / "embedding-init.npz", matrix=aligned, found=found)
-        report["vocabulary"]["with_vectors"] = int(found.sum())
         logger.info(
-            "tagger: vocabulary %d words (lowercase lookup %s), %d with a vector from %s", len(vocab.tokens), lowercase,
-            int(found.sum()), spec.vectors,
+            "tagger: vocabulary %d words (lowercase lookup %s), %d with a vector from %s", len(vocab.tokens), vocab.lowercase,
+            data.report["vocabulary"]["with_vectors"], spec.vectors,
         )  # fmt: skip
-    task_data = []
-    for k, t in enumerate(tasks):
-        ids = {tag: i for i, tag in enumerate(t.tags)}
-        for split, sents in t.sentences.items():
-            enc = encode([s.tokens for s in sents], t.gold[split], vocab, ids, char_vocab)
-            enc.save(data_dir / f"task-{k}-{split}.npz")
-            report["unk_rate"].setdefault(t.spec.name, {})[split] = round(float((enc.words == UNK).mean()), 5)
-        task_data.append(
-            TaskData(
-                name=t.spec.name,
-                kind=t.kind,
-                tags=tuple(t.tags),
-                train_tags=t.train_tags,
-                splits=tuple(s for s in SPLITS if s in t.sentences),
-                weight=t.spec.weight,
-            )  # fmt: skip
-        )
+    task_data = [
+        TaskData(
+            name=t.spec.name, kind=t.kind, tags=tuple(t.tags), train_tags=t.train_tags,
+            splits=tuple(s for s in SPLITS if s in t.sentences), weight=t.spec.weight,
+        )  # fmt: skip
+        for t in tasks
+    ]
     stop = os.environ.get(STOP_ENV)
     job = TaggerJob(
         data_dir=str(data_dir), tasks=tuple(task_data),
@@ -311,7 +265,7 @@ def prepare(
                 f"tagger.workers: {spec.workers} workers but task {t.spec.name} has {len(t.sentences['train'])} training "
                 "sentence(s); lower tagger.workers"
             )
-    return Prepared(job, tasks, vocab, char_vocab, report)
+    return Prepared(job, tasks, vocab, char_vocab, data.report)
 
 
 # ------------------------------------------------------------------------------------------ execute
@@ -422,52 +376,3 @@ def summary(manifest: dict[str, Any]) -> list[str]:
         for split, tags in t["unknown_tags"].items():
             rows.append(f"{name}: {split} has tags never seen in train: {tags}")
     return rows
-
-
-# ------------------------------------------------------------------------------------------ tune
-def tune(ctx: StageContext, samples: int, out_dir: Path | None = None) -> dict[str, Any]:
-    """Random search over lr, hidden, dropout (and window for the window model) with ASHA on the first task's
-    valid score; writes ``trials.tsv``, ``best.json`` and ``best.yaml`` (the spec overrides) to ``out_dir``
-    (default ``RUN/tune-tagger/``).  Returns the best trial's settings and score."""
-    from lmpipe.cluster.tune import random_search
-
-    spec = ctx.spec.tagger
-    check(ctx)
-    out_dir = Path(out_dir or ctx.run_dir / "tune-tagger")
-    work = ctx.run_dir / ".tune-tagger"
-    prepared = prepare(ctx, work / "data", work / "model", work / "checkpoints")
-    if "valid" not in prepared.job.tasks[0].splits:
-        raise SpecError(f"tagger.tasks[0]: tuning needs a valid split for {prepared.job.tasks[0].name}")
-    t = spec.tune
-    space: dict[str, tuple[str, Any]] = {
-        "lr": ("loguniform", tuple(t.lr)), "hidden": ("choice", tuple(t.hidden)), "dropout": ("uniform", tuple(t.dropout)),
-    }  # fmt: skip
-    if spec.model == "window":
-        space["window"] = ("choice", tuple(t.window))
-    best = random_search(
-        _trial, {"job": prepared.job.to_config(), "work": str(work / "trials")}, space, samples=samples,
-        metric="valid_score", max_t=spec.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor,
-        cpus_per_trial=t.cpus_per_trial, seed=spec.seed, storage=ctx.run_dir / ".ray-tune", out_dir=out_dir,
-        overrides_prefix="tagger",
-    )  # fmt: skip
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return best
-
-
-def _trial(params: dict[str, Any], fixed: dict[str, Any], report) -> None:
-    """One trial: the base job with the sampled settings, one worker in this Tune actor, each epoch reported."""
-    from lmpipe.cluster.training import WorkerGroup
-    from lmpipe.lm.tagging.train import train_tagger
-
-    job = TaggerJob.from_config(fixed["job"])
-    model = {k: params[k] for k in ("hidden", "dropout", "window") if k in params}
-    trial_dir = Path(fixed["work"]) / uuid.uuid4().hex[:12]
-    job = dataclasses.replace(
-        job, model=dataclasses.replace(job.model, **model), optim=dataclasses.replace(job.optim, lr=params["lr"]),
-        out_dir=str(trial_dir / "model"), checkpoint_dir=str(trial_dir / "checkpoints"), stop_after_epoch=None,
-    )  # fmt: skip
-    import torch
-
-    train_tagger(job, WorkerGroup(0, 1, torch.device("cpu"), False), on_epoch=report)

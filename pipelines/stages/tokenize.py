@@ -32,7 +32,7 @@ from lmpipe.pipelines.core.schemas import EOS_ID
 from lmpipe.pipelines.core.vocab import TokenCountAccumulator, Vocab, build_vocab
 from lmpipe.pipelines.encode import LOCAL_DIR, ChunkJob
 from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
-from lmpipe.pipelines.ray_stages import map_chunks
+from lmpipe.pipelines.ray_stages import map_chunks, map_tasks
 from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.spec import TokenizeSpec, parse_resources
 from lmpipe.pipelines.stages import Stage, StageContext
@@ -68,7 +68,6 @@ def _progress(total: int, desc: str) -> tqdm:
 
 
 def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
-    import ray
 
     spec, tmp_dir = ctx.spec, run.tmp_dir
     sources = _sources(ctx)
@@ -102,7 +101,10 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         if not sample:
             raise InputError("corpus.train: no usable lines to train sentencepiece on")
         lines = [line for _, line in sorted(sample)[: spec.tokenizer.sp_sample_lines]]
-        sp_model = ray.get(ray.remote(**options)(train_sentencepiece).remote(lines, spec.tokenizer))
+        # One task (Ray's default three retries), so the training runs where the resources say.
+        (sp_model,) = map_tasks(
+            train_sentencepiece, [(lines, spec.tokenizer)], workers=1, desc="tokenize: sentencepiece", options=options, retries=3
+        )
         (tmp_dir / "tokenizer.model").write_bytes(sp_model)
         pieces = SentencePieceTokenizer(sp_model).pieces()
         vocab_tokens = pa.array(pieces, pa.string())
