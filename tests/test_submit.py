@@ -184,6 +184,23 @@ def test_a_spec_in_an_excluded_folder_of_the_checkout_is_resolved_and_shipped(tm
         shutil.rmtree(plan.staged)
 
 
+def test_without_a_checkout_only_the_spec_travels(tmp_path, monkeypatch):
+    """lmpipe installed from a wheel: no code to ship (the cluster image's lmpipe runs), the resolved spec only."""
+    import lmpipe.cluster.submit as submit
+
+    monkeypatch.setattr(submit, "source_root", lambda: None)
+    plan = plan_job(shipped_spec(SPECS / "tiny.yaml", overrides=["ngram.order=2"]), version="0", run_dir=str(tmp_path / "r"), workdir=tmp_path)
+    try:
+        working_dir = Path(plan.runtime_env["working_dir"])
+        assert "py_modules" not in plan.runtime_env
+        assert [p.relative_to(working_dir).as_posix() for p in working_dir.rglob("*") if p.is_file()] == [f"{JOB_DIR}/spec.yaml"]
+        assert shlex.split(plan.entrypoint)[:5] == [*DRIVER, f"{JOB_DIR}/spec.yaml"]
+        assert load_spec(working_dir / JOB_DIR / "spec.yaml").ngram.order == 2
+        assert len(plan.notes) == 3 and all(str(SPECS / "tiny") in n for n in plan.notes)  # train, valid, test
+    finally:
+        shutil.rmtree(plan.staged)
+
+
 def test_every_local_input_of_a_spec_is_listed(tmp_path):
     """corpus splits, ngram.limit_vocab, lm and tagger vectors, tagger task files: all must reach the cluster."""
     for name in ("a.txt", "v.txt", "e.vec", "t.vec", "ner.train", "ner.dev"):
