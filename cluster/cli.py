@@ -6,6 +6,8 @@
 ``--address`` defaults to ``LMPIPE_ADDRESS``, then ``RAY_ADDRESS``.  Exit status: 0 on success; 2 when the
 cluster cannot be reached, refuses the token, does not know the job, or the spec or run directory is bad
 (all before a job is created); 1 when a waited-for job fails or is stopped (the tail of its log is printed).
+The spec is read by the run layer (``lmpipe.pipelines.cli`` passes its ``submit`` command in), which hands
+:func:`submit_spec` a resolved :class:`~lmpipe.cluster.submit.ShippedSpec`: this floor reads no spec.
 """
 
 from __future__ import annotations
