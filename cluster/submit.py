@@ -1,5 +1,6 @@
 """``lmpipe submit``: run a pipeline spec on a Ray cluster as a Ray job whose driver is ``lmpipe run``.
 
+    >>> shipped = shipped_spec("pipelines/specs/ptb.yaml")  # the CLI's: lmpipe.pipelines.submission
     >>> plan = plan_job(shipped, version="0.1.0", run_dir="/mnt/shared/runs/ptb")
     >>> job_id = submit(jobs_client("http://head:8265"), plan)
 
@@ -27,6 +28,7 @@ What travels with the job (the ``runtime_env``):
 This module reads no spec: the CLI parses and validates it first (so a bad spec fails before a job is
 created) and hands over a :class:`ShippedSpec`.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -135,6 +137,7 @@ def pip_requirements() -> list[str]:
 def package_dirs(root: Path) -> dict[str, Path]:
     """pyproject's ``[tool.setuptools.package-dir]``: each mapped import package and its checkout folder."""
     import tomllib  # Python >= 3.11 (pyproject's requires-python); imported here while ruff targets 3.10
+
     with (root / "pyproject.toml").open("rb") as f:
         mapping = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
     return {name: root / folder for name, folder in mapping.items()}
