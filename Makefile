@@ -50,7 +50,7 @@ test: install kenlm lint
 	$(VENV)/bin/pytest -q
 
 bench: install kenlm
-	$(PY) bench/tokenize.py
+	$(PY) bench/tokenize_speed.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

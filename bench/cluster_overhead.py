@@ -22,32 +22,27 @@ Both specs run tokenize + ngram (``stages=[tokenize,ngram]`` is set for every ru
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import runpy  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from common import machine
+from common import versions as package_versions
 
 BENCH = Path(__file__).resolve().parent
-_common = runpy.run_path(str(BENCH / "common.py"))
-machine = _common["machine"]
 
 
 def versions() -> str:
-    return _common["versions"]("ray", "pyarrow", "torch")
+    return package_versions("ray", "pyarrow", "torch")
 
 REPO = BENCH.parent
 STAGES = ["stages=[tokenize, ngram]"]  # the same work for both specs, whatever else their stages list

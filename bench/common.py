@@ -1,6 +1,6 @@
 """What every benchmark script shares: the machine and version lines of a RESULTS.md section and a
-peak-memory sampler.  Loaded by path (``runpy.run_path``), like ``corpora.py``: bench/ stays off
-``sys.path`` so bench/tokenize.py cannot shadow the standard library's ``tokenize``."""
+peak-memory sampler.  The scripts import it plainly (``from common import RssSampler``), like ``corpora.py``:
+a script's own folder is first on ``sys.path``, and no file here is named like a standard-library module."""
 
 from __future__ import annotations
 

@@ -20,29 +20,21 @@ The section is appended to ``bench/RESULTS.md`` (not with ``--quick`` or ``--no-
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import logging
 import os
+import shutil
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-# bench/tokenize.py would shadow the standard library's `tokenize` for a script run from this folder.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import runpy  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from common import RssSampler, embedding_scores, machine, versions
+from corpora import english_text, make_corpus
 
 HERE = Path(__file__).resolve().parent
-_corpora = runpy.run_path(str(HERE / "corpora.py"))
-english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
-_common = runpy.run_path(str(HERE / "common.py"))
-RssSampler, machine, versions = _common["RssSampler"], _common["machine"], _common["versions"]
-_scores = _common["embedding_scores"]
 
 
 def _base(name: str, train: str, kind: str, shard_mb: float) -> dict[str, Any]:
@@ -191,7 +183,7 @@ def report(
         for system in ("glove", "sgns"):
             lines.append(
                 f"| {corpus} | {system} | {r[f'{system}_epochs']} | {r[f'{system}_epoch_s']:.2f} | {r[f'{system}_fit_s']:.1f} | "
-                f"{r[f'{system}_vocab']:,} | {_scores(r[system])} |"
+                f"{r[f'{system}_vocab']:,} | {embedding_scores(r[system])} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -17,28 +17,19 @@ and test perplexity for PTB.  Appends a table to bench/RESULTS.md.
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
 
-# bench/tokenize.py (named by the issue) would shadow the standard library's `tokenize` for any script run
-# from this folder: drop the folder from the import path before anything imports the real one.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import runpy  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+from common import RssSampler
+from corpora import english_text, make_corpus
 
 HERE = Path(__file__).resolve().parent
 
-# bench/corpora.py is loaded by path: bench/ must stay off sys.path (see the guard above).
-_corpora = runpy.run_path(str(HERE / "corpora.py"))
-english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
-RssSampler = runpy.run_path(str(HERE / "common.py"))["RssSampler"]
 
 
 def run_lmplz(text: Path, order: int, arpa: Path, memory_mb: int, fallback: list[float] | None) -> dict[str, float]:

@@ -17,28 +17,22 @@ this process (the PyTorch word_language_model example's loop), both with ``--thr
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import logging
+import math
+import os
+import shutil
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import runpy  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import yaml  # noqa: E402
+import yaml
+from common import machine
+from common import versions as package_versions
 
 BENCH = Path(__file__).resolve().parent
-_common = runpy.run_path(str(BENCH / "common.py"))
-machine = _common["machine"]
 REPO = BENCH.parent
 SPEC = REPO / "pipelines" / "specs" / "ptb-lm.yaml"
 PAPER = {
@@ -50,7 +44,7 @@ logger = logging.getLogger("bench.ptb_lm")
 
 
 def versions() -> str:
-    return _common["versions"]("ray", "torch", "numpy", "kenlm")
+    return package_versions("ray", "torch", "numpy", "kenlm")
 
 
 def head_lines(src: Path, dst: Path, lines: int) -> Path:

@@ -14,29 +14,22 @@ torch intra-op thread each, the counterpart of gensim's ``workers=N``.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`
-# (imported by logging); the repository root takes its place so `embeddings` imports either way.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from lmpipe.embeddings.evaluate import ANALOGY_SET, SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs  # noqa: E402
-from lmpipe.embeddings.sgns import SGNS, SGNSConfig  # noqa: E402
-from lmpipe.embeddings.vectors import Vectors  # noqa: E402
+from lmpipe.embeddings.evaluate import ANALOGY_SET, SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs
+from lmpipe.embeddings.sgns import SGNS, SGNSConfig
+from lmpipe.embeddings.vectors import Vectors
 
 logger = logging.getLogger("bench.sgns_core")
 

@@ -19,28 +19,22 @@ Corpora: ``ptb`` (PTB train as distributed, whitespace tokens, ``<unk>`` kept as
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import logging
+import os
+import shutil
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`
-# (imported by logging): put the repository root there instead; bench modules are loaded by path.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import runpy  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
+from common import RssSampler, machine, versions
+from corpora import english_text
 
 BENCH = Path(__file__).resolve().parent
-_common = runpy.run_path(str(BENCH / "common.py"))
 REPO = BENCH.parent
 logger = logging.getLogger("bench.sgns_vs_gensim")
 
@@ -55,7 +49,7 @@ def corpus_spec(corpus: str, mirror: Path, work: Path) -> dict[str, Any]:
     if corpus == "english":
         path = work / "english.txt"
         if not path.exists():
-            path.write_text(runpy.run_path(str(BENCH / "corpora.py"))["english_text"](mirror), encoding="utf-8")
+            path.write_text(english_text(mirror), encoding="utf-8")
         return {
             "name": "bench-english", "corpus": {"train": str(path)}, "normalize": {"lowercase": True},
             "tokenizer": {"kind": "regex", "pattern": r"[a-z]+(?:'[a-z]+)?|[0-9]+"},
@@ -76,7 +70,7 @@ def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files)
         workers=args.gensim_workers, seed=1,
     )  # fmt: skip
     words = sum(len(s) for s in sentences)
-    with _common["RssSampler"](0.02, tree=False) as rss:
+    with RssSampler(0.02, tree=False) as rss:
         model.build_vocab(sentences)
         t0 = time.perf_counter()
         model.train(sentences, total_examples=len(sentences), total_words=words, epochs=args.epochs)
@@ -216,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         f"## sgns stage vs gensim Word2Vec skip-gram ({datetime.date.today().isoformat()})",
         "",
         f"Command: `{command.strip()}`  ",
-        f"Machine: {_common['machine']()}; {_common['versions']('ray', 'torch', 'gensim', 'numpy', 'pyarrow', 'numba')}.  ",
+        f"Machine: {machine()}; {versions('ray', 'torch', 'gensim', 'numpy', 'pyarrow', 'numba')}.  ",
         f"Settings (both systems): sg, dim {args.dim}, window {args.window}, negative {args.negative}, sample "
         f"{args.sample:g}, alpha {args.alpha} -> {args.alpha * 1e-4:g}, min_count {args.min_count}, {args.epochs} epochs; "
         f"gensim workers={args.gensim_workers}; sgns syncs/epoch {args.syncs_per_epoch or 'auto'} (scheme `{args.sync}` unless named), "

@@ -54,33 +54,26 @@ RESULTS.md.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import runpy  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
+from common import embedding_scores
 
 BENCH = Path(__file__).resolve().parent
-_common = runpy.run_path(str(BENCH / "common.py"))
 logger = logging.getLogger("bench.stanford_glove")
 
 SDIST_NAME = "crucyble-0.1.0.dev4"
@@ -580,18 +573,18 @@ def write_token_text(tokenize_dir: Path, out: Path) -> dict[str, int]:
 
 def our_pipeline(corpus: str, args: argparse.Namespace, work: Path) -> tuple[Path, dict[str, Any]]:
     """tokenize + cooccur (+ glove with ``ours``) with bench/glove.py's exact corpus and tokenizer settings."""
+    import glove as glove_bench  # its _base: the same normalize + tokenizer settings per corpus, so the same tokens
+
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
 
-    # bench/glove.py's _base: the same normalize + tokenizer settings per corpus, so the same tokens
-    glove_bench = runpy.run_path(str(BENCH / "glove.py"))
     if corpus == "ptb":
-        base = glove_bench["_base"]("bench-glove-ptb", "data:ptb/train", "ptb", 0.25)
+        base = glove_bench._base("bench-glove-ptb", "data:ptb/train", "ptb", 0.25)
     else:
         path = work / "english.txt"
         if not path.exists():  # exactly bench/glove.py's quality corpus
-            path.write_text(glove_bench["english_text"](args.mirror), encoding="utf-8")
-        base = glove_bench["_base"]("bench-glove-english", str(path), "english", 1.0)
+            path.write_text(glove_bench.english_text(args.mirror), encoding="utf-8")
+        base = glove_bench._base("bench-glove-english", str(path), "english", 1.0)
     s: Settings = args.settings
     sections = {
         "cooccur": {"window": s.window, "symmetric": s.symmetric, "min_count": s.min_count, "workers": args.cooccur_workers},
@@ -700,7 +693,7 @@ def table(results: list[dict[str, Any]]) -> str:
         for r in res["rows"]:
             cost = f"{r['final_cost']:.4f}" if r["final_cost"] is not None else "–"
             lines.append(
-                f"| {r['corpus']} | {r['system']} | {r['vocab']:,} | {_common['embedding_scores'](r['evaluation'])} | {cost} | {r['seconds']} |"
+                f"| {r['corpus']} | {r['system']} | {r['vocab']:,} | {embedding_scores(r['evaluation'])} | {cost} | {r['seconds']} |"
             )
     return "\n".join(lines)
 

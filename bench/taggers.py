@@ -22,27 +22,21 @@ mean nothing.
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import logging
+import os
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-# Run as a script, bench/ would be sys.path[0] and bench/tokenize.py would shadow the stdlib `tokenize`
-# (imported by logging): put the repository root there instead; bench modules are loaded by path.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path[0] = sys.path[0].rstrip("/")[: -len("bench")] or "."
-
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import runpy  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from common import machine
+from common import versions as package_versions
+from corpora import english_text
 
 BENCH = Path(__file__).resolve().parent
-_common = runpy.run_path(str(BENCH / "common.py"))
-machine = _common["machine"]
 logger = logging.getLogger("bench.taggers")
 
 #: Task -> (tagger task entries, headline metric); full data through the dataset mirror.
@@ -83,14 +77,6 @@ PUBLISHED = [
 ]
 
 
-def _load_bench_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
 # ------------------------------------------------------------------------------------------ vectors
 def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
     """Tokenize the English corpus and train ``kind`` (sgns or glove) vectors with the pipeline itself."""
@@ -101,7 +87,7 @@ def build_vectors(kind: str, args, work: Path) -> tuple[Path, dict[str, Any]]:
         f"english{'-taggers' if args.tagger_text else ''}{'-quick' if args.quick else ''}.txt"
     )
     if not text_path.exists():
-        text = _load_bench_module("corpora").english_text(args.mirror)
+        text = english_text(args.mirror)
         if args.tagger_text:
             text += "\n" + tagger_train_text(args.mirror)
         if args.quick:
@@ -205,7 +191,7 @@ def run_tagger(
 
 
 def versions() -> str:
-    return _common["versions"]("ray", "torch", "numpy")
+    return package_versions("ray", "torch", "numpy")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,13 +6,20 @@
 ``--address`` defaults to ``LMPIPE_ADDRESS``, then ``RAY_ADDRESS``.  Exit status: 0 on success; 2 when the
 cluster cannot be reached, refuses the token, does not know the job, or the spec or run directory is bad
 (all before a job is created); 1 when a waited-for job fails or is stopped (the tail of its log is printed).
+The spec is read by the run layer (``lmpipe.pipelines.cli`` passes its ``submit`` command in), which hands
+:func:`submit_spec` a resolved :class:`~lmpipe.cluster.submit.ShippedSpec`: this floor reads no spec.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmpipe.cluster.submit import ShippedSpec
 
 
 def _address(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +50,14 @@ def _finish(client, job_id: str, *, timeout: float | None, tail: int) -> int:
     return 1
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def submit_spec(args: argparse.Namespace, spec: ShippedSpec, *, version: str) -> int:
+    """``lmpipe submit`` once the CLI has validated and resolved the spec (cluster/ reads no spec)."""
     from lmpipe.cluster.jobs import jobs_client
     from lmpipe.cluster.submit import describe, plan_job, submit
 
     client = jobs_client(args.address)  # unreachable: exit 2 before anything is staged
     plan = plan_job(
-        args.spec, run_dir=args.run_dir, overrides=args.set, stages=args.stages, force=args.force,
+        spec, version=version, run_dir=args.run_dir, stages=args.stages, force=args.force,
         pip=args.pip, env_vars=args.env, excludes=args.exclude,
     )  # fmt: skip
     for line in describe(plan):
@@ -119,7 +127,8 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
+def add_cluster_commands(sub: argparse._SubParsersAction, *, submit_command: Callable[[argparse.Namespace], int]) -> None:
+    """``submit`` and ``jobs``; ``submit_command`` is the CLI's: it reads the spec and calls :func:`submit_spec`."""
     submit = sub.add_parser("submit", help="run a spec on a Ray cluster as a Ray job (lmpipe run is the driver)")
     submit.add_argument("spec", help="pipeline YAML; validated here before the job is created")
     _address(submit)
@@ -138,7 +147,7 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     pip.add_argument("--no-pip", dest="pip", action="store_false", help="use the cluster image's packages (default)")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the job")
     submit.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="file or folder names not to ship")
-    submit.set_defaults(func=cmd_submit, pip=False)
+    submit.set_defaults(func=submit_command, pip=False)
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)

@@ -1,26 +1,32 @@
 """``lmpipe submit``: run a pipeline spec on a Ray cluster as a Ray job whose driver is ``lmpipe run``.
 
-    >>> plan = plan_job("pipelines/specs/ptb.yaml", run_dir="/mnt/shared/runs/ptb", overrides=["ngram.order=3"])
+    >>> shipped = shipped_spec("pipelines/specs/ptb.yaml")  # the CLI's: lmpipe.pipelines.submission
+    >>> plan = plan_job(shipped, version="0.1.0", run_dir="/mnt/shared/runs/ptb")
     >>> job_id = submit(jobs_client("http://head:8265"), plan)
 
 What travels with the job (the ``runtime_env``):
 
-* ``working_dir``: a copy of this source checkout (``pipelines``, ``cluster``, ``lm``, ``embeddings``, the
-  specs and their small data) without ``.git``, ``.venv``, ``runs/``, caches and build folders
-  (:data:`EXCLUDES`, plus ``--exclude``).  Ray unpacks it on every node, makes it the driver's working
-  directory and puts it first on ``PYTHONPATH``, so the code that runs is the code submitted, on top of the
-  dependencies of the cluster image (``cluster/image/Dockerfile``).  Without a checkout (lmpipe installed
-  from a wheel) only the spec travels and the image's lmpipe runs.
+* ``py_modules``: the import package ``lmpipe`` staged from this source checkout as the wheel lays it out
+  (pyproject's ``[tool.setuptools.package-dir]``: ``pipelines/api`` is ``lmpipe``, ``pipelines/`` is
+  ``lmpipe.pipelines``, ...).  Ray puts it first on ``PYTHONPATH`` of the driver and of every worker, ahead
+  of any lmpipe installed on the cluster, so the code that runs is the code submitted, on top of the
+  dependencies of the cluster image (``cluster/image/Dockerfile``).  The driver is started as
+  ``python -m lmpipe.pipelines.cli run``: the cluster's interpreter, no console script needed on its PATH.
+* ``working_dir``: a copy of the checkout (the specs and their small data) without ``.git``, ``.venv``,
+  ``runs/``, caches and build folders (:data:`EXCLUDES`, plus ``--exclude``); Ray unpacks it on every node
+  and makes it the driver's working directory.  Without a checkout (lmpipe installed from a wheel) only
+  the spec travels and the image's lmpipe runs.
 * the spec: a spec inside the checkout is run from its copy by its relative path, with the ``--set``
-  overrides passed on, so its relative data paths resolve in the copy; a spec from elsewhere is resolved
-  here (``load_spec`` + ``dump_spec``: overrides applied, relative paths made absolute) and shipped as
-  ``.lmpipe-job/spec.yaml``; its local absolute paths must then exist on the cluster (a shared mount);
-  ``plan_job`` lists them in ``notes``.
+  overrides passed on, so its relative data paths resolve in the copy; a spec from elsewhere is shipped
+  as resolved by the CLI (overrides applied, relative paths made absolute) as ``.lmpipe-job/spec.yaml``;
+  its local absolute paths must then exist on the cluster (a shared mount); ``plan_job`` lists them in
+  ``notes``.
 * ``pip`` (``--pip``): lmpipe's requirements as pyproject declares them, minus ``ray`` (the cluster's own
   Ray must serve the job).  Off by default: images have them installed and clusters often have no index.
 * ``env_vars`` (``--env KEY=VALUE``), e.g. ``LMPIPE_DATA_MIRROR`` for ``data:`` references on the cluster.
 
-The spec is parsed and validated here first, so a bad spec fails before a job is created.
+This module reads no spec: the CLI parses and validates it first (so a bad spec fails before a job is
+created) and hands over a :class:`ShippedSpec`.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from lmpipe.cluster.jobs import SubmitError
-from lmpipe.cluster.storage import is_uri, resolve_run_dir
+from lmpipe.cluster.storage import resolve_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +57,25 @@ EXCLUDES: tuple[str, ...] = (
 #: Ray refuses packages over 512 MiB; a checkout this big almost certainly holds data that should be excluded.
 MAX_WORKING_DIR_MB = 100
 JOB_DIR = ".lmpipe-job"
+#: The driver: the cluster's interpreter runs the CLI module (``lmpipe`` may not be on the cluster's PATH).
+DRIVER = ("python", "-m", "lmpipe.pipelines.cli", "run")
+
+
+@dataclass(frozen=True, slots=True)
+class ShippedSpec:
+    """A spec as the CLI hands it to the job: parsed and validated there, since cluster/ reads no spec."""
+
+    path: Path  # the file as given: run from the shipped copy when it lies in the checkout
+    text: str  # the resolved YAML (overrides applied, relative paths absolute): shipped otherwise
+    name: str
+    local_paths: tuple[str, ...]  # absolute local input paths the run reads (no URIs, no data: references)
+    overrides: tuple[str, ...] = ()  # the --set assignments in ``text``; passed on when run from the copy
 
 
 @dataclass(frozen=True, slots=True)
 class JobPlan:
-    """Everything ``submit`` sends; ``staged`` is a temporary folder removed once the job is submitted."""
+    """Everything ``submit`` sends; ``staged`` is a temporary folder removed once the job is submitted: it holds
+    ``working_dir/`` (the ``working_dir``) and the package tree of ``py_modules`` (``lmpipe/``)."""
 
     submission_id: str
     entrypoint: str
@@ -114,26 +134,45 @@ def pip_requirements() -> list[str]:
     return out
 
 
-def _local_paths(spec: Any, inside: Path | None) -> list[str]:
-    """Absolute local input paths of the resolved spec outside the shipped tree: the cluster must see them."""
-    refs = [*spec.corpus.train, *spec.corpus.valid, *spec.corpus.test]
-    if spec.ngram.limit_vocab:
-        refs.append(spec.ngram.limit_vocab)
-    out = []
-    for ref in refs:
-        if is_uri(ref) or ref.startswith("data:") or not Path(ref).is_absolute():
-            continue
-        if inside is not None and Path(ref).resolve().is_relative_to(inside):
-            continue
-        out.append(ref)
-    return out
+def package_dirs(root: Path) -> dict[str, Path]:
+    """pyproject's ``[tool.setuptools.package-dir]``: each mapped import package and its checkout folder."""
+    import tomllib  # Python >= 3.11 (pyproject's requires-python); imported here while ruff targets 3.10
+
+    with (root / "pyproject.toml").open("rb") as f:
+        mapping = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
+    return {name: root / folder for name, folder in mapping.items()}
+
+
+def stage_package(dest: Path, *, root: Path, excludes: Sequence[str] = ()) -> list[Path]:
+    """Lay the checkout's folders out under ``dest`` as the import packages they are installed as
+    (``pipelines/api`` -> ``lmpipe/``, ``pipelines/`` -> ``lmpipe/pipelines/``, ...); returns the top-level
+    package folders, for ``py_modules``.  A folder mapped to a package of its own is not copied twice."""
+    dirs = package_dirs(root)
+    mapped = {folder.resolve() for folder in dirs.values()}
+    skip = _ignore((*EXCLUDES, *excludes))
+    for name, folder in sorted(dirs.items()):  # parents first: "lmpipe" before "lmpipe.pipelines"
+        here = folder.resolve()
+
+        def ignore(parent: str, names: list[str], here: Path = here) -> set[str]:
+            inner = {n for n in names if (Path(parent) / n).resolve() in mapped - {here}}
+            return skip(parent, names) | inner
+
+        shutil.copytree(folder, dest.joinpath(*name.split(".")), ignore=ignore, dirs_exist_ok=True, symlinks=True)
+    return [dest / top for top in sorted({name.split(".")[0] for name in dirs})]
+
+
+def _outside(paths: Sequence[str], inside: Path | None) -> list[str]:
+    """The local input paths not in the shipped tree: every node of the cluster must see them."""
+    if inside is None:
+        return list(paths)
+    return [p for p in paths if not Path(p).resolve().is_relative_to(inside.resolve())]
 
 
 def plan_job(
-    spec_path: str | Path,
+    spec: ShippedSpec,
     *,
+    version: str,
     run_dir: str | None = None,
-    overrides: Sequence[str] = (),
     stages: str | None = None,
     force: str | None = None,
     pip: bool = False,
@@ -142,11 +181,8 @@ def plan_job(
     root: Path | None = None,
     workdir: Path | None = None,
 ) -> JobPlan:
-    """Validate the spec, stage the working directory and build the job; raises SpecError/SubmitError."""
-    from lmpipe import __version__
-    from lmpipe.pipelines.spec import dump_spec, load_spec
-
-    spec = load_spec(spec_path, overrides=overrides)
+    """Stage the working directory and the package, and build the job; raises SubmitError/StorageError.
+    ``version`` is the submitting lmpipe's, recorded in the job's metadata."""
     root = source_root() if root is None else root
     run = resolve_run_dir(run_dir) if run_dir else Path("runs") / spec.name
     run = run.expanduser().absolute()  # the job's working directory is a temporary copy: never relative
@@ -158,21 +194,25 @@ def plan_job(
         env[key] = value
 
     staged = Path(tempfile.mkdtemp(prefix="lmpipe-job-", dir=workdir))
+    working_dir = staged / "working_dir"
+    runtime_env: dict[str, Any] = {"working_dir": str(working_dir)}
     try:
-        stage_working_dir(staged, root=root, excludes=excludes)
-        spec_abs = Path(spec_path).resolve()
+        stage_working_dir(working_dir, root=root, excludes=excludes)
+        if root is not None:
+            runtime_env["py_modules"] = [str(p) for p in stage_package(staged, root=root, excludes=excludes)]
+        spec_abs = spec.path.resolve()
         shipped = spec_abs.relative_to(root).as_posix() if root is not None and spec_abs.is_relative_to(root) else None
-        args = ["lmpipe", "run"]
-        if shipped is not None and (staged / shipped).is_file():  # not in an excluded folder such as runs/
+        args = list(DRIVER)
+        if shipped is not None and (working_dir / shipped).is_file():  # not in an excluded folder such as runs/
             args += [shipped]
-            for assignment in overrides:
+            for assignment in spec.overrides:
                 args += ["--set", assignment]
-            notes = _local_paths(spec, root)
-        else:  # resolved here: overrides applied, relative paths absolute
-            (staged / JOB_DIR).mkdir()
-            (staged / JOB_DIR / "spec.yaml").write_text(dump_spec(spec), encoding="utf-8")
+            notes = _outside(spec.local_paths, root)
+        else:  # as resolved by the CLI: overrides applied, relative paths absolute
+            (working_dir / JOB_DIR).mkdir()
+            (working_dir / JOB_DIR / "spec.yaml").write_text(spec.text, encoding="utf-8")
             args += [f"{JOB_DIR}/spec.yaml"]
-            notes = _local_paths(spec, None)
+            notes = list(spec.local_paths)
         args += ["--run-dir", str(run)]
         if stages:
             args += ["--stages", stages]
@@ -181,14 +221,13 @@ def plan_job(
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    runtime_env: dict[str, Any] = {"working_dir": str(staged)}
     if pip:
         runtime_env["pip"] = {"packages": pip_requirements(), "pip_check": False}
     if env:
         runtime_env["env_vars"] = env
     stamp = time.strftime("%Y%m%d-%H%M%S")
     submission_id = f"lmpipe-{re.sub(r'[^A-Za-z0-9_-]', '-', spec.name)}-{stamp}-{uuid.uuid4().hex[:6]}"
-    metadata = {"lmpipe_spec": spec.name, "lmpipe_run_dir": str(run), "lmpipe_version": __version__}
+    metadata = {"lmpipe_spec": spec.name, "lmpipe_run_dir": str(run), "lmpipe_version": version}
     messages = tuple(f"{p}: a local path; every node of the cluster must see it at this path" for p in notes)
     return JobPlan(submission_id, shlex.join(args), runtime_env, metadata, staged, str(run), messages)
 

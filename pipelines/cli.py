@@ -250,6 +250,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    """The spec is validated and resolved here, before the cluster is contacted; cluster/ only ships it."""
+    from lmpipe.cluster.cli import submit_spec
+    from lmpipe.pipelines.submission import shipped_spec
+
+    return submit_spec(args, shipped_spec(args.spec, overrides=args.set), version=__version__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmpipe",
@@ -369,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_embeddings_commands(sub)
     from lmpipe.cluster.cli import add_cluster_commands
 
-    add_cluster_commands(sub)
+    add_cluster_commands(sub, submit_command=cmd_submit)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from lmpipe.cluster.jobs import jobs_client, log_tail, wait_for_job
 from lmpipe.cluster.loopback import LoopbackCluster
+from lmpipe.cluster.submit import EXCLUDES, plan_job, submit
+from lmpipe.pipelines.submission import shipped_spec
 
 from .conftest import REPO, SPECS
 
@@ -95,6 +99,38 @@ def test_jobs_list_status_logs(cluster):
     assert followed.returncode == 0 and "=== 1/3 Counting n-grams" in followed.stdout
     missing = lmpipe(cluster, "jobs", "status", "lmpipe-no-such-job")
     assert missing.returncode == 2 and "no job 'lmpipe-no-such-job'" in missing.stderr
+
+
+def test_the_submitted_copy_runs_not_the_installed_one(cluster, tmp_path):
+    """Submit from a copy of the checkout whose ``lmpipe/__init__.py`` records every process that imports it:
+    the job's driver and its worker on the second node must run that copy (shipped as py_modules), not the
+    editable install this test process and the cluster's nodes resolve ``lmpipe`` to."""
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(*EXCLUDES))
+    marks = tmp_path / "marks.txt"
+    with (copy / "pipelines" / "api" / "__init__.py").open("a", encoding="utf-8") as f:
+        f.write(
+            "\nimport os as _os\n"
+            f"with open({str(marks)!r}, 'a', encoding='utf-8') as _f:\n"
+            "    _f.write(f'{_os.getpid()} {__file__}\\n')\n"
+        )
+    run = tmp_path / "run"
+    spec = shipped_spec(
+        copy / "pipelines" / "specs" / "tiny.yaml", overrides=["tokenize.workers=1", "tokenize.resources=[CPU=1, second_node=1]"]
+    )
+    plan = plan_job(spec, version="marked", run_dir=str(run), stages="tokenize", root=copy, workdir=tmp_path)
+    client = jobs_client(cluster.dashboard_url, env=cluster.client_env())
+    job = submit(client, plan)
+    status = wait_for_job(client, job, timeout=240)
+    assert status == "SUCCEEDED", log_tail(client, job, lines=40)
+    assert json.loads((run / "tokenize" / "manifest.json").read_text())["outputs"]["splits"]["train"]["sentences"] == 600
+    rows = [line.split(" ", 1) for line in marks.read_text(encoding="utf-8").splitlines()]
+    pids = {int(pid) for pid, _ in rows}
+    assert len(pids) >= 2, f"the driver and the tokenize worker both import the marked copy: {rows}"
+    for _, path in rows:
+        assert Path(path).name == "__init__.py" and Path(path).parent.name == "lmpipe", path
+        assert not Path(path).is_relative_to(REPO) and not Path(path).is_relative_to(copy), "Ray's unpacked copy"
+    assert not plan.staged.exists()  # removed once submitted
 
 
 def test_the_cluster_requires_its_token(cluster, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import yaml
 from lmpipe.cluster.jobs import SubmitError, auth_headers, auth_token, resolve_address
 from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.cluster.storage import StorageError, resolve_run_dir
-from lmpipe.cluster.submit import JOB_DIR, pip_requirements, plan_job, stage_working_dir
+from lmpipe.cluster.submit import DRIVER, JOB_DIR, pip_requirements, plan_job, stage_working_dir
 from lmpipe.pipelines.cli import main
 from lmpipe.pipelines.spec import SpecError, load_spec, parse_resources
+from lmpipe.pipelines.submission import local_input_paths, shipped_spec
 
 from .conftest import REPO, SPECS
 
@@ -82,23 +84,58 @@ def test_jobs_commands_report_an_unreachable_cluster(words, capsys):
 
 
 # ------------------------------------------------------------------------------------------ what travels
+def package_folders() -> dict[str, Path]:
+    """Every sub-package of the checkout (a folder with __init__.py) and its import name, written out here
+    independently of pyproject: pipelines/api is ``lmpipe`` itself, the four folders are ``lmpipe.<folder>``."""
+    out = {"lmpipe": REPO / "pipelines" / "api"}
+    for top in ("pipelines", "lm", "embeddings", "cluster"):
+        for init in sorted((REPO / top).rglob("__init__.py")):
+            folder = init.parent
+            if folder != out["lmpipe"] and "__pycache__" not in folder.parts:
+                out[".".join(("lmpipe", *folder.relative_to(REPO).parts))] = folder
+    return out
+
+
 def test_a_spec_in_the_checkout_runs_from_the_shipped_copy(tmp_path):
-    plan = plan_job(SPECS / "tiny.yaml", run_dir=str(tmp_path / "run"), overrides=["ngram.order=2"], stages="tokenize,ngram", workdir=tmp_path)
+    plan = plan_job(
+        shipped_spec(SPECS / "tiny.yaml", overrides=["ngram.order=2"]), version="9.9.9", run_dir=str(tmp_path / "run"),
+        stages="tokenize,ngram", workdir=tmp_path,
+    )  # fmt: skip
     try:
         argv = shlex.split(plan.entrypoint)
-        assert argv[:3] == ["lmpipe", "run", "pipelines/specs/tiny.yaml"]
+        assert argv[:5] == ["python", "-m", "lmpipe.pipelines.cli", "run", "pipelines/specs/tiny.yaml"]
         assert argv[argv.index("--set") + 1] == "ngram.order=2"
         assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "run")
         assert argv[argv.index("--stages") + 1] == "tokenize,ngram"
         staged = Path(plan.runtime_env["working_dir"])
-        assert staged == plan.staged
+        assert staged == plan.staged / "working_dir"
         assert (staged / "pipelines" / "specs" / "tiny" / "train.txt").read_bytes() == (SPECS / "tiny" / "train.txt").read_bytes()
-        assert (staged / "pipelines" / "cli.py").is_file() and (staged / "cluster" / "submit.py").is_file()
         for name in (".venv", ".git", "runs"):
             assert not (staged / name).exists()
-        assert not list(staged.rglob("__pycache__")) and not list(staged.rglob("*.pyc"))
+        assert not list(plan.staged.rglob("__pycache__")) and not list(plan.staged.rglob("*.pyc"))
         assert plan.metadata["lmpipe_run_dir"] == str(tmp_path / "run") and plan.metadata["lmpipe_spec"] == "tiny"
+        assert plan.metadata["lmpipe_version"] == "9.9.9"
         assert "pip" not in plan.runtime_env and plan.notes == ()
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+def test_the_checkouts_code_travels_as_the_lmpipe_package(tmp_path):
+    """py_modules holds one tree, ``lmpipe/``, laid out as installed: each package's files, byte for byte."""
+    plan = plan_job(shipped_spec(SPECS / "tiny.yaml"), version="0", run_dir=str(tmp_path / "run"), workdir=tmp_path)
+    try:
+        (package,) = map(Path, plan.runtime_env["py_modules"])
+        assert package == plan.staged / "lmpipe"
+        assert sorted(p.name for p in plan.staged.iterdir()) == ["lmpipe", "working_dir"]
+        for name, folder in package_folders().items():
+            target = plan.staged.joinpath(*name.split("."))
+            for source in folder.glob("*.py"):
+                assert (target / source.name).read_bytes() == source.read_bytes(), f"{name}: {source.name}"
+        assert (package / "__init__.py").read_bytes() == (REPO / "pipelines" / "api" / "__init__.py").read_bytes()
+        assert not (package / "pipelines" / "api").exists(), "pipelines/api is lmpipe itself, not lmpipe.pipelines.api"
+        assert (package / "pipelines" / "specs" / "tiny" / "train.txt").is_file()  # package data travels too
+        assert (package / "cluster" / "configs" / "rayjob.yaml").is_file()
+        assert list(DRIVER[:3]) == ["python", "-m", "lmpipe.pipelines.cli"] and shlex.split(plan.entrypoint)[:4] == list(DRIVER)
     finally:
         shutil.rmtree(plan.staged)
 
@@ -109,12 +146,15 @@ def test_a_spec_from_elsewhere_is_resolved_and_shipped(tmp_path, monkeypatch):
     spec_file = tmp_path / "mine.yaml"
     spec_file.write_text(yaml.safe_dump({"name": "mine", "corpus": {"train": "corpus.txt"}, "stages": ["tokenize"]}))
     monkeypatch.chdir(tmp_path)
-    plan = plan_job(spec_file, overrides=["vocab.min_count=2"], env_vars=["LMPIPE_DATA_MIRROR=/mnt/data"], workdir=tmp_path)
+    plan = plan_job(
+        shipped_spec(spec_file, overrides=["vocab.min_count=2"]), version="0", env_vars=["LMPIPE_DATA_MIRROR=/mnt/data"],
+        workdir=tmp_path,
+    )  # fmt: skip
     try:
         argv = shlex.split(plan.entrypoint)
-        assert argv[:3] == ["lmpipe", "run", f"{JOB_DIR}/spec.yaml"] and "--set" not in argv
+        assert argv[:5] == [*DRIVER, f"{JOB_DIR}/spec.yaml"] and "--set" not in argv
         assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "runs" / "mine")  # absolute: the job's cwd is a copy
-        shipped = load_spec(plan.staged / JOB_DIR / "spec.yaml")
+        shipped = load_spec(Path(plan.runtime_env["working_dir"]) / JOB_DIR / "spec.yaml")
         assert shipped.vocab.min_count == 2 and shipped.corpus.train == (str(data),)
         assert plan.runtime_env["env_vars"] == {"LMPIPE_DATA_MIRROR": "/mnt/data"}
         assert len(plan.notes) == 1 and str(data) in plan.notes[0]
@@ -127,24 +167,70 @@ def test_a_spec_in_an_excluded_folder_of_the_checkout_is_resolved_and_shipped(tm
     (root / "runs").mkdir(parents=True)
     (root / "corpus.txt").write_text("a b\n")
     (root / "runs" / "s.yaml").write_text(yaml.safe_dump({"name": "s", "corpus": {"train": "../corpus.txt"}}))
-    plan = plan_job(root / "runs" / "s.yaml", run_dir=str(tmp_path / "run"), root=root, workdir=tmp_path)
+    (root / "pyproject.toml").write_text('[tool.setuptools.package-dir]\n"lmpipe" = "code"\n')
+    (root / "code").mkdir()
+    (root / "code" / "__init__.py").write_text("MARK = 1\n")
+    plan = plan_job(shipped_spec(root / "runs" / "s.yaml"), version="0", run_dir=str(tmp_path / "run"), root=root, workdir=tmp_path)
     try:
-        assert shlex.split(plan.entrypoint)[2] == f"{JOB_DIR}/spec.yaml"
-        assert not (plan.staged / "runs").exists() and (plan.staged / "corpus.txt").is_file()
-        (train,) = load_spec(plan.staged / JOB_DIR / "spec.yaml").corpus.train
+        working_dir = Path(plan.runtime_env["working_dir"])
+        assert shlex.split(plan.entrypoint)[4] == f"{JOB_DIR}/spec.yaml"
+        assert not (working_dir / "runs").exists() and (working_dir / "corpus.txt").is_file()
+        assert plan.runtime_env["py_modules"] == [str(plan.staged / "lmpipe")]
+        assert (plan.staged / "lmpipe" / "__init__.py").read_text() == "MARK = 1\n"  # the mapping is pyproject's
+        (train,) = load_spec(working_dir / JOB_DIR / "spec.yaml").corpus.train
         assert Path(train).resolve() == root / "corpus.txt"  # resolved: an absolute local path, hence the note
         assert len(plan.notes) == 1 and plan.notes[0].startswith(f"{train}: a local path")
     finally:
         shutil.rmtree(plan.staged)
 
 
-def test_bad_input_is_refused_before_anything_is_staged(tmp_path):
+def test_without_a_checkout_only_the_spec_travels(tmp_path, monkeypatch):
+    """lmpipe installed from a wheel: no code to ship (the cluster image's lmpipe runs), the resolved spec only."""
+    import lmpipe.cluster.submit as submit
+
+    monkeypatch.setattr(submit, "source_root", lambda: None)
+    plan = plan_job(shipped_spec(SPECS / "tiny.yaml", overrides=["ngram.order=2"]), version="0", run_dir=str(tmp_path / "r"), workdir=tmp_path)
+    try:
+        working_dir = Path(plan.runtime_env["working_dir"])
+        assert "py_modules" not in plan.runtime_env
+        assert [p.relative_to(working_dir).as_posix() for p in working_dir.rglob("*") if p.is_file()] == [f"{JOB_DIR}/spec.yaml"]
+        assert shlex.split(plan.entrypoint)[:5] == [*DRIVER, f"{JOB_DIR}/spec.yaml"]
+        assert load_spec(working_dir / JOB_DIR / "spec.yaml").ngram.order == 2
+        assert len(plan.notes) == 3 and all(str(SPECS / "tiny") in n for n in plan.notes)  # train, valid, test
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+def test_every_local_input_of_a_spec_is_listed(tmp_path):
+    """corpus splits, ngram.limit_vocab, lm and tagger vectors, tagger task files: all must reach the cluster."""
+    for name in ("a.txt", "v.txt", "e.vec", "t.vec", "ner.train", "ner.dev"):
+        (tmp_path / name).write_text("x\n")
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "name": "s", "corpus": {"train": ["a.txt", "data:ptb/train"], "test": "s3://bucket/test.txt"},
+        "ngram": {"limit_vocab": "v.txt"},
+        "lm": {"models": [{"name": "a", "embeddings": "e.vec"}, {"name": "b", "embeddings": "sgns"}]},
+        "tagger": {"vectors": "t.vec", "vectors_format": "word2vec", "tasks": [
+            {"name": "ner", "format": "conll2003", "column": "ner", "train": "ner.train", "valid": "ner.dev"},
+        ]},
+    }))  # fmt: skip
+    listed = local_input_paths(load_spec(spec_file))
+    assert sorted(listed) == sorted(str(tmp_path / n) for n in ("a.txt", "v.txt", "e.vec", "t.vec", "ner.train", "ner.dev"))
+
+
+def test_bad_input_is_refused_before_anything_is_staged(tmp_path, monkeypatch, capsys):
     with pytest.raises(SpecError, match="ngram.order"):
-        plan_job(SPECS / "tiny.yaml", overrides=["ngram.order=9"], workdir=tmp_path)
+        shipped_spec(SPECS / "tiny.yaml", overrides=["ngram.order=9"])
+    tiny = shipped_spec(SPECS / "tiny.yaml")
     with pytest.raises(StorageError, match="gs:// run directories are not supported"):
-        plan_job(SPECS / "tiny.yaml", run_dir="gs://bucket/runs/tiny", workdir=tmp_path)
+        plan_job(tiny, version="0", run_dir="gs://bucket/runs/tiny", workdir=tmp_path)
     with pytest.raises(SubmitError, match="NAME=VALUE"):
-        plan_job(SPECS / "tiny.yaml", env_vars=["1BAD"], workdir=tmp_path)
+        plan_job(tiny, version="0", env_vars=["1BAD"], workdir=tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where plan_job would stage
+    address = f"http://127.0.0.1:{closed_port()}"
+    assert main(["submit", str(SPECS / "tiny.yaml"), "--set", "ngram.order=9", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert "ngram.order" in err and "cannot reach" not in err  # the spec is checked before the cluster is contacted
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,6 +1,6 @@
 """Benchmark the tokenize stage against a single-process pyarrow baseline, in the same run.
 
-    python bench/tokenize.py [--mirror DIR] [--big-tokens 100e6] [--workers 2] [--skip-sp]
+    python bench/tokenize_speed.py [--mirror DIR] [--big-tokens 100e6] [--workers 2] [--skip-sp]
 
 Corpora: PTB train (887k words), and the mirrored English text (PTB train, Brown without tags, BBC News,
 KJV without verse references; about 3.7M words) concatenated and repeated to 10M and ``--big-tokens``
@@ -17,33 +17,24 @@ manifest records.  Results are printed and appended to bench/RESULTS.md.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import resource
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-# This file is named like the standard library's `tokenize` (the issue fixes the name): drop its own
-# folder from the import path before anything imports the real one (linecache, inspect, ...).
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import runpy  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from corpora import english_text, make_corpus
 
 HERE = Path(__file__).resolve().parent
 
-# bench/corpora.py is loaded by path: bench/ must stay off sys.path (see the guard above).
-_corpora = runpy.run_path(str(HERE / "corpora.py"))
-english_text, make_corpus = _corpora["english_text"], _corpora["make_corpus"]
 
 BLOCK = 64 << 20
 
@@ -223,7 +214,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, ray {ray.__version__}, pyarrow {pyarrow.__version__}"
     entry = (
         f"\n## tokenize stage vs single-process pyarrow baseline ({time.strftime('%Y-%m-%d')})\n\n"
-        f"Command: `python bench/tokenize.py --workers {args.workers} --big-tokens {args.big_tokens:.0f}`  \n"
+        f"Command: `python bench/tokenize_speed.py --workers {args.workers} --big-tokens {args.big_tokens:.0f}`  \n"
         f"Machine: {machine}  \n"
         "lmpipe wall = the whole `lmpipe run` process (Ray start included); stage = the stage's own timing. "
         "Tokens = training tokens (no `</s>`; sentencepiece: pieces). Baseline = one process: pyarrow compute with the "

@@ -1,0 +1,39 @@
+"""What ``lmpipe submit`` hands to ``cluster/submit.py``: the spec parsed, validated and resolved here, in the
+run layer, because the cluster floor reads no spec.
+
+    >>> shipped = shipped_spec("pipelines/specs/tiny.yaml", overrides=["ngram.order=3"])
+    >>> shipped.name, shipped.local_paths[0]
+    ('tiny', '/.../pipelines/specs/tiny/train.txt')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from lmpipe.cluster.submit import ShippedSpec
+from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, RunSpec, dump_spec, load_spec
+
+
+def local_input_paths(spec: RunSpec) -> tuple[str, ...]:
+    """Every absolute local path the resolved spec reads: corpus splits, ``ngram.limit_vocab``, the lm
+    models' and the tagger's vectors, the tagger tasks' files.  URIs, ``data:`` references, stage names and
+    relative paths (``--set`` values, which mean the job's working directory) are not local inputs."""
+    refs = [*spec.corpus.train, *spec.corpus.valid, *spec.corpus.test, spec.ngram.limit_vocab]
+    refs += [model.embeddings for model in spec.lm.models]
+    refs += [spec.tagger.vectors]
+    refs += [ref for task in spec.tagger.tasks for ref in (task.train, task.valid, task.test)]
+    return tuple(ref for ref in refs if ref and ref not in LM_EMBEDDING_STAGES and _local_absolute(ref))
+
+
+def _local_absolute(ref: str) -> bool:
+    return "://" not in ref and not ref.startswith("data:") and Path(ref).is_absolute()
+
+
+def shipped_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> ShippedSpec:
+    """Load and validate the spec (``SpecError`` before anything is staged) and resolve it for the job."""
+    spec = load_spec(path, overrides=overrides)
+    return ShippedSpec(
+        path=Path(path), text=dump_spec(spec), name=spec.name, local_paths=local_input_paths(spec),
+        overrides=tuple(overrides),
+    )  # fmt: skip
