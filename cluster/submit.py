@@ -136,7 +136,7 @@ def pip_requirements() -> list[str]:
 
 def package_dirs(root: Path) -> dict[str, Path]:
     """pyproject's ``[tool.setuptools.package-dir]``: each mapped import package and its checkout folder."""
-    import tomllib  # Python >= 3.11 (pyproject's requires-python); imported here while ruff targets 3.10
+    import tomllib
 
     with (root / "pyproject.toml").open("rb") as f:
         mapping = tomllib.load(f)["tool"]["setuptools"]["package-dir"]

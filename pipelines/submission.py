@@ -12,22 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lmpipe.cluster.submit import ShippedSpec
-from lmpipe.pipelines.spec import LM_EMBEDDING_STAGES, RunSpec, dump_spec, load_spec
+from lmpipe.pipelines.spec import RunSpec, dump_spec, load_spec, local_paths
 
 
 def local_input_paths(spec: RunSpec) -> tuple[str, ...]:
-    """Every absolute local path the resolved spec reads: corpus splits, ``ngram.limit_vocab``, the lm
-    models' and the tagger's vectors, the tagger tasks' files.  URIs, ``data:`` references, stage names and
-    relative paths (``--set`` values, which mean the job's working directory) are not local inputs."""
-    refs = [*spec.corpus.train, *spec.corpus.valid, *spec.corpus.test, spec.ngram.limit_vocab]
-    refs += [model.embeddings for model in spec.lm.models]
-    refs += [spec.tagger.vectors]
-    refs += [ref for task in spec.tagger.tasks for ref in (task.train, task.valid, task.test)]
-    return tuple(ref for ref in refs if ref and ref not in LM_EMBEDDING_STAGES and _local_absolute(ref))
-
-
-def _local_absolute(ref: str) -> bool:
-    return "://" not in ref and not ref.startswith("data:") and Path(ref).is_absolute()
+    """Every absolute local path the resolved spec reads (the spec's ``LocalPath`` fields: corpus splits,
+    ``ngram.limit_vocab``, the lm models' and the tagger's vectors, the tagger tasks' files).  Relative paths
+    (``--set`` values, which mean the job's working directory) travel with the working directory."""
+    return tuple(value for _, value in local_paths(spec) if Path(value).is_absolute())
 
 
 def shipped_spec(path: str | Path, *, overrides: Sequence[str] = ()) -> ShippedSpec:

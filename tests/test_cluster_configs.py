@@ -157,7 +157,7 @@ def test_dockerfile_pins_what_the_repo_pins():
     assert dockerfile_arg("TORCH_VERSION") == re.search(r"^TORCH_VERSION\s*\?=\s*(\S+)", makefile, re.M).group(1)
     build = (REPO / ".ci" / "build_kenlm.sh").read_text(encoding="utf-8")
     assert dockerfile_arg("KENLM_VERSION") == re.search(r"^KENLM_VERSION=(\S+)", build, re.M).group(1)
-    import tomllib  # Python >= 3.11, imported here while ruff targets 3.10
+    import tomllib
 
     mapping = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
     folders = {Path(folder).parts[0] for folder in mapping.values()}  # pipelines/api travels inside pipelines/

@@ -47,7 +47,7 @@ VERSION = source_version()
 
 
 def pyproject() -> dict:
-    import tomllib  # Python >= 3.11, imported here while ruff targets 3.10
+    import tomllib
 
     return tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 

@@ -21,7 +21,7 @@ import uuid
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -194,7 +194,7 @@ def fetch(
         )
     marker = {
         "dataset": name, "fingerprint": dataset.fingerprint, "origin": origin,
-        "fetched_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "sha256": record,
+        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"), "sha256": record,
     }  # fmt: skip
     with _staged(root / name / MARKER) as tmp:
         tmp.write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n", encoding="utf-8")
