@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.lm.tagging.train import StopAfterEpoch
+from lmpipe.cluster.training import StopAfterEpoch
 from lmpipe.pipelines.cli import main
 from lmpipe.pipelines.conll import ConllError, read_predictions
 from lmpipe.pipelines.run import run_pipeline
@@ -78,7 +78,8 @@ def test_two_workers_end_to_end(ray_local, corpus, tmp_path):
     spec = parse_spec(spec_data(corpus, workers=2, model="window", window=3, epochs=8), source="test")
     m = run_pipeline(spec, run_dir=tmp_path / "run")["tagger"]
     tr = m["training"]
-    assert tr["world_size"] == 2 and len({w["pid"] for w in tr["workers"]}) == 2
+    assert tr["world_size"] == 2 and tr["workers"]["count"] == 2
+    assert len({w["pid"] for w in tr["workers"]["processes"]}) == 2
     ner = m["tasks"]["ner"]
     assert ner["unknown_tags"] == {"valid": {"I-GPE": 1}}
     assert "I-GPE" not in ner["tags"] and ner["scheme"] == {"file": "iob1", "model": "bioes"}
