@@ -130,7 +130,7 @@ class WorkerGroup:
     def all_finite(self, *values: torch.Tensor | float) -> bool:
         """True when every value is finite on every rank (one all-reduce): all ranks take the same branch, so
         a non-finite loss on one rank stops them all instead of leaving the others in a collective."""
-        bad = float(not all(math.isfinite(float(v)) for v in values))
+        bad = float(not all(math.isfinite(float(v.detach()) if torch.is_tensor(v) else v) for v in values))
         flag = torch.tensor([bad], dtype=torch.float64, device=self.device)
         return self.all_reduce_(flag).item() == 0
 

@@ -119,7 +119,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(corpus,
         train_loop(to_config(dataclasses.replace(job, stop_after_epoch=1)))
     state_file = tmp_path / "ck" / "epoch-001" / "state.pt"
     state = torch.load(state_file, weights_only=True)
-    state["schedule"]["lr"] = 1e3  # as if the rate had been raised far too high after epoch 1: ReLUs blow up
+    state["shared"]["schedule"]["lr"] = 1e3  # as if the rate had been raised far too high after epoch 1: ReLUs blow up
     torch.save(state, state_file)
     before = state_file.read_bytes()
     with pytest.raises(
