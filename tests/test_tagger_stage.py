@@ -102,8 +102,8 @@ def test_resume_after_a_kill_ends_as_an_uninterrupted_run(corpus, tmp_path, monk
     the three runs free of Ray Train's worker start-up (the 2-worker test covers Ray)."""
     import lmpipe.pipelines.stages.tagger as stage
 
-    monkeypatch.setattr(stage, "fit", lambda loop, config, **kw: loop(config))
-    monkeypatch.setattr(stage, "check_resources", lambda *a, **kw: None)
+    monkeypatch.setattr("lmpipe.cluster.training.fit", lambda loop, config, **kw: loop(config))
+    monkeypatch.setattr("lmpipe.cluster.training.check_resources", lambda *a, **kw: None)
     monkeypatch.setattr("lmpipe.cluster.connect.connect", lambda *a, **kw: None)
     spec = parse_spec(spec_data(corpus, model="rnn", crf=True, dropout=0.3, chars="cnn"), source="test")
     whole = run_pipeline(spec, run_dir=tmp_path / "a")["tagger"]
