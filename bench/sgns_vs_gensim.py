@@ -111,7 +111,7 @@ def sgns_run(
         "fit_s": tr["seconds"], "words_per_s": words / train_s, "vocab": set(Vectors.load(run / "sgns" / "vectors").tokens),
         "eval": manifest["evaluation"], "share_words": tr["share_words"],
         "sync_s": sum(e["sync_seconds"] for e in tr["epochs"]), "syncs": tr["syncs_per_epoch"],
-        "peak_mb": max(w["peak_rss_mb"] for w in tr["workers_info"]),
+        "peak_mb": max(w["peak_rss_mb"] for w in tr["workers"]["processes"]),
     }  # fmt: skip
 
 

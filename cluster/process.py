@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import resource
 import socket
+from dataclasses import dataclass
+from typing import Any
 
 
 def process_info() -> dict[str, str | int | float]:
@@ -58,3 +60,25 @@ class Placement:
 
     def nodes(self) -> list[str]:
         return sorted({str(r["node_id"]) for r in self._rows.values()})
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersRecord:
+    """``manifest["training"]["workers"]`` of every training stage: how many data-parallel workers trained
+    and where each rank ran (``process_info``, rank order)."""
+
+    count: int
+    processes: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "processes": list(self.processes)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> WorkersRecord:
+        """The record, also from run directories written before it existed: an int (sgns, glove, lm) or the
+        tagger's list of ``process_info`` rows."""
+        if isinstance(value, dict):
+            return cls(int(value["count"]), tuple(value.get("processes", ())))
+        if isinstance(value, list):
+            return cls(len(value), tuple(value))
+        return cls(int(value or 1))

@@ -13,28 +13,63 @@ last and the folder renamed into place, so a reader never sees half a checkpoint
 only a small pointer (``report``), not a second copy of the parameters.  ``checkpoint_dir`` lives in the run
 directory (``RUN/.checkpoints/<stage>-<fingerprint>``), outside the stage's temporary folder, so it
 survives a crash; a rerun with the same settings resumes from ``latest_checkpoint``.
+
+The four training loops share this skeleton and keep their own step (nanoGPT: the step is visible in each
+model's ``train.py``)::
+
+    job = from_config(MyJob, config)                  # the job, rebuilt from Ray's plain dict
+    group = WorkerGroup.current(job.use_gpu)
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "lm", group, seed)
+    resumed = checkpoints.resume()                    # None, or the shared state + this rank's streams
+    for epoch in ...:
+        ... the step ...                              # per step: group.all_finite(loss, norm)
+        end_epoch(checkpoints, epoch + 1, ...)        # finite check, checkpoint, report, log, stop-after
+    processes = placement(group)                      # every rank's process_info, for the manifest
+
+and the stage side is ``StageTraining``: resources checked, the checkpoint folder named from the stage's
+fingerprint, ``LMPIPE_<STAGE>_STOP_AFTER_EPOCH`` read, a fresh Ray Train run, the training time, the
+checkpoints removed once the stage is done, and the ``workers`` record of the manifest.
+
+**Resuming at another world size** (:data:`OTHER_WORLD_SIZE`): resume, with fresh random streams.  Every
+state a checkpoint shares between the ranks (parameters, optimiser moments, AdaGrad sums, the schedule) is
+one replica of a data-parallel model: the replicas are equal after each epoch's sync or DDP step, so it is
+valid for any number of workers, and refusing would throw away finished epochs for a setting (``workers``)
+that the embedding stages deliberately leave out of their fingerprint.  What cannot carry over is per rank:
+the random streams of rank r (dropout, sampling, ``<unk>`` replacement) have no counterpart when the ranks
+are other ones; they are drawn afresh from ``rank_seed(seed, rank, epoch)`` and a warning says so.  Such a
+run is a valid continuation but not bit-identical to an uninterrupted one; at the same world size every
+rank's streams are restored and it is.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
+import math
 import os
+import random
 import shutil
 import tempfile
+import time
+import types
+import typing
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from lmpipe.cluster.connect import ResourceError
+from lmpipe.cluster.process import WorkersRecord, process_info
 
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 class StopAfterEpoch(RuntimeError):
     """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
@@ -92,6 +127,13 @@ class WorkerGroup:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def all_finite(self, *values: torch.Tensor | float) -> bool:
+        """True when every value is finite on every rank (one all-reduce): all ranks take the same branch, so
+        a non-finite loss on one rank stops them all instead of leaving the others in a collective."""
+        bad = float(not all(math.isfinite(float(v.detach()) if torch.is_tensor(v) else v) for v in values))
+        flag = torch.tensor([bad], dtype=torch.float64, device=self.device)
+        return self.all_reduce_(flag).item() == 0
 
     def per_rank_sum(self, values: list[float]) -> np.ndarray:
         """``(world_size, len(values))`` float64: row r is rank r's values, on every rank (one all-reduce)."""
@@ -157,6 +199,215 @@ def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None)
             json.dumps({"path": str(checkpoint), **metrics}), encoding="utf-8"
         )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# ------------------------------------------------------------------------------------------ random streams
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's global random streams in one layout (python, numpy, torch CPU, the GPU's on CUDA),
+    as plain values and tensors so ``torch.load(weights_only=True)`` reads them back."""
+    _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }  # fmt: skip
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Set the streams :func:`capture_rng` took."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def seed_rng(seed: int) -> None:
+    """Seed every global stream :func:`capture_rng` captures (``torch.manual_seed`` seeds the GPUs too)."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------ resume policy
+#: What a checkpoint written by another number of workers does on resume (see the module docstring): the
+#: shared state is loaded, each rank's random streams are drawn afresh from ``rank_seed(seed, rank, epoch)``.
+OTHER_WORLD_SIZE = "resume with fresh random streams"
+CHECKPOINT_VERSION = 2  # 2: one layout for every stage (shared state + per-rank streams)
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A checkpoint loaded on one rank: the epochs done, the state the ranks share, and this rank's own state
+    (``None`` when the checkpoint was written by another number of workers: its streams were reseeded)."""
+
+    path: Path
+    epoch: int
+    state: dict[str, Any]
+    rank_state: dict[str, Any] | None
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoints:
+    """One training run's ``epoch-NNN`` folders (``state.pt`` + ``meta.json``) in one layout for every stage:
+    ``state.pt`` = ``{"shared": ..., "ranks": [{"rng": capture_rng(), **rank_state}, ...]}``."""
+
+    folder: Path
+    kind: str  # "sgns", "glove", "lm", "tagger": the format name in meta.json and in messages
+    group: WorkerGroup
+    seed: int  # reseeds the streams of a resume at another world size
+
+    @property
+    def format(self) -> str:
+        return f"lmpipe.{self.kind}-checkpoint"
+
+    def resume(self) -> Resumed | None:
+        """The latest complete checkpoint, loaded with the declared :data:`OTHER_WORLD_SIZE` policy; None when
+        there is none.  A folder of another format or layout is refused, naming what to remove."""
+        found = latest_checkpoint(self.folder)
+        if found is None:
+            return None
+        meta = read_checkpoint_meta(found)
+        if meta.get("format") != self.format or meta.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"{found}: not a {self.kind} checkpoint of version {CHECKPOINT_VERSION} (format "
+                f"{meta.get('format')!r}, version {meta.get('version')!r}); remove {self.folder} to start over"
+            )
+        state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
+        epoch = int(meta["epoch"])
+        group = self.group
+        mine: dict[str, Any] | None = None
+        if meta["world_size"] == group.world_size:
+            mine = dict(state["ranks"][group.rank])
+            restore_rng(mine.pop("rng"), group.device)
+        else:
+            if group.rank == 0:
+                logger.warning(
+                    "%s was written by %d worker(s), resuming with %d: same shared state, fresh random streams "
+                    "(a valid continuation, not bit-identical to an uninterrupted run)",
+                    found, meta["world_size"], group.world_size,
+                )  # fmt: skip
+            seed_rng(rank_seed(self.seed, group.rank, epoch))
+        logger.info("%s rank %d: resuming after epoch %d from %s", self.kind, group.rank, epoch, found)
+        return Resumed(found, epoch, state["shared"], mine, meta)
+
+    def save(
+        self, epoch: int, shared: Callable[[], dict[str, Any]], rank_state: dict[str, Any], meta: dict[str, Any]
+    ) -> Path | None:
+        """Every rank: gather the ranks' streams and ``rank_state``; rank 0 writes ``epoch-NNN`` with
+        ``shared()`` (called on rank 0 only).  Returns the folder on rank 0, None elsewhere."""
+        ranks = self.group.gather({"rng": capture_rng(self.group.device), **rank_state})
+        if self.group.rank != 0:
+            return None
+
+        def write(folder: Path) -> None:
+            torch.save({"shared": shared(), "ranks": ranks}, folder / "state.pt")
+
+        head = {"format": self.format, "version": CHECKPOINT_VERSION, "world_size": self.group.world_size}
+        return commit_checkpoint(self.folder, epoch, write, {**head, **meta})
+
+    def kept(self, epochs_done: int) -> str:
+        """The clause of an error message saying what survives a failure after ``epochs_done`` epochs."""
+        if not epochs_done:
+            return "no epoch had completed, so there is no checkpoint"
+        return f"the last good checkpoint is kept in {self.folder} (epoch {epochs_done})"
+
+
+def end_epoch(
+    checkpoints: Checkpoints,
+    epoch: int,
+    epochs: int,
+    *,
+    figure: tuple[str, float],
+    shared: Callable[[], dict[str, Any]],
+    metrics: dict[str, Any],
+    log: str,
+    rank_state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    hint: str = "",
+    detail: str = "",
+    stop_after_epoch: int | None = None,
+) -> None:
+    """After 1-based ``epoch`` of ``epochs``, on every rank: stop all ranks together if ``figure`` (name, value)
+    is not finite on some rank (this epoch is not checkpointed; the message names the last good one and
+    ``hint``); checkpoint; report ``metrics`` to Ray Train; rank 0 logs ``log``; raise
+    :class:`StopAfterEpoch` when ``stop_after_epoch`` is this epoch (and it is not the last)."""
+    group = checkpoints.group
+    name, value = figure
+    if not group.all_finite(value):
+        raise FloatingPointError(
+            f"{checkpoints.kind}: the {name} became {value} in epoch {epoch}{detail}; "
+            f"{checkpoints.kept(epoch - 1)}; {hint} and rerun"
+        )
+    written = checkpoints.save(epoch, shared, rank_state or {}, meta or {})
+    report(group, metrics, written)
+    if group.rank == 0:
+        logger.info("%s", log)
+    if epoch == stop_after_epoch and epoch < epochs:
+        raise StopAfterEpoch(f"stopped after epoch {epoch} of {epochs} (stop_after_epoch)")
+
+
+def placement(group: WorkerGroup) -> list[dict[str, Any]]:
+    """Every rank's ``process_info`` (node, host, pid, peak RSS), in rank order, on every rank: where the
+    workers of a stage ran, for the manifest's ``workers`` record.  A collective: call it on every rank."""
+    return group.gather(process_info())
+
+
+# ------------------------------------------------------------------------------------------ job configs
+def to_config(job: Any) -> dict[str, Any]:
+    """A job dataclass as the plain dict Ray passes to ``train_loop`` (nested dataclasses included)."""
+    return dataclasses.asdict(job)
+
+
+def from_config(cls: type[T], data: dict[str, Any]) -> T:
+    """The dataclass ``cls`` rebuilt from :func:`to_config`'s dict (or a JSON file's): nested dataclasses and
+    tuples restored from their field types, so no job lists its fields by hand."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _typed(hints[f.name], data[f.name]) for f in dataclasses.fields(cls) if f.name in data})
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in args if a is not type(None)]
+        return _typed(arms[0], value) if len(arms) == 1 else value
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else from_config(hint, value)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_typed(args[0], v) for v in value)
+        return tuple(_typed(a, v) for a, v in zip(args, value, strict=True))
+    return value
+
+
+_MISSING = object()
+
+
+def config_from(cls: type[T], *sources: Any, rename: dict[str, str] | None = None, **given: Any) -> T:
+    """``cls`` with every field taken by name from the first of ``sources`` that has it (a spec section, then
+    e.g. the run-wide section), ``rename`` mapping a field to a source attribute of another name, and
+    ``given`` for what no source holds (paths, sizes known at run time).  Fields no source has keep their
+    default: the spec section is the one definition of a setting, this is the only mapping."""
+    rename = rename or {}
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in given:
+            values[f.name] = given[f.name]
+            continue
+        attr = rename.get(f.name, f.name)
+        for source in sources:
+            value = getattr(source, attr, _MISSING)
+            if value is not _MISSING and not callable(value):  # a setting, not a method of the section
+                values[f.name] = value
+                break
+    return cls(**values)
 
 
 # ------------------------------------------------------------------------------------------ launching
@@ -235,3 +486,65 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
     """A finished stage drops its checkpoints (a ``--force`` rerun starts from scratch)."""
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     _remove_if_empty(Path(checkpoint_dir).parent)
+
+
+def stop_after_env(stage: str) -> str:
+    """The environment variable that stops a stage's training after an epoch's checkpoint (resume tests)."""
+    return f"LMPIPE_{stage.upper()}_STOP_AFTER_EPOCH"
+
+
+@dataclass(slots=True)
+class StageTraining:
+    """The stage side of a training run (sgns, glove, lm, tagger): built by :func:`start_training`."""
+
+    stage: str
+    run_dir: Path
+    fingerprint: str  # the stage's fingerprint: names the checkpoint folder and the Ray Train run
+    workers: int
+    threads: int
+    use_gpu: bool
+    seconds: float = 0.0  # time spent in fit
+    folders: list[Path] = field(default_factory=list)
+
+    @property
+    def stop_after_epoch(self) -> int | None:
+        stop = os.environ.get(stop_after_env(self.stage))
+        return int(stop) if stop else None
+
+    def checkpoint_dir(self, name: str | None = None, fingerprint: str | None = None) -> Path:
+        """``RUN/.checkpoints/<stage>[-<name>]-<fingerprint[:16]>``: outside the stage's temporary folder, so
+        it survives a crash; ``name``/``fingerprint`` for one of several models (the lm stage)."""
+        fp = (fingerprint or self.fingerprint)[:16]
+        folder = self.run_dir / ".checkpoints" / f"{self.stage}-{name + '-' if name else ''}{fp}"
+        self.folders.append(folder)
+        return folder
+
+    def fit(self, train_loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
+        """:func:`fit` on the stage's workers, under a fresh run name; the seconds are added to ``seconds``."""
+        name = f"{self.stage}-{self.fingerprint[:12]}-{uuid.uuid4().hex[:8]}"  # fresh: V2 would auto-restore
+        started = time.perf_counter()
+        try:
+            return fit(
+                train_loop, config, workers=self.workers, threads=self.threads, use_gpu=self.use_gpu,
+                storage=self.run_dir / ".ray-train", name=name,
+            )  # fmt: skip
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def finish(self) -> None:
+        """The stage is done: its checkpoints are removed (a ``--force`` rerun starts from scratch)."""
+        for folder in self.folders:
+            remove_checkpoints(folder)
+
+    def record(self, processes: list[dict[str, Any]]) -> dict[str, Any]:
+        """The manifest's ``workers`` record from the workers' :func:`placement`."""
+        return WorkersRecord(self.workers, tuple(processes)).to_json()
+
+
+def start_training(
+    stage: str, run_dir: Path, fingerprint: str, *, workers: int, threads: int = 1, use_gpu: bool = False
+) -> StageTraining:
+    """Check that the cluster can place the workers (else a ValueError naming ``stage``'s settings) and
+    return the stage's :class:`StageTraining`."""
+    check_resources(stage, workers, threads, use_gpu)
+    return StageTraining(stage, Path(run_dir), fingerprint, workers, threads, use_gpu)

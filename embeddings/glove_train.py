@@ -29,14 +29,13 @@ Like the sgns stage's ``sum`` sync it is Hogwild at a coarse grain: a row's upda
 see the other worker's updates to that row until the next sync.
 
 Checkpoints: after every epoch rank 0 writes ``<checkpoint_dir>/epoch-NNN/`` (``state.pt`` with the
-parameters and accumulators, ``meta.json`` last) through ``cluster.training.commit_checkpoint``; on start
+parameters and accumulators, ``meta.json`` last) through ``cluster.training.end_epoch``; on start
 the latest one is loaded.  The shuffles are a function of (seed, rank, epoch), so a resumed run with the
 same world size ends with the same vectors as an uninterrupted one, bit for bit with ``threads=1``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -47,15 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
-    StopAfterEpoch,
-    WorkerGroup,
-    commit_checkpoint,
-    latest_checkpoint,
-    rank_seed,
-    read_checkpoint_meta,
-    report,
-)
+from lmpipe.cluster.training import Checkpoints, WorkerGroup, end_epoch, from_config, placement, rank_seed
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.files import read_table
@@ -63,36 +54,25 @@ from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "lmpipe.glove-checkpoint"
-CHECKPOINT_VERSION = 1
 #: Entries of a worker's share between merges when ``syncs_per_epoch`` is not given.
 SYNC_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GloveJob:
-    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""
+    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict:
+    ``cluster.training.to_config`` / ``from_config``); the settings come from ``GloveSpec`` by name."""
 
     vocab_path: str  # RUN/cooccur/vocab.tsv: the rows of X, in id order
     shards: tuple[str, ...]  # RUN/cooccur/cooc/part-*.arrow
     out_dir: str  # rank 0 writes <out_dir>/vectors
     checkpoint_dir: str  # RUN/.checkpoints/glove-<fingerprint>; survives a crash
     config: GloveConfig
-    output: str = "sum"  # sum: W + W~; word: W
-    threads: int = 1
-    syncs_per_epoch: int | None = None  # None: one per SYNC_ENTRIES entries of the largest share
-    use_gpu: bool = False
+    output: str  # sum: W + W~; word: W
+    threads: int
+    syncs_per_epoch: int | None  # None: one per SYNC_ENTRIES entries of the largest share
+    use_gpu: bool
     stop_after_epoch: int | None = None
-
-    def to_config(self) -> dict[str, Any]:
-        return {
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-            "config": dataclasses.asdict(self.config),
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GloveJob:
-        return cls(**{**config, "shards": tuple(config["shards"]), "config": GloveConfig(**config["config"])})
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -116,7 +96,7 @@ def _parts(n: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
-# ------------------------------------------------------------------------------------------ sync + state
+# ------------------------------------------------------------------------------------------ sync
 def _sync(model: GloVe, base: dict[str, torch.Tensor], group: WorkerGroup) -> None:
     """Apply every replica's change since the last sync once (sum of deltas) to the parameters and G."""
     for name in ("params", "gradsq"):
@@ -127,35 +107,10 @@ def _sync(model: GloVe, base: dict[str, torch.Tensor], group: WorkerGroup) -> No
         current.copy_(base[name])
 
 
-def _write_checkpoint(checkpoint_dir: Path, model: GloVe, epoch: int, world_size: int, entries: int) -> Path:
-    def write(folder: Path) -> None:
-        torch.save(model.state_dict(), folder / "state.pt")
-
-    meta = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "world_size": world_size,
-        "entries": entries, "shape": list(model.params.shape),
-    }  # fmt: skip
-    return commit_checkpoint(checkpoint_dir, epoch, write, meta)
-
-
-def _resume(model: GloVe, path: Path, group: WorkerGroup) -> int:
-    meta = read_checkpoint_meta(path)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a GloVe checkpoint (format {meta.get('format')!r})")
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    if meta["world_size"] != group.world_size:
-        logger.warning(
-            "%s was written by %d workers, resuming with %d: same parameters, other shares and shuffles",
-            path, meta["world_size"], group.world_size,
-        )  # fmt: skip
-    return int(meta["epoch"])
-
-
 # ------------------------------------------------------------------------------------------ loop
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train GloVe on this worker's share; rank 0 writes ``<out_dir>/vectors`` and returns the statistics."""
-    job = GloveJob.from_config(config)
+    job = from_config(GloveJob, config)
     cfg = job.config
     group = WorkerGroup.current(job.use_gpu)
     torch.set_num_threads(job.threads)
@@ -174,11 +129,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     logx = torch.log(x).to(device, torch.float32)
     fx = weighting(x, cfg.x_max, cfg.alpha).to(device, torch.float32)  # computed in float64, stored float32
     model = GloVe(len(tokens), cfg, device=device)  # same seed: the same initial parameters on every rank
-    checkpoint_dir = Path(job.checkpoint_dir)
-    found = latest_checkpoint(checkpoint_dir)
-    start = _resume(model, found, group) if found is not None else 0
-    if found is not None:
-        logger.info("rank %d: resuming after epoch %d from %s", group.rank, start, found)
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "glove", group, cfg.seed)
+    resumed = checkpoints.resume()  # the shuffles are a function of (seed, rank, epoch): nothing per rank
+    if resumed is not None:
+        model.load_state_dict(resumed.state)
+    start = resumed.epoch if resumed is not None else 0
     base = {"params": model.params.clone(), "gradsq": model.gradsq.clone()} if group.world_size > 1 else None
     epochs: list[dict[str, Any]] = []
     for epoch in range(start, cfg.epochs):
@@ -204,26 +159,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             "sync_seconds": round(sync_seconds, 3),
             "entries_per_second": round(entries / max(seconds, 1e-9), 1),
         }
-        if not math.isfinite(summary["cost"]):
-            # Every rank sees the same all-reduced cost, so all stop together; this epoch is not checkpointed.
-            raise FloatingPointError(
-                f"glove: the cost became {summary['cost']} in epoch {epoch + 1}; the last good checkpoint is kept "
-                f"in {checkpoint_dir} (epoch {epoch}); lower glove.eta or glove.grad_clip and rerun"
-            )
         epochs.append(summary)
-        written = (
-            _write_checkpoint(checkpoint_dir, model, epoch + 1, group.world_size, entries)
-            if group.rank == 0
-            else None
-        )
-        report(group, summary, written)
-        if group.rank == 0:
-            logger.info(
-                "glove epoch %d/%d: %d entries, %.0f entries/s, cost %.5f, sync %.2f s",
-                epoch + 1, cfg.epochs, entries, summary["entries_per_second"], summary["cost"], sync_seconds,
-            )  # fmt: skip
-        if epoch + 1 == job.stop_after_epoch and epoch + 1 < cfg.epochs:
-            raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {cfg.epochs} (stop_after_epoch)")
+        end_epoch(
+            checkpoints, epoch + 1, cfg.epochs, figure=("cost", summary["cost"]), shared=model.state_dict,
+            meta={"entries": entries, "shape": list(model.params.shape)}, metrics=summary,
+            log=f"glove epoch {epoch + 1}/{cfg.epochs}: {entries} entries, {summary['entries_per_second']:.0f} "
+            f"entries/s, cost {summary['cost']:.5f}, sync {sync_seconds:.2f} s",
+            hint="lower glove.eta or glove.grad_clip", stop_after_epoch=job.stop_after_epoch,
+        )  # fmt: skip
+    processes = placement(group)  # where every rank ran and its peak memory, for the manifest
     if group.rank != 0:
         return None
     vectors = Vectors(tokens, model.vectors(job.output).numpy(), counts, source="glove")
@@ -236,4 +180,5 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "share_entries": shares,
         "syncs_per_epoch": syncs if group.world_size > 1 else 0,
         "vectors": {"count": len(vectors), "dim": vectors.dim},
+        "processes": processes,
     }

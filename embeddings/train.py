@@ -57,15 +57,14 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from lmpipe.cluster.process import process_info
-from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
-    StopAfterEpoch,
+from lmpipe.cluster.training import (
+    Checkpoints,
+    Resumed,
     WorkerGroup,
-    commit_checkpoint,
-    latest_checkpoint,
+    end_epoch,
+    from_config,
+    placement,
     rank_seed,
-    read_checkpoint_meta,
-    report,
 )
 from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
 from lmpipe.embeddings.sync import merge_deltas
@@ -76,8 +75,6 @@ from lmpipe.pipelines.core.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "lmpipe.sgns-checkpoint"
-CHECKPOINT_VERSION = 1
 #: Words of a worker's share between merges when ``syncs_per_epoch`` is not given.  Measured with 2 workers
 #: (bench/RESULTS.md): parts of ~110k words kept PTB and 3.6M English words at 1 worker's quality, parts of
 #: ~450k words lost a third of the analogy accuracy.
@@ -86,32 +83,22 @@ SYNC_WORDS = 100_000
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainJob:
-    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""
+    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict:
+    ``cluster.training.to_config`` / ``from_config``).  The settings come from ``SgnsSpec`` by name
+    (``cluster.training.config_from``); none has a default here, so none can disagree with the spec's."""
 
     vocab_path: str  # RUN/tokenize/vocab.tsv: tokens and global counts (subsampling, noise, the cut)
     shards: tuple[str, ...]  # train token shards, input order
     out_dir: str  # rank 0 writes <out_dir>/vectors (the stage's temporary folder)
     checkpoint_dir: str  # RUN/.checkpoints/sgns-<fingerprint>; survives a crash
     config: SGNSConfig  # drop_ids is replaced by the min_count cut
-    min_count: int = 5
-    threads: int = 1
-    syncs_per_epoch: int | None = None  # None: one per SYNC_WORDS words of the largest share
-    sync: str = "touched"
-    overlap_sync: bool = True  # all-reduce a part's delta while the next part trains (ReplicaSync)
-    use_gpu: bool = False
+    min_count: int
+    threads: int
+    syncs_per_epoch: int | None  # None: one per SYNC_WORDS words of the largest share
+    sync: str
+    overlap_sync: bool  # all-reduce a part's delta while the next part trains (ReplicaSync)
+    use_gpu: bool
     stop_after_epoch: int | None = None
-
-    def to_config(self) -> dict[str, Any]:
-        return {
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-            "config": dataclasses.asdict(self.config),
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TrainJob:
-        cfg = dict(config["config"])
-        cfg["drop_ids"] = tuple(cfg.get("drop_ids", ()))
-        return cls(**{**config, "shards": tuple(config["shards"]), "config": SGNSConfig(**cfg)})
 
 
 def vocabulary_cut(counts: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,49 +296,30 @@ def _streams(seed: int, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _write_checkpoint(checkpoint_dir: Path, model: SGNS, epoch: int, ranks: list[dict[str, Any]]) -> Path:
-    """Rank 0: ``epoch-NNN/`` = state.pt (matrices, every rank's streams) + meta.json."""
-
-    def write(folder: Path) -> None:
-        state = {"w_in": model.w_in.detach().cpu(), "w_out": model.w_out.detach().cpu(), "ranks": ranks}
-        torch.save(state, folder / "state.pt")
-
-    meta = {
-        "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "world_size": len(ranks),
-        "words_done": [r["words_done"] for r in ranks], "shape": list(model.w_in.shape),
-    }  # fmt: skip
-    return commit_checkpoint(checkpoint_dir, epoch, write, meta)
-
-
-def _resume(model: SGNS, path: Path, group: WorkerGroup, share: int) -> int:
-    """Load a checkpoint into ``model``; returns the epochs already done.  With another world size the
-    matrices and the schedule position carry over but the random streams cannot (logged)."""
-    meta = read_checkpoint_meta(path)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+def _resume(model: SGNS, resumed: Resumed, group: WorkerGroup, share: int) -> int:
+    """Load a checkpoint into ``model``; returns the epochs already done.  At another world size
+    (``cluster.training.OTHER_WORLD_SIZE``) the matrices and the schedule position carry over and this rank's
+    sampling streams start afresh from ``(seed, rank, epoch)``."""
+    state, epoch = resumed.state, resumed.epoch
     if list(state["w_in"].shape) != list(model.w_in.shape):
         raise ValueError(
-            f"{path}: checkpoint shape {list(state['w_in'].shape)} != model {list(model.w_in.shape)}"
+            f"{resumed.path}: checkpoint shape {list(state['w_in'].shape)} != model {list(model.w_in.shape)}"
         )
-    epoch = int(meta["epoch"])
-    if meta["world_size"] == group.world_size:
-        mine = state["ranks"][group.rank]
-    else:
-        logger.warning(
-            "%s was written by %d workers, resuming with %d: same matrices, new random streams",
-            path, meta["world_size"], group.world_size,
-        )  # fmt: skip
-        mine = {
-            **_streams(rank_seed(model.config.seed, group.rank, epoch), group.device),
-            "words_done": epoch * share,
-        }
-    model.load_state_dict({"w_in": state["w_in"], "w_out": state["w_out"], "epoch": epoch, **mine})
+    mine = resumed.rank_state or {
+        "sampling": _streams(rank_seed(model.config.seed, group.rank, epoch), group.device),
+        "words_done": epoch * share,
+    }
+    model.load_state_dict(
+        {"w_in": state["w_in"], "w_out": state["w_out"], "epoch": epoch, "words_done": mine["words_done"],
+         **mine["sampling"]}
+    )  # fmt: skip
     return epoch
 
 
 # ------------------------------------------------------------------------------------------ loop
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train SGNS on this worker's share; rank 0 writes ``<out_dir>/vectors`` and returns the statistics."""
-    job = TrainJob.from_config(config)
+    job = from_config(TrainJob, config)
     group = WorkerGroup.current(job.use_gpu)
     torch.set_num_threads(1)  # parallelism is workers x Hogwild threads; also makes index_add_ deterministic
     vocab = Vocab.load(Path(job.vocab_path))
@@ -368,11 +336,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         model.load_state_dict(
             {**model.state_dict(), **_streams(rank_seed(job.config.seed, group.rank), group.device)}
         )
-    checkpoint_dir = Path(job.checkpoint_dir)
-    found = latest_checkpoint(checkpoint_dir)
-    start = _resume(model, found, group, share) if found is not None else 0
-    if found is not None:
-        logger.info("rank %d: resuming after epoch %d from %s", group.rank, start, found)
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "sgns", group, job.config.seed)
+    resumed = checkpoints.resume()
+    start = _resume(model, resumed, group, share) if resumed is not None else 0
     merger = ReplicaSync(model, group, job.sync, overlap=job.overlap_sync) if group.world_size > 1 else None
     epochs: list[dict[str, Any]] = []
     for epoch in range(start, job.config.epochs):
@@ -408,29 +374,21 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             "words_per_second": round(per_rank[:, 0].sum() / max(seconds, 1e-9), 1),
             "lr": model.learning_rate(),
         }
-        if not math.isfinite(summary["loss"]):
-            # Every rank sees the same all-reduced loss, so all stop together (no rank is left in a collective);
-            # this epoch's parameters are not checkpointed, the last good epoch stays on disk.
-            raise FloatingPointError(
-                f"sgns: the loss became {summary['loss']} in epoch {epoch + 1} (after {model.words_done:,} words on rank "
-                f"{group.rank}); the last good checkpoint is kept in {checkpoint_dir} (epoch {epoch}); lower sgns.alpha "
-                "or sgns.batch_pairs and rerun"
-            )
         epochs.append(summary)
         streams = model.state_dict()
-        ranks = group.gather(
-            {"rng": streams["rng"], "generator": streams["generator"], "words_done": model.words_done}
-        )
-        written = _write_checkpoint(checkpoint_dir, model, epoch + 1, ranks) if group.rank == 0 else None
-        report(group, {k: v for k, v in summary.items() if k != "words_per_rank"}, written)
-        if group.rank == 0:
-            logger.info(
-                "sgns epoch %d/%d: %d words, %.0f words/s, loss %.4f, sync %.2f s",
-                epoch + 1, job.config.epochs, summary["words"], summary["words_per_second"], summary["loss"], sync_seconds,
-            )  # fmt: skip
-        if epoch + 1 == job.stop_after_epoch and epoch + 1 < job.config.epochs:
-            raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {job.config.epochs} (stop_after_epoch)")
-    workers = group.gather(process_info())  # placement and peak memory of every rank, for the manifest
+        end_epoch(
+            checkpoints, epoch + 1, job.config.epochs, figure=("loss", summary["loss"]),
+            shared=lambda: {"w_in": model.w_in.detach().cpu(), "w_out": model.w_out.detach().cpu()},
+            rank_state={"sampling": {"rng": streams["rng"], "generator": streams["generator"]},
+                        "words_done": model.words_done},
+            meta={"shape": list(model.w_in.shape)},
+            metrics={k: v for k, v in summary.items() if k != "words_per_rank"},
+            log=f"sgns epoch {epoch + 1}/{job.config.epochs}: {summary['words']} words, "
+            f"{summary['words_per_second']:.0f} words/s, loss {summary['loss']:.4f}, sync {sync_seconds:.2f} s",
+            detail=f" (after {model.words_done:,} words on rank {group.rank})",
+            hint="lower sgns.alpha or sgns.batch_pairs", stop_after_epoch=job.stop_after_epoch,
+        )  # fmt: skip
+    processes = placement(group)  # where every rank ran and its peak memory, for the manifest
     if group.rank != 0:
         return None
     tokens = vocab.tokens.to_pylist()
@@ -447,5 +405,5 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "share_words": shares,
         "syncs_per_epoch": syncs if group.world_size > 1 else 0,
         "vectors": {"count": len(vectors), "dim": vectors.dim},
-        "workers": workers,
+        "processes": processes,
     }

@@ -31,13 +31,13 @@ from torch import nn
 
 from lmpipe.lm.softmax import AdaptiveSoftmax, ClassSoftmax, FullSoftmax, frequency_classes
 
-KINDS = ("rnn", "irnn", "lstm", "gru", "nplm")  # nplm: lm.nplm (Bengio et al. 2003)
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
-    """The architecture of one recurrent LM (validated by ``pipelines.spec.LmModelSpec`` for user input)."""
+    """The architecture of one recurrent LM.  Validated in one place, ``pipelines.spec.LmModelSpec.validate``
+    (kind, layers 1-4, tie with the adaptive softmax, ...): the lm stage builds it from that section."""
 
     kind: Literal["rnn", "irnn", "lstm", "gru", "nplm"] = "lstm"
     vocab_size: int
@@ -60,16 +60,6 @@ class ModelConfig:
     context: int = 4  # nplm: n - 1 previous tokens
     activation: Literal["tanh", "hardtanh", "softsign", "relu"] = "tanh"  # nplm hidden units
     direct: bool = True  # nplm: direct connections from the word vectors to the output
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"model kind {self.kind!r}; options are {list(KINDS)}")
-        if not 1 <= self.layers <= 4:
-            raise ValueError(f"layers {self.layers}; 1 to 4 are supported")
-        if self.tie and self.softmax == "adaptive":
-            raise ValueError(
-                "tied weights need softmax 'full' or 'class' (the adaptive softmax has its own head)"
-            )
 
 
 def _init_uniform_or_glorot(weight: torch.Tensor, cfg: ModelConfig) -> None:

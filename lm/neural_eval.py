@@ -47,7 +47,6 @@ def score_columns(
     ).corpus_score()
 
 
-@torch.no_grad()
 def token_scores(
     model: RNNModel,
     cols: EvalColumns,
@@ -61,6 +60,23 @@ def token_scores(
     down a column in windows of ``bptt`` rows, ``batch_columns`` columns at a time.  Columns are contiguous
     runs of sentences in order, so concatenating the columns' targets column after column restores the
     split's token order (all columns: the whole split, for mixtures and significance tests)."""
+    return assemble(
+        column_scores(model, cols, bptt=bptt, device=device, columns=columns, batch_columns=batch_columns)
+    )
+
+
+@torch.no_grad()
+def column_scores(
+    model: RNNModel,
+    cols: EvalColumns,
+    *,
+    bptt: int = 35,
+    device: torch.device | str = "cpu",
+    columns: Sequence[int] | None = None,
+    batch_columns: int = 64,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """``{column: (target ids, ln p)}`` of the (selected) columns, in column order: data-parallel workers
+    each score their columns and :func:`assemble` joins the pieces into the split's order."""
     was_training = model.training
     model.eval()
     picked = list(range(cols.inputs.size(1))) if columns is None else list(columns)
@@ -81,8 +97,18 @@ def token_scores(
                 targets_of[col].append(y[:, j][keep].numpy())
         del hidden
     model.train(was_training)
-    token = np.concatenate([a for c in picked for a in targets_of[c]] or [np.zeros(0, np.int64)])
-    ln_p = np.concatenate([a for c in picked for a in per_column[c]] or [np.zeros(0)])
+    empty_ids, empty_lp = np.zeros(0, np.int64), np.zeros(0)
+    return {
+        c: (np.concatenate(targets_of[c] or [empty_ids]), np.concatenate(per_column[c] or [empty_lp]))
+        for c in picked
+    }
+
+
+def assemble(per_column: dict[int, tuple[np.ndarray, np.ndarray]]) -> TokenScores:
+    """The columns' targets concatenated column after column (in the dict's order): sentence ids from the
+    ``</s>`` ends, log10 p, OOV flags."""
+    token = np.concatenate([t for t, _ in per_column.values()] or [np.zeros(0, np.int64)])
+    ln_p = np.concatenate([lp for _, lp in per_column.values()] or [np.zeros(0)])
     ends = token == EOS_ID
     sentence = np.concatenate([[0], np.cumsum(ends)[:-1]]) if len(token) else np.zeros(0, np.int64)
     return TokenScores(sentence.astype(np.uint32), token.astype(np.uint32), ln_p / LN10, token == UNK_ID)

@@ -22,16 +22,19 @@ perplexity fails to improve by the ratio ``min_improvement`` (Mikolov's rnnlm; t
 many epochs in a row without improvement; the model kept is always the best validation epoch's.
 
 Checkpoints: after every epoch rank 0 writes ``<checkpoint_dir>/epoch-NNN/state.pt`` (model, optimiser, best
-model, schedule, history and every rank's torch RNG state; ``cluster.training.commit_checkpoint``).  A rerun
+model, schedule, history and every rank's RNG state; ``cluster.training.end_epoch``).  A rerun
 loads the latest one and, with the same settings, ends with the same model and metrics as an uninterrupted
 run (every epoch starts from a zero hidden state, so an epoch boundary is a complete cut).  A non-finite loss
-or gradient norm stops every rank at the same step (the norm is all-reduced) with a FloatingPointError naming
-the step and a fix; the last good checkpoint stays on disk.
+or gradient norm on any rank stops every rank at the same step (``WorkerGroup.all_finite``) with a
+FloatingPointError naming the step and a fix; the last good checkpoint stays on disk.  The final evaluation
+of valid and test also returns every target's score (the ranks' columns gathered), which the stage writes
+as ``scores/<model>/<split>.arrow``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -43,14 +46,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
-    StopAfterEpoch,
+from lmpipe.cluster.training import (
+    Checkpoints,
     WorkerGroup,
-    commit_checkpoint,
-    latest_checkpoint,
+    end_epoch,
+    from_config,
+    placement,
     rank_seed,
-    read_checkpoint_meta,
-    report,
 )
 from lmpipe.lm.batching import batchify, eval_columns, get_batch, read_stream, stream_length, worker_slice
 from lmpipe.lm.models import (
@@ -61,15 +63,14 @@ from lmpipe.lm.models import (
     init_embedding,
     parameter_count,
 )
-from lmpipe.lm.neural_eval import score_columns
+from lmpipe.lm.neural_eval import assemble, column_scores
 from lmpipe.lm.perplexity import CorpusScore
+from lmpipe.lm.token_scores import TokenScores
 from lmpipe.pipelines.core.shards import read_sentences
 from lmpipe.pipelines.core.vocab import Vocab
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "lmpipe.lm-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,7 +98,8 @@ class TrainConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LmJob:
-    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""
+    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict:
+    ``cluster.training.to_config`` / ``from_config``)."""
 
     name: str
     vocab_path: str
@@ -109,28 +111,9 @@ class LmJob:
     model: ModelConfig
     train_config: TrainConfig
     embedding_init: str | None = None  # .npz with the aligned vectors (matrix, found) written by the stage
-    threads: int = 1
-    use_gpu: bool = False
+    threads: int
+    use_gpu: bool
     stop_after_epoch: int | None = None
-
-    def to_config(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["model"] = dataclasses.asdict(self.model)
-        out["train_config"] = dataclasses.asdict(self.train_config)
-        return out
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> LmJob:
-        model = dict(config["model"])
-        model["cutoffs"] = tuple(model.get("cutoffs", ()))
-        return cls(
-            **{
-                **config,
-                **{k: tuple(config[k]) for k in ("train", "valid", "test")},
-                "model": ModelConfig(**model),
-                "train_config": TrainConfig(**config["train_config"]),
-            }
-        )
 
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -202,25 +185,33 @@ def build_model(
 
 
 def evaluate_split(
-    model: RNNModel, sentences: list[np.ndarray], cfg: TrainConfig, group: WorkerGroup
-) -> CorpusScore:
-    """Whole-split score, computed as every W-th column per rank and summed over ranks."""
+    model: RNNModel, sentences: list[np.ndarray], cfg: TrainConfig, group: WorkerGroup, *, tokens: bool = False
+) -> tuple[CorpusScore, TokenScores | None]:
+    """Whole-split score, computed as every W-th column per rank and summed over ranks; with ``tokens`` also
+    every target's score, the ranks' columns gathered into the split's order (on every rank)."""
     cols = eval_columns(sentences, cfg.eval_columns, reset=cfg.eval_state == "reset")
     mine = range(group.rank, cols.inputs.size(1), group.world_size)
-    part = score_columns(model, cols, bptt=max(cfg.bptt, 35), device=group.device, columns=mine)
+    per_column = column_scores(model, cols, bptt=max(cfg.bptt, 35), device=group.device, columns=mine)
+    part = assemble(per_column).corpus_score()
+    every = None
+    if tokens:
+        merged: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for piece in group.gather(per_column):
+            merged.update(piece)
+        every = assemble({c: merged[c] for c in range(cols.inputs.size(1))})
     if group.world_size == 1:
-        return part
+        return part, every
     sums = torch.tensor(
         [part.log10_sum, part.tokens, part.sentences, part.oov, part.oov_log10_sum],
         dtype=torch.float64, device=group.device,
     )  # fmt: skip
     group.all_reduce_(sums)
     s = sums.cpu().tolist()
-    return CorpusScore(s[0], round(s[1]), round(s[2]), round(s[3]), s[4])
+    return CorpusScore(s[0], round(s[1]), round(s[2]), round(s[3]), s[4]), every
 
 
 def _nonfinite(
-    job: LmJob, epoch: int, batch: int, step: int, loss: float, norm: float, lr: float
+    job: LmJob, kept: str, epoch: int, batch: int, step: int, loss: float, norm: float, lr: float
 ) -> FloatingPointError:
     cfg = job.train_config
     hint = f"lower lm lr (the rate was {lr:g})" + (
@@ -228,72 +219,27 @@ def _nonfinite(
         if cfg.clip <= 0
         else f" or clip (now {cfg.clip:g})"
     )
-    kept = (
-        f"the last good checkpoint is kept in {job.checkpoint_dir} (epoch {epoch})"
-        if epoch
-        else "no epoch had completed, so there is no checkpoint"
-    )
     return FloatingPointError(
         f"lm model {job.name!r}: the loss became {loss} (gradient norm {norm}) at step {step} (epoch {epoch + 1}, "
-        f"batch {batch + 1}); {kept}; {hint} and rerun"
+        f"batch {batch + 1}) on some worker; {kept}; {hint} and rerun"
     )
 
 
-# ------------------------------------------------------------------------------------------ checkpoints
-def _save(job: LmJob, epoch: int, model, optimizer, best_state, schedule, history, rng_states) -> Path:
-    def write(folder: Path) -> None:
-        torch.save(
-            {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "best": best_state,
-                "schedule": dataclasses.asdict(schedule),
-                "history": history,
-                "rng": rng_states,
-            },
-            folder / "state.pt",
-        )
-
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "world_size": len(rng_states),
-        "model": job.name,
+def _state(model: RNNModel, optimizer: torch.optim.Optimizer, best_state, schedule, history) -> dict[str, Any]:
+    """What a checkpoint holds besides the ranks' streams: one replica (DDP keeps them equal)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "best": best_state,
+        "schedule": dataclasses.asdict(schedule),
+        "history": history,
     }
-    return commit_checkpoint(Path(job.checkpoint_dir), epoch, write, meta)
-
-
-def _load(path: Path, group: WorkerGroup) -> dict[str, Any]:
-    meta = read_checkpoint_meta(path)
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("world_size") != group.world_size:
-        raise ValueError(
-            f"{path}: not an lm checkpoint of {group.world_size} worker(s) ({meta}); remove it to start over"
-        )
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    state["epoch"] = int(meta["epoch"])
-    return state
-
-
-def _get_rng(group: WorkerGroup) -> list[torch.Tensor]:
-    """This rank's dropout streams: the CPU generator and, on a GPU, the device's."""
-    cuda = (
-        torch.cuda.get_rng_state(group.device)
-        if group.device.type == "cuda"
-        else torch.empty(0, dtype=torch.uint8)
-    )
-    return [torch.get_rng_state(), cuda]
-
-
-def _set_rng(states: list[torch.Tensor], group: WorkerGroup) -> None:
-    torch.set_rng_state(states[0])
-    if group.device.type == "cuda" and states[1].numel():
-        torch.cuda.set_rng_state(states[1], group.device)
 
 
 # ------------------------------------------------------------------------------------------ loop
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train one model on this worker's slice; rank 0 writes ``<out_dir>/model.pt`` and returns the metrics."""
-    job = LmJob.from_config(config)
+    job = from_config(LmJob, config)
     cfg = job.train_config
     group = WorkerGroup.current(job.use_gpu)
     torch.set_num_threads(job.threads)
@@ -311,16 +257,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     valid = read_sentences(job.valid, np.int64) if job.valid else []
     history: list[dict[str, Any]] = []
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "lm", group, cfg.seed)
+    resumed = checkpoints.resume()  # restores this rank's dropout streams (or reseeds them)
     first = 0
-    found = latest_checkpoint(Path(job.checkpoint_dir))
-    if found is not None:
-        state = _load(found, group)
+    if resumed is not None:
+        state = resumed.state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        best_state, history, first = state["best"], state["history"], state["epoch"]
+        best_state, history, first = state["best"], state["history"], resumed.epoch
         schedule = Schedule(**state["schedule"])
-        _set_rng(state["rng"][group.rank], group)
-        logger.info("lm %s rank %d: resuming after epoch %d from %s", job.name, group.rank, first, found)
     net: torch.nn.Module = model
     if group.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -352,10 +297,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+            if not group.all_finite(loss, norm):  # all-reduced: every rank stops at the same step
                 raise _nonfinite(
-                    job, epoch, batch, epoch * steps_per_epoch + batch + 1, loss.item(), norm.item(), lr
-                )
+                    job, checkpoints.kept(epoch), epoch, batch, epoch * steps_per_epoch + batch + 1,
+                    loss.item(), norm.item(), lr,
+                )  # fmt: skip
             optimizer.step()
             nll += -lp.detach().double().sum()
             tokens += y.numel()
@@ -373,34 +319,29 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         valid_ppl = None
         if valid:
             t = time.perf_counter()
-            valid_ppl = evaluate_split(model, valid, cfg, group).perplexity()
+            valid_ppl = evaluate_split(model, valid, cfg, group)[0].perplexity()
             summary["valid_perplexity"] = valid_ppl
             summary["valid_seconds"] = round(time.perf_counter() - t, 3)
         if schedule.end_epoch(cfg, epoch, valid_ppl):
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         history.append(summary)
-        rngs = group.gather(_get_rng(group))
-        written = (
-            _save(job, epoch + 1, model, optimizer, best_state, schedule, history, rngs)
-            if group.rank == 0
-            else None
-        )
-        report(group, {k: v for k, v in summary.items() if isinstance(v, int | float)}, written)
-        if group.rank == 0:
-            logger.info(
-                "lm %s epoch %d/%d: lr %.4g, train ppl %.2f, valid ppl %s, %.0f tokens/s",
-                job.name, epoch + 1, cfg.epochs, lr, summary["train_perplexity"],
-                f"{valid_ppl:.2f}" if valid_ppl is not None else "-", summary["tokens_per_second"],
-            )  # fmt: skip
-        if epoch + 1 == job.stop_after_epoch and epoch + 1 < cfg.epochs:
-            raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {cfg.epochs} (stop_after_epoch)")
+        end_epoch(
+            checkpoints, epoch + 1, cfg.epochs, figure=("train perplexity", summary["train_perplexity"]),
+            shared=functools.partial(_state, model, optimizer, best_state, schedule, history), meta={"model": job.name},
+            metrics={k: v for k, v in summary.items() if isinstance(v, int | float)},
+            log=f"lm {job.name} epoch {epoch + 1}/{cfg.epochs}: lr {lr:.4g}, train ppl {summary['train_perplexity']:.2f}, "
+            f"valid ppl {f'{valid_ppl:.2f}' if valid_ppl is not None else '-'}, {summary['tokens_per_second']:.0f} tokens/s",
+            hint=f"lower lm lr (the rate was {lr:g})", stop_after_epoch=job.stop_after_epoch,
+        )  # fmt: skip
     model.load_state_dict(best_state)
     results: dict[str, Any] = {}
+    token_scores: dict[str, TokenScores] = {}
     for split, paths in (("valid", job.valid), ("test", job.test)):
         if paths:
-            results[split] = evaluate_split(
-                model, valid if split == "valid" else read_sentences(paths, np.int64), cfg, group
-            ).to_dict()
+            score, tokens = evaluate_split(
+                model, valid if split == "valid" else read_sentences(paths, np.int64), cfg, group, tokens=True
+            )
+            results[split], token_scores[split] = score.to_dict(), tokens
     if group.rank != 0:
         return None
     out = Path(job.out_dir)
@@ -420,21 +361,21 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "parameters": parameter_count(model),
         "embedding_init": embedding_init,
         "perplexity": results,
+        "token_scores": token_scores,  # every target's log10 p, for RUN/lm/scores (not the manifest)
     }
 
 
-def train_models(config: dict[str, Any]) -> list[dict[str, Any]] | None:
+def train_models(config: dict[str, Any]) -> dict[str, Any] | None:
     """``train_loop`` for each of ``config["jobs"]`` in turn, in one worker group: a list of models pays Ray
-    Train's worker start-up once.  Rank 0 returns the list of results."""
+    Train's worker start-up once.  Rank 0 returns ``{"models": [result, ...], "processes": placement}``."""
     results = [train_loop(job) for job in config["jobs"]]
-    return None if any(r is None for r in results) else results
+    processes = placement(WorkerGroup.current(config["use_gpu"]))
+    return None if any(r is None for r in results) else {"models": results, "processes": processes}
 
 
 def load_model(model_dir: Path, counts: np.ndarray, device: torch.device | str = "cpu") -> RNNModel:
     """A trained model from ``RUN/lm/<name>/`` (``model.json`` + ``model.pt``, loaded with weights_only)."""
     meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
-    cfg = dict(meta["model"])
-    cfg["cutoffs"] = tuple(cfg.get("cutoffs", ()))
-    model = build_network(ModelConfig(**cfg), counts=counts)
+    model = build_network(from_config(ModelConfig, meta["model"]), counts=counts)
     model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval()

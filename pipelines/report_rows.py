@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmpipe.cluster.process import WorkersRecord
 from lmpipe.pipelines.core.errors import MissingError, UserError
 from lmpipe.pipelines.rundir import MANIFEST, read_manifest
 
@@ -108,9 +109,12 @@ def bits_per_byte(log10_sum: float, text_bytes: int | None) -> float | None:
     return -log10_sum / text_bytes / math.log10(2.0) if text_bytes else None
 
 
-def hardware(manifest: dict[str, Any], device: str = "cpu", workers: int = 1) -> str:
+def hardware(manifest: dict[str, Any], device: str = "cpu", workers: Any = 1) -> str:
+    """``workers``: a training stage's ``workers`` record (``cluster.process.WorkersRecord``; an int in run
+    directories written before it) or a count."""
     host = manifest.get("host", {})
-    return f"{workers} x {device} ({host.get('hostname', '?')}, {host.get('cpus', '?')} cpus)"
+    count = WorkersRecord.from_json(workers).count
+    return f"{count} x {device} ({host.get('hostname', '?')}, {host.get('cpus', '?')} cpus)"
 
 
 def perplexity_row(

@@ -133,12 +133,6 @@ class StageRun:
     tmp_dir: Path = field(init=False)
     started: float = field(default_factory=time.time)
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        """``RUN/.checkpoints/<stage>-<fingerprint[:16]>``: training state a rerun with the same fingerprint
-        resumes (removed by the stage once its output is complete)."""
-        return self.run_dir / ".checkpoints" / f"{self.stage}-{self.fingerprint[:16]}"
-
     def __post_init__(self) -> None:
         if self.stage not in STAGE_ORDER:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {list(STAGE_ORDER)}")

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from lmpipe.cluster.training import from_config, to_config
 from lmpipe.lm.tagging.train import TaggerJob
 from lmpipe.pipelines.spec import SpecError
 from lmpipe.pipelines.stages import StageContext
@@ -38,7 +39,7 @@ def tune(ctx: StageContext, samples: int, out_dir: Path | None = None) -> dict[s
     if spec.model == "window":
         space["window"] = ("choice", tuple(t.window))
     best = random_search(
-        _trial, {"job": prepared.job.to_config(), "work": str(work / "trials")}, space, samples=samples,
+        _trial, {"job": to_config(prepared.job), "work": str(work / "trials")}, space, samples=samples,
         metric="valid_score", max_t=spec.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor,
         cpus_per_trial=t.cpus_per_trial, seed=spec.seed, storage=ctx.run_dir / ".ray-tune", out_dir=out_dir,
         overrides_prefix="tagger",
@@ -52,7 +53,7 @@ def _trial(params: dict[str, Any], fixed: dict[str, Any], report) -> None:
     from lmpipe.cluster.training import WorkerGroup
     from lmpipe.lm.tagging.train import train_tagger
 
-    job = TaggerJob.from_config(fixed["job"])
+    job = from_config(TaggerJob, fixed["job"])
     model = {k: params[k] for k in ("hidden", "dropout", "window") if k in params}
     trial_dir = Path(fixed["work"]) / uuid.uuid4().hex[:12]
     job = dataclasses.replace(

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from lmpipe.cluster.training import WorkerGroup, latest_checkpoint
+from lmpipe.cluster.training import StopAfterEpoch, WorkerGroup, latest_checkpoint, to_config
 from lmpipe.embeddings import glove_train
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
-from lmpipe.embeddings.glove_train import GloveJob, StopAfterEpoch, load_share, train_loop
+from lmpipe.embeddings.glove_train import GloveJob, load_share, train_loop
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.schemas import COOC
 from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
@@ -127,7 +127,7 @@ def _job(tmp_path: Path, name: str, **kwargs) -> GloveJob:
         out_dir=str(tmp_path / name),
         checkpoint_dir=str(tmp_path / f"{name}-ckpt"),
         config=GloveConfig(dim=6, epochs=3, batch_size=64, x_max=10.0),
-        **kwargs,
+        **{"output": "sum", "threads": 1, "syncs_per_epoch": None, "use_gpu": False, **kwargs},
     )
 
 
@@ -150,7 +150,7 @@ def test_shares_split_every_shard_without_overlap(tmp_path):
 
 
 def test_training_writes_glove_vectors_and_the_cost_falls(tmp_path, one_process):
-    stats = train_loop(_job(tmp_path, "run").to_config())
+    stats = train_loop(to_config(_job(tmp_path, "run")))
     costs = [e["cost"] for e in stats["epochs"]]
     assert costs[0] > costs[1] > costs[2]
     vectors = Vectors.load(tmp_path / "run" / "vectors")
@@ -172,18 +172,18 @@ def test_a_nan_cost_stops_and_keeps_the_last_good_checkpoint(tmp_path, one_proce
     with pytest.raises(
         FloatingPointError, match=r"cost became nan in epoch 2; .*\(epoch 1\); lower glove.eta"
     ):
-        train_loop(job.to_config())
+        train_loop(to_config(job))
     assert latest_checkpoint(Path(job.checkpoint_dir)).name == "epoch-001"
     assert not (tmp_path / "nan" / "vectors").exists()
 
 
 def test_a_stopped_run_resumes_to_the_uninterrupted_vectors(tmp_path, one_process):
-    reference = train_loop(_job(tmp_path, "ref").to_config())
+    reference = train_loop(to_config(_job(tmp_path, "ref")))
     stopped = _job(tmp_path, "stopped", stop_after_epoch=1)
     with pytest.raises(StopAfterEpoch):
-        train_loop(stopped.to_config())
+        train_loop(to_config(stopped))
     assert latest_checkpoint(Path(stopped.checkpoint_dir)).name == "epoch-001"
-    resumed = train_loop(_job(tmp_path, "stopped").to_config())
+    resumed = train_loop(to_config(_job(tmp_path, "stopped")))
     assert resumed["resumed_after_epoch"] == 1 and [e["epoch"] for e in resumed["epochs"]] == [2, 3]
     assert resumed["epochs"][-1]["cost"] == reference["epochs"][-1]["cost"]
     a = Vectors.load(tmp_path / "ref" / "vectors").matrix

@@ -72,6 +72,7 @@ def test_glove_two_workers_train_export_and_rerun_skips(counted, tmp_path, capsy
     assert len(training["share_entries"]) == 2 and sum(training["share_entries"]) == nonzeros
     assert min(training["share_entries"]) > 0.4 * nonzeros
     assert [e["epoch"] for e in training["epochs"]] == [1, 2, 3] and training["syncs_per_epoch"] == 1
+    assert training["workers"]["count"] == 2 and len({w["pid"] for w in training["workers"]["processes"]}) == 2
     costs = [e["cost"] for e in training["epochs"]]
     assert costs[0] > costs[-1] and all(np.isfinite(costs))
     vectors = Vectors.load(run / "glove" / "vectors")

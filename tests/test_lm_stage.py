@@ -65,6 +65,8 @@ def test_two_workers_train_both_models_and_score_like_kenlm(two_workers, vectors
     run, manifest = two_workers
     splits = json.loads((run / "tokenize" / "manifest.json").read_text())["outputs"]["splits"]
     assert manifest["outputs"]["models"] == ["lstm", "gru-w2v"]
+    workers = manifest["training"]["workers"]
+    assert workers["count"] == 2 and len({w["pid"] for w in workers["processes"]}) == 2
     for name, m in manifest["models"].items():
         assert m["world_size"] == 2 and [e["epoch"] for e in m["epochs"]] == [1, 2]
         for split in ("valid", "test"):

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lmpipe.cluster.training import StopAfterEpoch, to_config
 from lmpipe.lm.models import ModelConfig
-from lmpipe.lm.train import LmJob, Schedule, StopAfterEpoch, TrainConfig, train_loop
+from lmpipe.lm.train import LmJob, Schedule, TrainConfig, train_loop
 from lmpipe.pipelines.core.shards import read_sentences
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.spec import SpecError, parse_spec
@@ -40,7 +41,7 @@ def _job(corpus, tmp_path: Path, **train) -> LmJob:
         valid=tuple(map(str, shards["valid"])), test=tuple(map(str, shards["test"])),
         out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ck"),
         model=ModelConfig(**{"kind": "lstm", "vocab_size": len(vocab), "emb_dim": 16, "hidden": 24, "layers": 1, **model}),
-        train_config=TrainConfig(**cfg),
+        train_config=TrainConfig(**cfg), threads=1, use_gpu=False,
     )  # fmt: skip
 
 
@@ -50,7 +51,7 @@ def test_tiny_model_overfits_a_tiny_corpus(corpus, tmp_path):
     job = dataclasses.replace(
         job, valid=job.train
     )  # the best epoch is the one that fits the training text best
-    out = train_loop(job.to_config())
+    out = train_loop(to_config(job))
     assert out["perplexity"]["valid"]["perplexity"] < 1.15
     assert out["perplexity"]["valid"]["tokens"] == sum(len(s) + 1 for s in CORPUS)
     assert out["epochs"][0]["train_perplexity"] > 3 * out["epochs"][-1]["train_perplexity"]
@@ -66,7 +67,7 @@ def test_nplm_trains_and_scores_like_the_recurrent_models(corpus, tmp_path):
 
     job = _job(corpus, tmp_path, epochs=6, schedule="none", eval_columns=2, optimizer="adam", lr=0.01,
                model={"kind": "nplm", "context": 3, "hidden": 24, "emb_dim": 8})  # fmt: skip
-    out = train_loop(job.to_config())
+    out = train_loop(to_config(job))
     assert out["perplexity"]["valid"]["tokens"] == sum(len(s) + 1 for s in read_sentences(job.valid, np.int64))
     assert out["epochs"][-1]["train_perplexity"] < 0.7 * out["epochs"][0]["train_perplexity"]
     counts = Vocab.load(Path(job.vocab_path)).counts
@@ -84,13 +85,13 @@ def test_killed_run_resumes_to_the_same_final_metrics(corpus, tmp_path, kind, op
         "lr": 1.0 if optimizer == "sgd" else 0.01,
         "model": {"kind": kind, **model},
     }
-    reference = train_loop(_job(corpus, tmp_path / "ref", **settings).to_config())
+    reference = train_loop(to_config(_job(corpus, tmp_path / "ref", **settings)))
     job = _job(corpus, tmp_path / "killed", **settings)
     with pytest.raises(StopAfterEpoch):
-        train_loop(dataclasses.replace(job, stop_after_epoch=2).to_config())
+        train_loop(to_config(dataclasses.replace(job, stop_after_epoch=2)))
     assert not (tmp_path / "killed" / "out").exists()
     assert [p.name for p in (tmp_path / "killed" / "ck").glob("epoch-*")] == ["epoch-002"]
-    resumed = train_loop(job.to_config())
+    resumed = train_loop(to_config(job))
     assert resumed["resumed_after_epoch"] == 2 and len(resumed["epochs"]) == 3
     assert resumed["epochs"] == [
         {
@@ -116,16 +117,16 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(corpus,
 
     job = _job(corpus, tmp_path, lr=0.01, clip=0.0, epochs=3, schedule="none", model={"kind": "irnn"})
     with pytest.raises(StopAfterEpoch):
-        train_loop(dataclasses.replace(job, stop_after_epoch=1).to_config())
+        train_loop(to_config(dataclasses.replace(job, stop_after_epoch=1)))
     state_file = tmp_path / "ck" / "epoch-001" / "state.pt"
     state = torch.load(state_file, weights_only=True)
-    state["schedule"]["lr"] = 1e3  # as if the rate had been raised far too high after epoch 1: ReLUs blow up
+    state["shared"]["schedule"]["lr"] = 1e3  # as if the rate had been raised far too high after epoch 1: ReLUs blow up
     torch.save(state, state_file)
     before = state_file.read_bytes()
     with pytest.raises(
         FloatingPointError, match=r"at step \d+ \(epoch 2, batch [12]\).*epoch 1\); lower lm lr .* set clip"
     ):
-        train_loop(job.to_config())
+        train_loop(to_config(job))
     assert [p.name for p in (tmp_path / "ck").glob("epoch-*")] == ["epoch-001"]
     assert state_file.read_bytes() == before and not (tmp_path / "out").exists()
 

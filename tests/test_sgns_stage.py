@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmpipe.embeddings.train import StopAfterEpoch, split_parts
+from lmpipe.cluster.training import StopAfterEpoch, latest_checkpoint, to_config
+from lmpipe.embeddings.train import split_parts
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.cli import main
 from lmpipe.pipelines.run import run_pipeline
@@ -77,6 +78,7 @@ def test_two_workers_both_train_their_shards(tokenized, tmp_path):
         assert len(epoch["words_per_rank"]) == 2 and min(epoch["words_per_rank"]) > 0
         assert epoch["words_per_rank"] == training["share_words"]
     assert training["sync"] == "mean" and training["syncs_per_epoch"] == 2
+    assert training["workers"]["count"] == 2 and len({w["pid"] for w in training["workers"]["processes"]}) == 2
     assert np.isfinite(Vectors.load(tmp_path / "sgns" / "vectors").matrix).all()
 
 
@@ -203,8 +205,12 @@ def test_a_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tokenized, tm
         checkpoint_dir=str(tmp_path / "ckpt"),
         config=SGNSConfig(dim=8, epochs=3),
         min_count=1,
+        threads=1,
+        syncs_per_epoch=None,
         sync="sum",
+        overlap_sync=True,
+        use_gpu=False,
     )
     with pytest.raises(FloatingPointError, match=r"(?s)loss became nan in epoch 2 .*epoch 1.*lower sgns.alpha"):
-        train_mod.train_loop(job.to_config())
-    assert train_mod.latest_checkpoint(tmp_path / "ckpt").name == "epoch-001"
+        train_mod.train_loop(to_config(job))
+    assert latest_checkpoint(tmp_path / "ckpt").name == "epoch-001"

@@ -94,7 +94,7 @@ def tiny_job(tmp_path: Path, **model) -> TaggerJob:
         data_dir=str(tmp_path), tasks=(TaskData(name="ner", kind="span", tags=tuple(tags), train_tags=len(tags),
                                                 splits=("train", "valid")),),
         model=cfg, optim=OptimConfig(optimizer="adam", lr=0.05, batch_size=3, epochs=40, patience=None),
-        out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+        out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), threads=1, use_gpu=False,
     )  # fmt: skip
 
 
@@ -296,7 +296,7 @@ def test_character_features_tag_words_never_seen_in_training(tmp_path, chars):
         data_dir=str(tmp_path), tasks=(TaskData(name="pos", kind="token", tags=tuple(tag_ids), train_tags=3,
                                                 splits=("train", "valid")),),
         model=cfg, optim=OptimConfig(optimizer="adam", lr=0.02, batch_size=8, epochs=8, patience=None),
-        out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"),
+        out_dir=str(tmp_path / "out"), checkpoint_dir=str(tmp_path / "ckpt"), threads=1, use_gpu=False,
     )  # fmt: skip
     accuracy = train_tagger(job, PLAIN)["scores"]["pos"]["valid"]
     if chars == "none":

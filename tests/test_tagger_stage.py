@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lmpipe.lm.tagging.train import StopAfterEpoch
+from lmpipe.cluster.training import StopAfterEpoch
 from lmpipe.pipelines.cli import main
 from lmpipe.pipelines.conll import ConllError, read_predictions
 from lmpipe.pipelines.run import run_pipeline
@@ -78,7 +78,8 @@ def test_two_workers_end_to_end(ray_local, corpus, tmp_path):
     spec = parse_spec(spec_data(corpus, workers=2, model="window", window=3, epochs=8), source="test")
     m = run_pipeline(spec, run_dir=tmp_path / "run")["tagger"]
     tr = m["training"]
-    assert tr["world_size"] == 2 and len({w["pid"] for w in tr["workers"]}) == 2
+    assert tr["world_size"] == 2 and tr["workers"]["count"] == 2
+    assert len({w["pid"] for w in tr["workers"]["processes"]}) == 2
     ner = m["tasks"]["ner"]
     assert ner["unknown_tags"] == {"valid": {"I-GPE": 1}}
     assert "I-GPE" not in ner["tags"] and ner["scheme"] == {"file": "iob1", "model": "bioes"}
@@ -101,8 +102,8 @@ def test_resume_after_a_kill_ends_as_an_uninterrupted_run(corpus, tmp_path, monk
     the three runs free of Ray Train's worker start-up (the 2-worker test covers Ray)."""
     import lmpipe.pipelines.stages.tagger as stage
 
-    monkeypatch.setattr(stage, "fit", lambda loop, config, **kw: loop(config))
-    monkeypatch.setattr(stage, "check_resources", lambda *a, **kw: None)
+    monkeypatch.setattr("lmpipe.cluster.training.fit", lambda loop, config, **kw: loop(config))
+    monkeypatch.setattr("lmpipe.cluster.training.check_resources", lambda *a, **kw: None)
     monkeypatch.setattr("lmpipe.cluster.connect.connect", lambda *a, **kw: None)
     spec = parse_spec(spec_data(corpus, model="rnn", crf=True, dropout=0.3, chars="cnn"), source="test")
     whole = run_pipeline(spec, run_dir=tmp_path / "a")["tagger"]

@@ -13,7 +13,7 @@ call it as a plain function.  One worker is the degree-1 case of the same code (
              selection on the first task's valid score (F1 for chunk tags, accuracy for token tags); checkpoint;
              report to Ray Train (or the tune callback)
 
-Checkpoints (``cluster.training.commit_checkpoint``): ``<checkpoint_dir>/epoch-NNN/state.pt`` holds the model,
+Checkpoints (``cluster.training.end_epoch``): ``<checkpoint_dir>/epoch-NNN/state.pt`` holds the model,
 optimiser, best model, schedule, history and every rank's RNG states; shuffles are seeded by (seed, rank,
 epoch, task), so a rerun resumes after the last finished epoch and ends as an uninterrupted run would.
 """
@@ -21,6 +21,7 @@ epoch, task), so a rerun resumes after the last finished epoch and ends as an un
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -33,24 +34,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from lmpipe.cluster.process import process_info
-from lmpipe.cluster.training import (  # StopAfterEpoch: re-exported for the stage and its tests
-    StopAfterEpoch,
-    WorkerGroup,
-    commit_checkpoint,
-    latest_checkpoint,
-    rank_seed,
-    read_checkpoint_meta,
-    report,
-)
+from lmpipe.cluster.training import Checkpoints, WorkerGroup, end_epoch, from_config, placement, rank_seed
 from lmpipe.lm.tagging.data import UNK, Encoded, epoch_batches, pad_batch
 from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import Tagger, TaggerConfig, parameter_count
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "lmpipe.tagger-checkpoint"
-CHECKPOINT_VERSION = 1
 EVAL_BATCH = 256
 
 
@@ -83,7 +73,8 @@ class OptimConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TaggerJob:
-    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict)."""
+    """Everything ``train_loop`` needs, as plain data (Ray passes ``train_loop_config`` as a dict:
+    ``cluster.training.to_config`` / ``from_config``)."""
 
     data_dir: str  # task-<k>-<split>.npz (lm.tagging.data.Encoded), embedding-init.npz
     tasks: tuple[TaskData, ...]
@@ -93,28 +84,9 @@ class TaggerJob:
     checkpoint_dir: str
     embedding_init: bool = False
     freeze_vectors: bool = False
-    threads: int = 1
-    use_gpu: bool = False
+    threads: int
+    use_gpu: bool
     stop_after_epoch: int | None = None
-
-    def to_config(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TaggerJob:
-        model = dict(config["model"])
-        model["tasks"] = tuple((str(n), int(k)) for n, k in model["tasks"])
-        tasks = tuple(
-            TaskData(**{**t, "tags": tuple(t["tags"]), "splits": tuple(t["splits"])}) for t in config["tasks"]
-        )
-        return cls(
-            **{
-                **config,
-                "tasks": tasks,
-                "model": TaggerConfig(**model),
-                "optim": OptimConfig(**config["optim"]),
-            }
-        )
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -180,17 +152,10 @@ def split_gold(data: Encoded, tags: tuple[str, ...]) -> list[list[str]]:
     return [[tags[t] for t in data.sentence(i)[2].tolist()] for i in range(len(data))]
 
 
-def _nonfinite(
-    job: TaggerJob, epoch: int, step: int, loss: float, norm: float, lr: float
-) -> FloatingPointError:
+def _nonfinite(job: TaggerJob, kept: str, epoch: int, step: int, loss: float, norm: float, lr: float) -> FloatingPointError:
     clip = job.optim.clip
     hint = f"lower tagger.lr (the rate was {lr:g})" + (
         " or set tagger.clip (e.g. 5)" if clip <= 0 else f" or tagger.clip (now {clip:g})"
-    )
-    kept = (
-        f"the last good checkpoint is kept in {job.checkpoint_dir} (epoch {epoch})"
-        if epoch
-        else "no epoch had completed, so there is no checkpoint"
     )
     return FloatingPointError(
         f"tagger: the loss became {loss} (gradient norm {norm}) at step {step} of epoch {epoch + 1} on some worker; "
@@ -209,46 +174,21 @@ def replace_singletons(
     return (words.masked_fill(drop, UNK), *batch[1:])
 
 
-def _rng_state(group: WorkerGroup) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if group.device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(group.device)
-    return state
-
-
-def _save(job: TaggerJob, epoch: int, model, optimizer, best_state, schedule, history, rngs) -> Path:
-    def write(folder: Path) -> None:
-        torch.save(
-            {
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "best": best_state,
-                "schedule": schedule,
-                "history": history,
-                "rng": rngs,
-            },
-            folder / "state.pt",
-        )
-
-    meta = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "world_size": len(rngs)}
-    return commit_checkpoint(Path(job.checkpoint_dir), epoch, write, meta)
-
-
-def _load(path: Path, group: WorkerGroup) -> dict[str, Any]:
-    meta = read_checkpoint_meta(path)
-    if meta.get("format") != CHECKPOINT_FORMAT or meta.get("world_size") != group.world_size:
-        raise ValueError(
-            f"{path}: not a tagger checkpoint of {group.world_size} worker(s) ({meta}); remove it to start over"
-        )
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    state["epoch"] = int(meta["epoch"])
-    return state
+def _state(model: Tagger, optimizer: torch.optim.Optimizer, best_state, schedule, history) -> dict[str, Any]:
+    """What a checkpoint holds besides the ranks' streams: one replica (DDP keeps them equal)."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "best": best_state,
+        "schedule": dict(schedule),
+        "history": history,
+    }
 
 
 # ------------------------------------------------------------------------------------------ loop
 def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train / plain entry: train on this worker's share; rank 0 returns the results."""
-    job = TaggerJob.from_config(config)
+    job = from_config(TaggerJob, config)
     return train_tagger(job, WorkerGroup.current(job.use_gpu))
 
 
@@ -276,22 +216,14 @@ def train_tagger(
     history: list[dict[str, Any]] = []
     schedule = {"best": -math.inf, "best_epoch": 0, "bad_epochs": 0, "stopped": False}
     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "tagger", group, cfg.seed)
+    resumed = checkpoints.resume()  # restores this rank's dropout and <unk> streams (or reseeds them)
     first = 0
-    found = latest_checkpoint(Path(job.checkpoint_dir))
-    if found is not None:
-        state = _load(found, group)
+    if resumed is not None:
+        state = resumed.state
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        best_state, history, schedule, first = (
-            state["best"],
-            state["history"],
-            state["schedule"],
-            state["epoch"],
-        )
-        torch.set_rng_state(state["rng"][group.rank]["cpu"])
-        if "cuda" in state["rng"][group.rank]:
-            torch.cuda.set_rng_state(state["rng"][group.rank]["cuda"], group.device)
-        logger.info("tagger rank %d: resuming after epoch %d from %s", group.rank, first, found)
+        best_state, history, schedule, first = state["best"], state["history"], state["schedule"], resumed.epoch
     net: torch.nn.Module = model
     if group.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -328,11 +260,8 @@ def train_tagger(
                 norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in trainable if p.grad is not None])
-            bad = torch.tensor(
-                [0.0 if torch.isfinite(loss) and torch.isfinite(norm) else 1.0], device=group.device
-            )
-            if group.all_reduce_(bad).item() > 0:
-                raise _nonfinite(job, epoch, step + 1, loss.item(), norm.item(), lr)
+            if not group.all_finite(loss, norm):  # all-reduced: every rank stops at the same step
+                raise _nonfinite(job, checkpoints.kept(epoch), epoch, step + 1, loss.item(), norm.item(), lr)
             optimizer.step()
             nll += parts.double()
             tokens += torch.tensor(
@@ -367,25 +296,18 @@ def train_tagger(
             if cfg.patience is not None and schedule["bad_epochs"] >= cfg.patience:
                 schedule["stopped"] = True
         history.append(summary)
-        rngs = group.gather(_rng_state(group))
-        written = (
-            _save(job, epoch + 1, model, optimizer, best_state, schedule, history, rngs)
-            if group.rank == 0
-            else None
-        )
         flat = {"epoch": epoch + 1, "lr": lr, "valid_score": current if primary_valid else math.nan}
         flat.update({f"valid_{n}": v for n, v in valid_scores.items()})
-        report(group, flat, written)
+        end_epoch(
+            checkpoints, epoch + 1, cfg.epochs, figure=("loss", sum(summary["train_loss"].values())),
+            shared=functools.partial(_state, model, optimizer, best_state, schedule, history), metrics=flat,
+            log=f"tagger epoch {epoch + 1}/{cfg.epochs}: lr {lr:.4g}, loss "
+            f"{ {n: round(v, 4) for n, v in summary['train_loss'].items()} }, valid "
+            f"{ {n: round(v, 2) for n, v in valid_scores.items()} }, {seconds:.1f} s",
+            hint=f"lower tagger.lr (the rate was {lr:g})", stop_after_epoch=job.stop_after_epoch,
+        )  # fmt: skip
         if on_epoch is not None:
             on_epoch(flat)
-        if group.rank == 0:
-            logger.info(
-                "tagger epoch %d/%d: lr %.4g, loss %s, valid %s, %.1f s", epoch + 1, cfg.epochs, lr,
-                {n: round(v, 4) for n, v in summary["train_loss"].items()},
-                {n: round(v, 2) for n, v in valid_scores.items()}, seconds,
-            )  # fmt: skip
-        if epoch + 1 == job.stop_after_epoch and epoch + 1 < cfg.epochs:
-            raise StopAfterEpoch(f"stopped after epoch {epoch + 1} of {cfg.epochs} (stop_after_epoch)")
     model.load_state_dict(best_state)
     predictions: dict[str, dict[str, list[list[int]]]] = {}
     scores: dict[str, dict[str, Any]] = {}
@@ -398,7 +320,7 @@ def train_tagger(
                 scores.setdefault(task.name, {})[split] = score(
                     task.kind, gold, [[task.tags[i] for i in p] for p in pred]
                 )["score"]
-    workers = group.gather(process_info())
+    processes = placement(group)  # where every rank ran and its peak memory, for the manifest
     if group.rank != 0:
         return None
     out = Path(job.out_dir)
@@ -424,15 +346,13 @@ def train_tagger(
         "embedding_init": embedding_init,
         "predictions": predictions,
         "scores": scores,
-        "workers": workers,
+        "processes": processes,
     }
 
 
 def load_tagger(model_dir: Path, device: torch.device | str = "cpu") -> tuple[Tagger, list[dict[str, Any]]]:
     """A trained tagger from ``RUN/tagger/`` (``model.json`` + ``model.pt``, loaded with weights_only)."""
     meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
-    cfg = dict(meta["model"])
-    cfg["tasks"] = tuple((str(n), int(k)) for n, k in cfg["tasks"])
-    model = Tagger(TaggerConfig(**cfg))
+    model = Tagger(from_config(TaggerConfig, meta["model"]))
     model.load_state_dict(torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True))
     return model.to(device).eval(), meta["tasks"]

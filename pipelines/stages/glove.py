@@ -21,13 +21,11 @@ checkpoint, as a kill would: the resume tests use it.
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.cluster.process import WorkersRecord
+from lmpipe.cluster.training import config_from, start_training, stop_after_env, to_config
 from lmpipe.embeddings.glove import GloveConfig
 from lmpipe.embeddings.glove_train import GloveJob, train_loop
 from lmpipe.embeddings.vectors import Vectors
@@ -40,7 +38,7 @@ from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
-STOP_ENV = "LMPIPE_GLOVE_STOP_AFTER_EPOCH"
+STOP_ENV = stop_after_env("glove")
 STAGE = Stage(name="glove", settings=GloveSpec, upstream=("cooccur",), ray_train=True)
 
 
@@ -52,43 +50,19 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     shards = sorted((cooccur_dir / "cooc").glob("part-*.arrow"))
     if manifest is None or manifest["outputs"]["nonzeros"] == 0 or not shards:
         raise InputError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
-    check_resources("glove", spec.workers, spec.threads, spec.use_gpu)
-    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
-    stop = os.environ.get(STOP_ENV)
-    job = GloveJob(
-        vocab_path=str(cooccur_dir / "vocab.tsv"),
-        shards=tuple(str(p) for p in shards),
-        out_dir=str(tmp_dir),
-        checkpoint_dir=str(checkpoint_dir),
-        config=GloveConfig(
-            dim=spec.dim,
-            epochs=spec.epochs,
-            eta=spec.eta,
-            alpha=spec.alpha,
-            x_max=spec.x_max,
-            grad_clip=spec.grad_clip,
-            batch_size=spec.batch_size,
-            seed=spec.seed,
-        ),  # fmt: skip
-        output=spec.output,
-        threads=spec.threads,
-        syncs_per_epoch=spec.syncs_per_epoch,
-        use_gpu=spec.use_gpu,
-        stop_after_epoch=int(stop) if stop else None,
-    )
+    trainer = start_training("glove", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
+    job = config_from(
+        GloveJob, spec, vocab_path=str(cooccur_dir / "vocab.tsv"), shards=tuple(str(p) for p in shards),
+        out_dir=str(tmp_dir), checkpoint_dir=str(trainer.checkpoint_dir()), config=config_from(GloveConfig, spec),
+        stop_after_epoch=trainer.stop_after_epoch,
+    )  # fmt: skip
     logger.info(
         "=== 1/3 Training GloVe: %d words, %d non-zeros in %d shard(s), dim %d, %d epoch(s), %d worker(s) x %d "
         "thread(s) ===", manifest["outputs"]["vocab_size"], manifest["outputs"]["nonzeros"], len(shards),
         spec.dim, spec.epochs, spec.workers, spec.threads,
     )  # fmt: skip
-    name = f"glove-{fp[:12]}-{uuid.uuid4().hex[:8]}"  # fresh: Ray Train V2 would auto-restore a reused name
-    started = time.perf_counter()
-    training = fit(
-        train_loop, job.to_config(), workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu,
-        storage=ctx.run_dir / ".ray-train", name=name,
-    )  # fmt: skip
-    train_seconds = time.perf_counter() - started
-    remove_checkpoints(checkpoint_dir)
+    training = trainer.fit(train_loop, to_config(job))
+    trainer.finish()
 
     vectors = Vectors.load(tmp_dir / "vectors")
     if spec.evaluate:
@@ -103,7 +77,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     return {
         "outputs": {"files": files, "vectors": "vectors", "count": len(vectors), "dim": vectors.dim},
         "training": {
-            "workers": spec.workers,
+            "workers": trainer.record(training["processes"]),
             "threads": spec.threads,
             "output": spec.output,
             "syncs_per_epoch": training["syncs_per_epoch"],
@@ -112,7 +86,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             "resumed_after_epoch": training["resumed_after_epoch"],
             "epochs": epochs,
             "seconds_per_epoch": [e["seconds"] for e in epochs],
-            "seconds": round(train_seconds, 3),
+            "seconds": round(trainer.seconds, 3),
         },
         "evaluation": evaluation,
     }
@@ -136,10 +110,11 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
 
 def summary(manifest: dict[str, Any]) -> list[str]:
     out, tr = manifest["outputs"], manifest["training"]
-    sync = f", {tr['syncs_per_epoch']} sync(s)/epoch" if tr["workers"] > 1 else ""
+    workers = WorkersRecord.from_json(tr["workers"]).count
+    sync = f", {tr['syncs_per_epoch']} sync(s)/epoch" if workers > 1 else ""
     rows = [
         f"vectors {out['count']:,} x {out['dim']} ({'W + W~' if tr['output'] == 'sum' else 'W'})",
-        f"{tr['workers']} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; entries per worker "
+        f"{workers} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; entries per worker "
         f"{tr['share_entries']}",
     ]
     for e in tr["epochs"]:

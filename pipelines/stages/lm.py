@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.cluster.training import config_from, start_training, stop_after_env, to_config
 from lmpipe.lm.models import ModelConfig, align_vectors
 from lmpipe.lm.softmax import default_classes, default_cutoffs
 from lmpipe.lm.train import LmJob, TrainConfig, train_models
@@ -45,7 +42,7 @@ from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
-STOP_ENV = "LMPIPE_LM_STOP_AFTER_EPOCH"
+STOP_ENV = stop_after_env("lm")
 #: A model's input vectors may come from an embeddings stage of the run (``lm.models[].embeddings``).
 STAGE = Stage(name="lm", settings=LmSpec, upstream=("tokenize",), after=LM_EMBEDDING_STAGES, ray_train=True)
 HIDDEN_STATE = {
@@ -134,28 +131,18 @@ def inputs(ctx: StageContext) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ execute
 def model_config(model: LmModelSpec, vocab: Vocab, vectors_dim: int | None) -> ModelConfig:
-    """The architecture for ``lm.models``: spec settings + vocabulary size + defaults that need V."""
+    """The architecture for ``lm.models``: spec settings by name + vocabulary size + defaults that need V."""
     v = len(vocab)
-    return ModelConfig(
-        kind=model.kind, vocab_size=v, emb_dim=model.emb_dim, hidden=model.hidden, layers=model.layers,
-        dropout=model.dropout, tie=model.tie, forget_bias=model.forget_bias, init=model.init,
-        init_scale=model.init_scale, irnn_input_std=model.irnn_input_std,
-        irnn_identity_scale=model.irnn_identity_scale,
+    return config_from(
+        ModelConfig, model, rename={"freeze_embedding": "freeze_embeddings"}, vocab_size=v,
         vectors_dim=vectors_dim if vectors_dim not in (None, model.emb_dim) else None,
-        freeze_embedding=model.freeze_embeddings, softmax=model.softmax,
         classes=model.classes or default_classes(v), cutoffs=model.cutoffs or default_cutoffs(v),
-        context=model.context, activation=model.activation, direct=model.direct,
     )  # fmt: skip
 
 
 def train_config(model: LmModelSpec, spec: LmSpec) -> TrainConfig:
-    return TrainConfig(
-        optimizer=model.optimizer, lr=model.lr, momentum=model.momentum, weight_decay=model.weight_decay,
-        clip=model.clip, batch_size=model.batch_size, bptt=model.bptt, epochs=model.epochs,
-        schedule=model.schedule, lr_factor=model.lr_factor, min_improvement=model.min_improvement,
-        decay_after=model.decay_after, lr_decay=model.lr_decay, patience=model.patience, seed=model.seed,
-        eval_columns=spec.eval_columns, eval_state=spec.eval_state,
-    )  # fmt: skip
+    """The optimisation of one model: its settings, then the stage-wide ones (evaluation), by name."""
+    return config_from(TrainConfig, model, spec)
 
 
 def _prepare_embedding(
@@ -222,10 +209,8 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
                 f"lm.models[{i}].schedule: {model.schedule!r} (patience {model.patience}) needs a validation split, "
                 "and the corpus has none: set corpus.valid or corpus.split, or schedule: fixed/none and patience: null"
             )
-    check_resources("lm", spec.workers, spec.threads, spec.use_gpu)
     settings, inputs = run.settings, run.inputs
-    stop = os.environ.get(STOP_ENV)
-    storage = ctx.run_dir / ".ray-train"
+    trainer = start_training("lm", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
     from lmpipe.pipelines.report_rows import token_stream
 
@@ -235,30 +220,21 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             units[split]["bytes"] = n
     policy = HIDDEN_STATE[spec.eval_state]
     jobs: list[LmJob] = []
-    checkpoints: list[Path] = []
     logger.info("=== 1/3 Input embeddings ===")
     for i, model in enumerate(spec.models):
         fp = fingerprint(
             {"stage": "lm", "model": settings["models"][i], "workers": spec.workers, "inputs": inputs}
         )
-        checkpoint_dir = ctx.run_dir / ".checkpoints" / f"lm-{model.name}-{fp[:16]}"
-        checkpoints.append(checkpoint_dir)
+        checkpoint_dir = trainer.checkpoint_dir(model.name, fp)
         init_path, vdim = _prepare_embedding(ctx, i, model, vocab, checkpoint_dir)
         jobs.append(
-            LmJob(
-                name=model.name,
-                vocab_path=str(tokenize_dir / "vocab.tsv"),
-                train=tuple(map(str, shards["train"])),
-                valid=tuple(map(str, shards["valid"])),
-                test=tuple(map(str, shards["test"])),
-                out_dir=str(tmp_dir / model.name),
-                checkpoint_dir=str(checkpoint_dir),
-                model=model_config(model, vocab, vdim),
-                train_config=train_config(model, spec),
-                embedding_init=init_path,
-                threads=spec.threads,
-                use_gpu=spec.use_gpu,
-                stop_after_epoch=int(stop) if stop else None,
+            config_from(
+                LmJob, spec, name=model.name, vocab_path=str(tokenize_dir / "vocab.tsv"),
+                train=tuple(map(str, shards["train"])), valid=tuple(map(str, shards["valid"])),
+                test=tuple(map(str, shards["test"])), out_dir=str(tmp_dir / model.name),
+                checkpoint_dir=str(checkpoint_dir), model=model_config(model, vocab, vdim),
+                train_config=train_config(model, spec), embedding_init=init_path,
+                stop_after_epoch=trainer.stop_after_epoch,
             )  # fmt: skip
         )
     described = [
@@ -267,24 +243,20 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         for m in spec.models
     ]
     logger.info("=== 2/3 Training %s on %d worker(s) ===", ", ".join(described), spec.workers)
-    started = time.perf_counter()
-    outs = fit(
-        train_models, {"jobs": [j.to_config() for j in jobs]}, workers=spec.workers, threads=spec.threads,
-        use_gpu=spec.use_gpu, storage=storage, name=f"lm-{uuid.uuid4().hex[:8]}",
-    )  # fmt: skip
-    seconds = round(time.perf_counter() - started, 3)
+    trained = trainer.fit(train_models, {"jobs": [to_config(j) for j in jobs], "use_gpu": spec.use_gpu})
     logger.info("=== 3/3 Scored valid/test with KenLM's accounting ===")
     results: dict[str, Any] = {}
-    for job, out in zip(jobs, outs, strict=True):
+    scores: dict[str, dict[str, Any]] = {}
+    for job, out in zip(jobs, trained["models"], strict=True):
+        scores[job.name] = out.pop("token_scores")
         out["config"] = dataclasses.asdict(job.model)
         out["perplexity"] = {
             split: _with_units(score, units[split], ctx.spec.tokenizer.kind, policy)
             for split, score in out["perplexity"].items()
         }
         results[job.name] = out
-    token_scores = _write_token_scores(ctx, spec, jobs, vocab, tmp_dir, results)
-    for path in checkpoints:  # only once every model is done: a rerun after a crash re-evaluates, not retrains
-        remove_checkpoints(path)
+    token_scores = _write_token_scores(scores, tmp_dir, results)
+    trainer.finish()  # only once every model is done: a rerun after a crash re-evaluates, not retrains
     files = []
     for name in results:
         for fname in ("model.pt", "model.json"):
@@ -303,40 +275,34 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         "token_scores": token_scores,
         "hidden_state": policy,
         "ngram": compare,
-        "training": {"workers": spec.workers, "threads": spec.threads, "seconds": seconds},
+        "training": {
+            "workers": trainer.record(trained["processes"]), "threads": spec.threads, "seconds": round(trainer.seconds, 3),
+        },  # fmt: skip
     }
 
 
 def _write_token_scores(
-    ctx: StageContext, spec: LmSpec, jobs: list[LmJob], vocab: Vocab, tmp_dir: Path, results: dict[str, Any]
+    scores: dict[str, dict[str, Any]], tmp_dir: Path, results: dict[str, Any]
 ) -> dict[str, dict[str, str]]:
-    """Each model's per-token log10 p of valid and test (``scores/<model>/<split>.arrow``), scored in the
-    driver with the same column layout as the workers' evaluation; their sums are checked against it."""
-    from lmpipe.lm.batching import eval_columns
-    from lmpipe.lm.neural_eval import token_scores as score_tokens
+    """Each model's per-token log10 p of valid and test (``scores/<model>/<split>.arrow``), as the workers
+    scored them in their final evaluation (their columns gathered); the sums are checked against the
+    all-reduced figures of the manifest."""
     from lmpipe.lm.token_scores import write_token_scores
-    from lmpipe.lm.train import load_model
 
     out: dict[str, dict[str, str]] = {}
-    for job in jobs:
-        model = load_model(tmp_dir / job.name, vocab.counts)
-        cfg = job.train_config
-        out[job.name] = {}
-        for split, paths in (("valid", job.valid), ("test", job.test)):
-            if not paths:
-                continue
-            cols = eval_columns(read_sentences(paths, np.int64), cfg.eval_columns, reset=spec.eval_state == "reset")
-            scores = score_tokens(model, cols, bptt=max(cfg.bptt, 35))
-            reported = results[job.name]["perplexity"][split]
-            mine = scores.corpus_score()
+    for name, splits in scores.items():
+        out[name] = {}
+        for split, tokens in splits.items():
+            reported = results[name]["perplexity"][split]
+            mine = tokens.corpus_score()
             if mine.tokens != reported["tokens"] or abs(mine.log10_sum - reported["log10_sum"]) > 1e-6 * max(1.0, abs(mine.log10_sum)):
                 raise RuntimeError(
-                    f"lm {job.name}: token scores of {split} sum to {mine.log10_sum} over {mine.tokens} tokens, the "
+                    f"lm {name}: token scores of {split} sum to {mine.log10_sum} over {mine.tokens} tokens, the "
                     f"workers' evaluation to {reported['log10_sum']} over {reported['tokens']}"
                 )
-            rel = f"scores/{job.name}/{split}.arrow"
-            write_token_scores(tmp_dir / rel, scores)
-            out[job.name][split] = rel
+            rel = f"scores/{name}/{split}.arrow"
+            write_token_scores(tmp_dir / rel, tokens)
+            out[name][split] = rel
     return out
 
 

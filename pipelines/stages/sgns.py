@@ -22,13 +22,11 @@ checkpoint, as a kill would: the resume tests use it.
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.cluster.process import WorkersRecord
+from lmpipe.cluster.training import config_from, start_training, stop_after_env, to_config
 from lmpipe.embeddings.sgns import SGNSConfig
 from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
 from lmpipe.embeddings.vectors import Vectors
@@ -44,7 +42,7 @@ from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
 
-STOP_ENV = "LMPIPE_SGNS_STOP_AFTER_EPOCH"
+STOP_ENV = stop_after_env("sgns")
 STAGE = Stage(name="sgns", settings=SgnsSpec, upstream=("tokenize",), ray_train=True)
 
 
@@ -67,47 +65,19 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             f"sgns.negative: bad value {spec.negative}; only {len(keep)} words occur sgns.min_count={spec.min_count} "
             "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
         )
-    check_resources("sgns", spec.workers, spec.threads, spec.use_gpu)
-    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
-    stop = os.environ.get(STOP_ENV)
-    job = TrainJob(
-        vocab_path=str(tokenize_dir / "vocab.tsv"),
-        shards=tuple(str(p) for p in shards),
-        out_dir=str(tmp_dir),
-        checkpoint_dir=str(checkpoint_dir),
-        config=SGNSConfig(
-            dim=spec.dim,
-            window=spec.window,
-            negative=spec.negative,
-            sample=spec.sample,
-            alpha=spec.alpha,
-            epochs=spec.epochs,
-            batch_pairs=spec.batch_pairs,
-            shared_negatives=spec.shared_negatives,
-            seed=spec.seed,
-        ),  # fmt: skip
-        min_count=spec.min_count,
-        threads=spec.threads,
-        syncs_per_epoch=spec.syncs_per_epoch,
-        sync=spec.sync,
-        overlap_sync=spec.overlap_sync,
-        use_gpu=spec.use_gpu,
-        stop_after_epoch=int(stop) if stop else None,
-    )
+    trainer = start_training("sgns", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
+    job = config_from(
+        TrainJob, spec, vocab_path=str(tokenize_dir / "vocab.tsv"), shards=tuple(str(p) for p in shards),
+        out_dir=str(tmp_dir), checkpoint_dir=str(trainer.checkpoint_dir()), config=config_from(SGNSConfig, spec),
+        stop_after_epoch=trainer.stop_after_epoch,
+    )  # fmt: skip
     logger.info(
         "=== 1/3 Training SGNS: %d shard(s), %d of %d words kept (min_count %d), %d worker(s) x %d thread(s), "
         "sync %s x%s/epoch ===", len(shards), len(keep), len(vocab), spec.min_count, spec.workers, spec.threads,
         spec.sync, spec.syncs_per_epoch or "auto",
     )  # fmt: skip
-    storage = ctx.run_dir / ".ray-train"
-    name = f"sgns-{fp[:12]}-{uuid.uuid4().hex[:8]}"  # fresh: Ray Train V2 would auto-restore a reused name
-    started = time.perf_counter()
-    training = fit(
-        train_loop, job.to_config(), workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu,
-        storage=storage, name=name,
-    )  # fmt: skip
-    train_seconds = time.perf_counter() - started
-    remove_checkpoints(checkpoint_dir)
+    training = trainer.fit(train_loop, to_config(job))
+    trainer.finish()
 
     vectors = Vectors.load(tmp_dir / "vectors")
     if spec.evaluate:
@@ -122,7 +92,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     return {
         "outputs": {"files": files_out, "vectors": "vectors", "count": len(vectors), "dim": vectors.dim},
         "training": {
-            "workers": spec.workers,
+            "workers": trainer.record(training["processes"]),
             "threads": spec.threads,
             "sync": spec.sync,
             "syncs_per_epoch": training["syncs_per_epoch"],
@@ -133,8 +103,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             "resumed_after_epoch": training["resumed_after_epoch"],
             "epochs": epochs,
             "words_per_second": [e["words_per_second"] for e in epochs],
-            "seconds": round(train_seconds, 3),
-            "workers_info": training["workers"],
+            "seconds": round(trainer.seconds, 3),
         },
         "evaluation": evaluation,
     }
@@ -155,10 +124,11 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
 
 def summary(manifest: dict[str, Any]) -> list[str]:
     out, tr, ev = manifest["outputs"], manifest["training"], manifest.get("evaluation", {})
+    workers = WorkersRecord.from_json(tr["workers"]).count
     rows = [f"vectors {out['count']:,} x {out['dim']} ({tr['vocab_dropped']:,} rare or unknown ids dropped)"]
-    sync = f", sync {tr['sync']} x{tr['syncs_per_epoch']}/epoch" if tr["workers"] > 1 else ""
+    sync = f", sync {tr['sync']} x{tr['syncs_per_epoch']}/epoch" if workers > 1 else ""
     rows.append(
-        f"{tr['workers']} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; words per worker {tr['share_words']}"
+        f"{workers} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; words per worker {tr['share_words']}"
     )
     for e in tr["epochs"]:
         rows.append(

@@ -30,14 +30,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmpipe.cluster.training import check_resources, fit, remove_checkpoints
+from lmpipe.cluster.training import (
+    StageTraining,
+    config_from,
+    start_training,
+    stop_after_env,
+    to_config,
+)
 from lmpipe.lm.tagging.data import CharVocab, WordVocab
 from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import TaggerConfig
@@ -61,7 +64,7 @@ from lmpipe.pipelines.stages import Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
-STOP_ENV = "LMPIPE_TAGGER_STOP_AFTER_EPOCH"
+STOP_ENV = stop_after_env("tagger")
 SPLITS = ("train", "valid", "test")
 #: Its word vectors may come from an embeddings stage of the run (``tagger.vectors``).
 STAGE = Stage(name="tagger", settings=TaggerSpec, after=LM_EMBEDDING_STAGES, ray_train=True)
@@ -212,7 +215,8 @@ def _vectors(ctx: StageContext, spec: TaggerSpec):
 
 
 def prepare(
-    ctx: StageContext, data_dir: Path, out_dir: Path, checkpoint_dir: Path, spec: TaggerSpec | None = None
+    ctx: StageContext, data_dir: Path, out_dir: Path, checkpoint_dir: Path, spec: TaggerSpec | None = None,
+    stop_after_epoch: int | None = None,
 ) -> Prepared:
     """Read, check and encode every task; align the vectors; the job for ``train_loop``."""
     spec = spec or ctx.spec.tagger
@@ -240,24 +244,15 @@ def prepare(
         )  # fmt: skip
         for t in tasks
     ]
-    stop = os.environ.get(STOP_ENV)
-    job = TaggerJob(
-        data_dir=str(data_dir), tasks=tuple(task_data),
-        model=TaggerConfig(
-            model=spec.model, vocab_size=len(vocab.tokens), tasks=tuple((t.name, t.train_tags) for t in task_data),
-            dim=spec.dim, case_dim=spec.case_dim, window=spec.window, hidden=spec.hidden, layers=spec.layers,
-            cell=spec.cell, activation=spec.activation, dropout=spec.dropout, crf=spec.crf, chars=spec.chars,
-            char_vocab_size=len(char_vocab.chars) if char_vocab is not None else 0, char_dim=spec.char_dim,
-            char_size=spec.char_size, char_width=spec.char_width,
+    job = config_from(
+        TaggerJob, spec, data_dir=str(data_dir), tasks=tuple(task_data),
+        model=config_from(
+            TaggerConfig, spec, vocab_size=len(vocab.tokens), tasks=tuple((t.name, t.train_tags) for t in task_data),
+            char_vocab_size=len(char_vocab.chars) if char_vocab is not None else 0,
         ),
-        optim=OptimConfig(
-            optimizer=spec.optimizer, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-            lr_decay=spec.lr_decay, unk_replace=spec.unk_replace, clip=spec.clip, batch_size=spec.batch_size, epochs=spec.epochs,
-            patience=spec.patience if "valid" in task_data[0].splits else None, seed=spec.seed,
-        ),
+        optim=config_from(OptimConfig, spec, patience=spec.patience if "valid" in task_data[0].splits else None),
         out_dir=str(out_dir), checkpoint_dir=str(checkpoint_dir), embedding_init=vectors is not None,
-        freeze_vectors=spec.freeze_vectors, threads=spec.threads, use_gpu=spec.use_gpu,
-        stop_after_epoch=int(stop) if stop else None,
+        stop_after_epoch=stop_after_epoch,
     )  # fmt: skip
     for t in tasks:
         if len(t.sentences["train"]) < spec.workers:
@@ -305,21 +300,18 @@ def evaluate(
 def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: TaggerSpec = ctx.spec.tagger
     tmp_dir = run.tmp_dir
-    check_resources("tagger", spec.workers, spec.threads, spec.use_gpu)
-    fp, checkpoint_dir = run.fingerprint, run.checkpoint_dir
+    trainer: StageTraining = start_training(
+        "tagger", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu
+    )
+    checkpoint_dir = trainer.checkpoint_dir()
     logger.info("=== 1/3 Preparing %d task(s): %s ===", len(spec.tasks), [t.name for t in spec.tasks])
-    prepared = prepare(ctx, checkpoint_dir / "data", tmp_dir, checkpoint_dir)
+    prepared = prepare(ctx, checkpoint_dir / "data", tmp_dir, checkpoint_dir, stop_after_epoch=trainer.stop_after_epoch)
     cfg = prepared.job.model
     logger.info(
         "=== 2/3 Training the %s tagger%s: %d worker(s), vocabulary %d, tasks %s ===", cfg.model,
         " + CRF" if cfg.crf else "", spec.workers, cfg.vocab_size, dict(cfg.tasks),
     )  # fmt: skip
-    started = time.perf_counter()
-    out = fit(
-        train_loop, prepared.job.to_config(), workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu,
-        storage=ctx.run_dir / ".ray-train", name=f"tagger-{fp[:12]}-{uuid.uuid4().hex[:8]}",
-    )  # fmt: skip
-    seconds = time.perf_counter() - started
+    out = trainer.fit(train_loop, to_config(prepared.job))
     logger.info("=== 3/3 Writing and scoring predictions ===")
     tasks = evaluate(prepared, out.pop("predictions"), tmp_dir)
     from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
@@ -327,7 +319,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     write_vocab_tsv(tmp_dir / "vocab.tsv", prepared.vocab.tokens, None)
     if prepared.char_vocab is not None:
         (tmp_dir / "chars.json").write_text(json.dumps(list(prepared.char_vocab.chars)) + "\n", encoding="utf-8")
-    remove_checkpoints(checkpoint_dir)
+    trainer.finish()
     files = sorted(p for p in tmp_dir.rglob("*") if p.is_file())
     return {
         "outputs": {
@@ -337,9 +329,9 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         "tasks": tasks,
         **prepared.report,
         "training": {
-            **{k: v for k, v in out.items() if k != "scores"},
-            "workers_count": spec.workers,
-            "seconds": round(seconds, 3),
+            **{k: v for k, v in out.items() if k not in ("scores", "processes")},
+            "workers": trainer.record(out["processes"]),
+            "seconds": round(trainer.seconds, 3),
             "config": dataclasses.asdict(prepared.job.model),
         },
     }
