@@ -511,6 +511,13 @@ class StageTraining:
         stop = os.environ.get(stop_after_env(self.stage))
         return int(stop) if stop else None
 
+    def job(self, cls: type[T], section: Any, **given: Any) -> T:
+        """A job of type ``cls`` from the stage's settings by field name (:func:`config_from`), with this run's
+        checkpoint folder and stop-after epoch."""
+        return config_from(
+            cls, section, checkpoint_dir=str(self.checkpoint_dir()), stop_after_epoch=self.stop_after_epoch, **given
+        )
+
     def checkpoint_dir(self, name: str | None = None, fingerprint: str | None = None) -> Path:
         """``RUN/.checkpoints/<stage>[-<name>]-<fingerprint[:16]>``: outside the stage's temporary folder, so
         it survives a crash; ``name``/``fingerprint`` for one of several models (the lm stage)."""
@@ -541,10 +548,8 @@ class StageTraining:
         return WorkersRecord(self.workers, tuple(processes)).to_json()
 
 
-def start_training(
-    stage: str, run_dir: Path, fingerprint: str, *, workers: int, threads: int = 1, use_gpu: bool = False
-) -> StageTraining:
-    """Check that the cluster can place the workers (else a ValueError naming ``stage``'s settings) and
-    return the stage's :class:`StageTraining`."""
-    check_resources(stage, workers, threads, use_gpu)
-    return StageTraining(stage, Path(run_dir), fingerprint, workers, threads, use_gpu)
+def start_training(stage: str, run_dir: Path, fingerprint: str, section: Any) -> StageTraining:
+    """Check that the cluster can place the workers of ``section`` (the stage's settings: its ``workers``,
+    ``threads`` and ``use_gpu``; else a ResourceError naming them) and return the stage's :class:`StageTraining`."""
+    check_resources(stage, section.workers, section.threads, section.use_gpu)
+    return StageTraining(stage, Path(run_dir), fingerprint, section.workers, section.threads, section.use_gpu)

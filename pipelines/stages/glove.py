@@ -50,11 +50,10 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     shards = sorted((cooccur_dir / "cooc").glob("part-*.arrow"))
     if manifest is None or manifest["outputs"]["nonzeros"] == 0 or not shards:
         raise InputError(f"{cooccur_dir}/cooc: the co-occurrence matrix is empty; nothing to train on")
-    trainer = start_training("glove", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
-    job = config_from(
+    trainer = start_training("glove", ctx.run_dir, run.fingerprint, spec)
+    job = trainer.job(
         GloveJob, spec, vocab_path=str(cooccur_dir / "vocab.tsv"), shards=tuple(str(p) for p in shards),
-        out_dir=str(tmp_dir), checkpoint_dir=str(trainer.checkpoint_dir()), config=config_from(GloveConfig, spec),
-        stop_after_epoch=trainer.stop_after_epoch,
+        out_dir=str(tmp_dir), config=config_from(GloveConfig, spec),
     )  # fmt: skip
     logger.info(
         "=== 1/3 Training GloVe: %d words, %d non-zeros in %d shard(s), dim %d, %d epoch(s), %d worker(s) x %d "

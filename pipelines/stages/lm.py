@@ -210,7 +210,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
                 "and the corpus has none: set corpus.valid or corpus.split, or schedule: fixed/none and patience: null"
             )
     settings, inputs = run.settings, run.inputs
-    trainer = start_training("lm", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
+    trainer = start_training("lm", ctx.run_dir, run.fingerprint, spec)
     units = {s: text_units_of(ctx, s, vocab, shards[s]) for s in ("valid", "test") if shards[s]}
     from lmpipe.pipelines.report_rows import token_stream
 

@@ -65,11 +65,10 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             f"sgns.negative: bad value {spec.negative}; only {len(keep)} words occur sgns.min_count={spec.min_count} "
             "times or more, too few to draw that many distinct noise words: lower sgns.negative or sgns.min_count"
         )
-    trainer = start_training("sgns", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu)
-    job = config_from(
+    trainer = start_training("sgns", ctx.run_dir, run.fingerprint, spec)
+    job = trainer.job(
         TrainJob, spec, vocab_path=str(tokenize_dir / "vocab.tsv"), shards=tuple(str(p) for p in shards),
-        out_dir=str(tmp_dir), checkpoint_dir=str(trainer.checkpoint_dir()), config=config_from(SGNSConfig, spec),
-        stop_after_epoch=trainer.stop_after_epoch,
+        out_dir=str(tmp_dir), config=config_from(SGNSConfig, spec),
     )  # fmt: skip
     logger.info(
         "=== 1/3 Training SGNS: %d shard(s), %d of %d words kept (min_count %d), %d worker(s) x %d thread(s), "

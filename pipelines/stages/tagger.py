@@ -300,9 +300,7 @@ def evaluate(
 def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     spec: TaggerSpec = ctx.spec.tagger
     tmp_dir = run.tmp_dir
-    trainer: StageTraining = start_training(
-        "tagger", ctx.run_dir, run.fingerprint, workers=spec.workers, threads=spec.threads, use_gpu=spec.use_gpu
-    )
+    trainer: StageTraining = start_training("tagger", ctx.run_dir, run.fingerprint, spec)
     checkpoint_dir = trainer.checkpoint_dir()
     logger.info("=== 1/3 Preparing %d task(s): %s ===", len(spec.tasks), [t.name for t in spec.tasks])
     prepared = prepare(ctx, checkpoint_dir / "data", tmp_dir, checkpoint_dir, stop_after_epoch=trainer.stop_after_epoch)
