@@ -14,7 +14,7 @@ Per run, all times from the moment the command (local) or the submission (cluste
 
 The cluster's own start-up (``ray start`` x 2) is reported once, apart: it is paid once per cluster, not per job.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/cluster_overhead.py            # tiny + ptb, 2 repeats
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/cluster_overhead.py            # tiny + ptb, 2 repeats
     .venv/bin/python bench/cluster_overhead.py --specs tiny --repeats 1 --no-append                  # smoke
 
 Both specs run tokenize + ngram (``stages=[tokenize,ngram]`` is set for every run); ``--set`` adds overrides.
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-append", action="store_true", help="print the section, do not append it")
     args = p.parse_args(argv)
     if "ptb" in args.specs and not args.mirror:
-        raise SystemExit("the ptb spec needs the dataset mirror: set LMPIPE_DATA_MIRROR (e.g. /work/shared/data)")
+        raise SystemExit("the ptb spec needs the dataset mirror: set LMPIPE_DATA_MIRROR (e.g. ../shared/data)")
 
     from lmpipe.cluster.loopback import LoopbackCluster
 

@@ -2,8 +2,8 @@
 workers), GloVe training seconds per epoch, and GloVe's analogy/similarity scores beside the sgns stage's on
 the same corpus, vocabulary cut and dimension, in the same run.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/glove.py               # the full benchmark
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/glove.py --quick       # smoke (~2 min), no append
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/glove.py               # the full benchmark
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/glove.py --quick       # smoke (~2 min), no append
 
 Counting: the mirrored English text (``bench/corpora.py``: PTB + Brown + BBC News + KJV, ~3.7M words)
 repeated to each of ``--sizes`` tokens (repetition serves timing and memory only), tokenized once per size
@@ -146,7 +146,7 @@ def quality_rows(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 def report(
     args: argparse.Namespace, counting: list[dict], quality: list[dict], seconds: float, load: tuple
 ) -> str:
-    command = "LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/glove.py " + " ".join(args.argv)
+    command = "LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/glove.py " + " ".join(args.argv)
     lines = [
         "",
         f"## cooccur + glove stages; GloVe beside sgns ({datetime.date.today().isoformat()})",
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--x-max", type=float, default=10.0, help="GloVe demo.sh's value for small corpora")
     p.add_argument("--glove-workers", type=int, default=2)
     p.add_argument(
-        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
+        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data"))
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-glove"))
     p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")

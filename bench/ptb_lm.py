@@ -2,7 +2,7 @@
 an IRNN of the same size, the LSTM initialised from the run's SGNS vectors) and Ray Train's training throughput
 against a plain PyTorch loop of the same model, measured in the same run.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/ptb_lm.py           # full: ~2-2.5 h on 2 quiet cores
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/ptb_lm.py           # full: ~2-2.5 h on 2 quiet cores
     .venv/bin/python bench/ptb_lm.py --quick --no-append                            # smoke: a few minutes
 
 The table comes from one ``lmpipe run pipelines/specs/ptb-lm.yaml`` (stages tokenize, ngram, sgns, lm); every
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch threads per worker and for the plain loop")
     p.add_argument("--throughput-tokens", type=int, default=None, help="default 200k (quick: 40k)")
     p.add_argument(
-        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
+        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data"))
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-lm"), help="run directories")
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")

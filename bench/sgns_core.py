@@ -8,7 +8,7 @@ questions-words 3CosAdd), computed by ``embeddings.evaluate``.  Runs are interle
 gensim, ...) so a machine whose load changes affects both alike; ``t=N`` is N Hogwild threads with one
 torch intra-op thread each, the counterpart of gensim's ``workers=N``.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data python bench/sgns_core.py --repeats 2 \\
+    LMPIPE_DATA_MIRROR=../shared/data python bench/sgns_core.py --repeats 2 \\
         --ours batch=1024 batch=1024,compile=1 batch=1024,shared=16 --gensim-workers 1 2 --threads 1 2
 """
 
@@ -130,7 +130,7 @@ def parse_spec(text: str) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    mirror = Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
+    mirror = Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data"))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", default="ptb", help="ptb, all (PTB+Brown+BBC+KJV) or a text file")
     p.add_argument("--eval-dir", type=Path, default=mirror / "embedding-eval")

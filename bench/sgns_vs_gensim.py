@@ -8,7 +8,7 @@ Train's worker start-up), analogy accuracy (questions-words, 3CosAdd, restrict_v
 semantic/syntactic/total) and WS353 / SimLex-999 Spearman, all computed by ``embeddings.evaluate``.
 The section is appended to ``bench/RESULTS.md``.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/sgns_vs_gensim.py            # ptb + english
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/sgns_vs_gensim.py            # ptb + english
     .venv/bin/python bench/sgns_vs_gensim.py --corpora ptb --configs 1x1 --epochs 1 --no-append  # smoke
 
 Corpora: ``ptb`` (PTB train as distributed, whitespace tokens, ``<unk>`` kept as the word ``[unk]``) and
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--syncs-per-epoch", type=int, default=None, help="default: the stage's (auto)")
     p.add_argument("--sync", default="sum")
     p.add_argument("--shared-negatives", type=int, default=1)
-    p.add_argument("--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data")))
+    p.add_argument("--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data")))
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-sgns"), help="run directories")
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--no-append", action="store_true", help="print the section, do not append it")
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(lines[-len(rows):]), flush=True)
     total_s = time.perf_counter() - started
     load_after = os.getloadavg()
-    command = "LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/sgns_vs_gensim.py " + " ".join(argv or sys.argv[1:])
+    command = "LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/sgns_vs_gensim.py " + " ".join(argv or sys.argv[1:])
     section = [
         "",
         f"## sgns stage vs gensim Word2Vec skip-gram ({datetime.date.today().isoformat()})",

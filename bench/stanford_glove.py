@@ -42,7 +42,7 @@ training shards back out as text (one row per line, the stage's tokens, specials
 skips them), so both systems count the same token stream; the vocabularies then coincide (checked and
 reported), and Stanford's co-occurrence matrix is compared entry by entry with the cooccur stage's.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/stanford_glove.py                  # ptb + english
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/stanford_glove.py                  # ptb + english
     .venv/bin/python bench/stanford_glove.py --corpora ptb --systems stanford stanford-matrix      # skip ours
     .venv/bin/python bench/stanford_glove.py --text corpus.txt --work /tmp/sg                      # any text file
     .venv/bin/python bench/stanford_glove.py --text corpus.txt --ours-vectors RUN/glove/vectors    # ... beside ours
@@ -723,7 +723,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cooccur-workers", type=int, default=1)
     p.add_argument("--num-cpus", type=int, default=2, help="the embedded Ray's CPUs")
     p.add_argument(
-        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
+        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data"))
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-stanford-glove"))
     args = p.parse_args(argv)

@@ -8,8 +8,8 @@ single-task NER.  Scores are the stage's own (conlleval F1 on testb / the CoNLL-
 the EWT test set); the published rows of REFERENCES.md section E are printed beside them.  The section is
 appended to ``bench/RESULTS.md``.
 
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/taggers.py           # the full table
-    LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/taggers.py --quick   # ~5 min smoke, no append
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/taggers.py           # the full table
+    LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/taggers.py --quick   # ~5 min smoke, no append
 
 Pre-trained vectors: the ``sgns`` stage (dim 100, window 5, 5 epochs, min_count 5) on the English corpus of
 ``bench/corpora.py`` (PTB + Brown + BBC + KJV, ~3.7M words, lowercased, ``[a-z]+('[a-z]+)?|[0-9]+`` tokens)
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         help="tagger.unk_replace for every model: singletons read as <unk> with this probability (Lample: 0.5)",
     )  # fmt: skip
     p.add_argument(
-        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "/work/shared/data"))
+        "--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data"))
     )
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-taggers"))
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     published = ["| published system | POS acc. (WSJ) | chunk F1 | NER F1 |", "|---|---|---|---|"]
     published += [f"| {name} | {pos} | {chunk} | {ner} |" for name, pos, chunk, ner in PUBLISHED]
-    command = "LMPIPE_DATA_MIRROR=/work/shared/data .venv/bin/python bench/taggers.py " + " ".join(
+    command = "LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/taggers.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
     section = [
