@@ -41,28 +41,11 @@ def score_columns(
     columns: Sequence[int] | None = None,
     batch_columns: int = 64,
 ) -> CorpusScore:
-    """Whole-corpus log-probabilities of the (selected) columns' targets (the sums of :func:`token_scores`)."""
-    return token_scores(
-        model, cols, bptt=bptt, device=device, columns=columns, batch_columns=batch_columns
-    ).corpus_score()
-
-
-def token_scores(
-    model: RNNModel,
-    cols: EvalColumns,
-    *,
-    bptt: int = 35,
-    device: torch.device | str = "cpu",
-    columns: Sequence[int] | None = None,
-    batch_columns: int = 64,
-) -> TokenScores:
-    """Every target's log10 probability (``lm.token_scores``) of the (selected) columns; the state is carried
-    down a column in windows of ``bptt`` rows, ``batch_columns`` columns at a time.  Columns are contiguous
-    runs of sentences in order, so concatenating the columns' targets column after column restores the
-    split's token order (all columns: the whole split, for mixtures and significance tests)."""
+    """Whole-corpus log-probabilities of the (selected) columns' targets: the sums of the per-token scores
+    (``assemble(column_scores(...))``, every target's log10 p in the split's token order)."""
     return assemble(
         column_scores(model, cols, bptt=bptt, device=device, columns=columns, batch_columns=batch_columns)
-    )
+    ).corpus_score()
 
 
 @torch.no_grad()
@@ -75,8 +58,10 @@ def column_scores(
     columns: Sequence[int] | None = None,
     batch_columns: int = 64,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """``{column: (target ids, ln p)}`` of the (selected) columns, in column order: data-parallel workers
-    each score their columns and :func:`assemble` joins the pieces into the split's order."""
+    """``{column: (target ids, ln p)}`` of the (selected) columns, in column order; the state is carried down
+    a column in windows of ``bptt`` rows, ``batch_columns`` columns at a time.  Columns are contiguous runs of
+    sentences in order, so data-parallel workers each score their columns and :func:`assemble` joins the
+    pieces, column after column, into the split's token order."""
     was_training = model.training
     model.eval()
     picked = list(range(cols.inputs.size(1))) if columns is None else list(columns)
