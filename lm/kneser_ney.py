@@ -69,8 +69,10 @@ from lmpipe.pipelines.core.keyed import (
     group_rows,
     key_columns,
     lookup_rows,
-    pack_keys,
     partition_by,
+    rows_sorted,
+    run_starts,
+    sort_rows,
 )
 from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, TOKEN_ID, UNK_ID, ngram_schema
 
@@ -225,10 +227,10 @@ def _table(cols: Sequence[np.ndarray], kind: str, *values: np.ndarray) -> pa.Tab
 
 def _sorted(table: pa.Table, order: int) -> pa.Table:
     """Rows sorted ascending by ``w0..w{order-1}`` (the canonical order of every output table here)."""
-    if table.num_rows < 2:
+    cols = _cols(table, 0, order)
+    if table.num_rows < 2 or rows_sorted(cols):  # most steps keep their input's order: no sort needed
         return table
-    idx = np.argsort(pack_keys(_cols(table, 0, order)), kind="stable")
-    return table.take(pa.array(idx))
+    return table.take(pa.array(sort_rows(cols)))
 
 
 def _order(table: pa.Table) -> int:
@@ -237,12 +239,11 @@ def _order(table: pa.Table) -> int:
 
 def _segments(cols: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sort rows by ``cols``; return (row order, segment starts in sorted order, segment id per sorted row)."""
-    n = len(cols[0])
-    code = pack_keys(cols)
-    order = np.argsort(code, kind="stable")
-    code = code[order]
-    is_start = np.concatenate(([True], code[1:] != code[:-1])) if n else np.zeros(0, dtype=bool)
-    return order, np.flatnonzero(is_start), np.cumsum(is_start) - 1
+    order = np.arange(len(cols[0])) if rows_sorted(cols) else sort_rows(cols)
+    starts = run_starts([c[order] for c in cols])
+    is_start = np.zeros(len(order), dtype=np.int64)
+    is_start[starts] = 1
+    return order, starts, np.cumsum(is_start) - 1
 
 
 # --------------------------------------------------------------------------------------------------------

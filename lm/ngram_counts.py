@@ -46,7 +46,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from lmpipe.pipelines.core.keyed import column_np, group_rows, key_columns
+from lmpipe.pipelines.core.keyed import column_np, group_rows, key_columns, sort_rows
 from lmpipe.pipelines.core.schemas import BOS_ID, COUNT, EOS_ID, FIRST_WORD_ID, TOKEN_ID, UNK_ID, ngram_schema
 
 logger = logging.getLogger(__name__)
@@ -128,20 +128,31 @@ def count_ngrams(table: pa.Table, order: int, *, unk: str = "error") -> dict[int
     ngram_schema(order)  # validates the order range
     values, lengths = _flat_ids(table, unk)
     seq, end = _padded(values, lengths)
-    positions = np.arange(len(seq), dtype=np.int64)
+    n = len(seq)
+    # One sort serves every order: positions sorted by the ``order`` words that follow them are also sorted
+    # by any shorter prefix, so the k-grams are the runs of equal first-k words among the positions where a
+    # k-gram fits in its sentence.  Words past a sentence's end only break ties among its shorter n-grams.
+    tail = np.concatenate([seq, np.zeros(order, dtype=np.uint32)])
+    by_position = [tail[j : j + n] for j in range(order)]
+    ranked = sort_rows(by_position) if n else np.zeros(0, dtype=np.int64)
+    words = [c[ranked] for c in by_position]  # word j of each position, in sorted order
+    room = end[ranked] - ranked  # words left in the sentence from each sorted position
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
     out: dict[int, pa.Table] = {}
     for k in range(1, order + 1):
-        valid = positions + k <= end
+        col = words[k - 1]
+        change[1:] |= col[1:] != col[:-1]
+        valid = room >= k
         if k == 1:
-            valid &= seq != BOS_ID  # <s> is context only: never predicted, never counted as a unigram
-        starts = np.flatnonzero(valid)
-        cols = [seq[starts + j] for j in range(k)]
-        if len(starts):
-            first, counts = group_rows(cols)
-            cols = [c[first] for c in cols]
-        else:
-            counts = np.zeros(0, dtype=np.uint64)
-        out[k] = _ngram_table(k, cols, counts)
+            valid &= col != BOS_ID  # <s> is context only: never predicted, never counted as a unigram
+        where = np.flatnonzero(valid)
+        run = np.cumsum(change)[where]
+        first = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1]))) if len(where) else where
+        counts = np.diff(np.append(first, len(where))).astype(np.uint64)
+        rows = where[first]
+        out[k] = _ngram_table(k, [w[rows] for w in words[:k]], counts)
     logger.debug(
         "counted %d sentences, %d tokens: %s",
         len(lengths),

@@ -110,9 +110,14 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------ counting
-def _count_task(shard: str, order: int, store: DirectoryStore, partitions: int, index: int) -> dict[str, Any]:
-    """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""
+def _count_task(
+    shard: str, order: int, store: DirectoryStore, partitions: int, index: int, piece: int = 0, pieces: int = 1
+) -> dict[str, Any]:
+    """Map side: count one slice of a token shard (rows ``piece/pieces`` of it, pre-aggregated) and split
+    each order by the hash of its n-gram.  Slices in corpus order keep ``_word_rank``'s first positions."""
     table = read_shard(shard)
+    start, stop = table.num_rows * piece // pieces, table.num_rows * (piece + 1) // pieces
+    table = table.slice(start, stop - start)
     counts = count_ngrams(table, order, unk="word")
     for k, t in counts.items():
         store.write(f"raw{k}", t, key_columns(k), partitions, f"{index:05d}")
@@ -141,6 +146,21 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
             f"orders 1..{spec.order}) needs about {need} MB: increase ngram.memory_mb to {need} or lower tokenize.shard_mb"
         )
     return max(spec.partitions, math.ceil(train_tokens * per_token / budget))
+
+
+def _count_calls(
+    shards: list[Path], tokens_per_shard: list[int], order: int, store: DirectoryStore, parts: int, workers: int
+) -> list[tuple]:
+    """Count tasks of about equal size: shards are cut into row slices so that every worker gets work even
+    when the tokenizer wrote one large shard and one small one (two slices per worker balance the tail)."""
+    target = max(1, math.ceil(sum(tokens_per_shard) / max(1, 2 * workers)))
+    calls, index = [], 0
+    for shard, tokens in zip(shards, tokens_per_shard, strict=True):
+        pieces = max(1, round(tokens / target)) if workers > 1 else 1
+        for piece in range(pieces):
+            calls.append((str(shard), order, store, parts, index, piece, pieces))
+            index += 1
+    return calls
 
 
 def _word_rank(results: list[dict[str, Any]], vocab_size: int) -> np.ndarray:
@@ -175,7 +195,7 @@ def _estimate(
     store = DirectoryStore(work)
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
-    results = tasks(_count_task, [(str(s), n, store, parts, i) for i, s in enumerate(shards)], "count")
+    results = tasks(_count_task, _count_calls(shards, tokens_per_shard, n, store, parts, workers), "count")
     rows = tasks(_merge_task, [(store, k, p) for k in range(1, n + 1) for p in range(parts)], "merge")
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
