@@ -29,9 +29,10 @@ import gzip
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -92,10 +93,21 @@ def write_arpa(
             col = t.column(f"w{i}")
             if len(col) and pc.max(col).as_py() >= len(vocab_arr):
                 raise ValueError(f"{k}-grams use ids >= the vocabulary size {len(vocab_arr)}")
-    _write_sections(path, {k: tables[k].num_rows for k in tables}, lambda k: [tables[k]], vocab_arr)
+    counts = {k: tables[k].num_rows for k in tables}
+    _write_sections(path, counts, lambda k, out: write_arpa_lines(tables[k], k, vocab_arr, k < top, out))
     if binary_out is not None:
         maybe_build_binary(path, binary_out)
     return path
+
+
+def write_arpa_lines(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool, out: BinaryIO) -> int:
+    """Write the ARPA lines of one MODEL[k] table (no section header) to ``out``, in batches; returns rows.
+
+    The ngram stage calls it per partition in its tasks (one text piece each) and :func:`write_arpa_pieces`
+    concatenates the pieces, so formatting -- most of the ARPA's cost -- runs on every worker."""
+    for start in range(0, table.num_rows, _WRITE_BATCH):
+        _write_strings(out, _format_order(table.slice(start, _WRITE_BATCH), order, vocab, with_backoff))
+    return table.num_rows
 
 
 def write_arpa_parts(
@@ -106,13 +118,31 @@ def write_arpa_parts(
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
     from lmpipe.pipelines.core.files import read_table
 
-    return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
+    top = max(counts)
+
+    def write_order(k: int, out: BinaryIO) -> int:
+        return sum(write_arpa_lines(read_table(part), k, vocab, k < top, out) for part in parts[k])
+
+    return _write_sections(Path(path), counts, write_order)
 
 
-def _write_sections(
-    path: Path, counts: dict[int, int], tables_of: Callable[[int], Iterable[pa.Table]], vocab: pa.Array
-) -> Path:
-    """The ARPA writer behind both entry points: header, then each order's tables in batches; atomic."""
+def write_arpa_pieces(pieces: dict[int, Sequence[tuple[Path, int]]], counts: dict[int, int], path: Path) -> Path:
+    """Assemble an ARPA file from text pieces written by :func:`write_arpa_lines`: ``pieces[k]`` lists
+    (file, rows) in section order.  Plain output is a byte copy of the pieces; ``.gz`` compresses them."""
+    import shutil
+
+    def write_order(k: int, out: BinaryIO) -> int:
+        for piece, _ in pieces[k]:
+            with open(piece, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 22)
+        return sum(rows for _, rows in pieces[k])
+
+    return _write_sections(Path(path), counts, write_order)
+
+
+def _write_sections(path: Path, counts: dict[int, int], write_order: Callable[[int, BinaryIO], int]) -> Path:
+    """The ARPA writer behind every entry point: header, then each order's lines from ``write_order(k, out)``
+    (which returns the rows it wrote, checked against the header); atomic."""
     top = max(counts)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -125,12 +155,7 @@ def _write_sections(
             )
             for k in range(1, top + 1):
                 out.write(f"\\{k}-grams:\n".encode())
-                written = 0
-                for table in tables_of(k):
-                    for start in range(0, table.num_rows, _WRITE_BATCH):
-                        batch = table.slice(start, _WRITE_BATCH)
-                        _write_strings(out, _format_order(batch, k, vocab, with_backoff=k < top))
-                    written += table.num_rows
+                written = write_order(k, out)
                 if written != counts[k]:
                     raise RuntimeError(f"{k}-grams: the header says {counts[k]}, the tables hold {written}")
                 out.write(b"\n")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -29,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
 from lmpipe.pipelines.core.errors import MissingError
-from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.files import read_table, sha256_file, write_table
 from lmpipe.pipelines.core.keyed import key_columns
 from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from lmpipe.pipelines.core.shards import read_shard, split_shards
@@ -134,6 +136,23 @@ def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
     return merged.num_rows
 
 
+def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tuple[str, int]:
+    """Format partition ``p`` of MODEL[k] as ARPA lines into a text piece (the driver concatenates them)."""
+    from lmpipe.lm.arpa import write_arpa_lines
+
+    table = store.read(f"model{k}", p)
+    if table is None or table.num_rows == 0:
+        return "", 0
+    vocab = read_table(Path(work) / "vocab.arrow").column("token").combine_chunks()
+    piece = Path(work) / "arpa" / f"{k}-{p:05d}.txt"
+    piece.parent.mkdir(parents=True, exist_ok=True)
+    partial = piece.with_suffix(f".{os.getpid()}.tmp")  # a retried task never appends to a half piece
+    with open(partial, "wb") as out:
+        rows = write_arpa_lines(table, k, vocab, k < top, out)
+    os.replace(partial, piece)
+    return str(piece), rows
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a shard cannot."""
@@ -218,11 +237,15 @@ def _estimate(
         store.path(f"counts{k}").rename(counts_dir / f"order-{k}")
 
     logger.info("=== 3/3 Writing the ARPA ===")
-    from lmpipe.lm.arpa import write_arpa_parts
+    from lmpipe.lm.arpa import write_arpa_pieces
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
     arpa_started = time.perf_counter()
-    write_arpa_parts({k: store.pieces(f"model{k}") for k in range(1, n + 1)}, model.ngrams, vocab.tokens, arpa)
+    write_table(work / "vocab.arrow", pa.table({"token": vocab.tokens}))  # read (mapped) by every ARPA task
+    calls = [(store, k, q, n, str(work)) for k in range(1, n + 1) for q in range(parts)]
+    texts = tasks(_arpa_task, calls, "ARPA")
+    pieces = {k: [(Path(f), rows) for f, rows in texts[(k - 1) * parts : k * parts] if rows] for k in range(1, n + 1)}
+    write_arpa_pieces(pieces, model.ngrams, arpa)
     arpa_seconds = time.perf_counter() - arpa_started
     return {
         "arpa": arpa,
