@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,10 @@ def process_info() -> dict[str, str | int | float]:
     """Node id (``local`` outside Ray), host name, pid and this process's peak resident memory in MB
     (``ru_maxrss``: the lifetime peak of the process, so a reused Ray worker reports at least its earlier
     work's peak)."""
+    ray = sys.modules.get("ray")  # a process that never imported Ray is not in one (and need not pay the import)
     try:
-        import ray
-
         # get_runtime_context() would start a local Ray instance in a plain process (~20 s): ask first
-        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        node_id = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "local"
     except Exception:  # noqa: BLE001 - outside Ray (direct calls in tests) there is no runtime context
         node_id = "local"
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB

@@ -140,6 +140,46 @@ def map_tasks(
     return results
 
 
+def map_local(
+    fn: Callable[..., Any],
+    calls: Sequence[tuple],
+    *,
+    workers: int,
+    desc: str,
+    placement: Placement | None = None,
+) -> list[Any]:
+    """:func:`map_tasks`'s contract on ``workers`` threads of this process: no Ray, no worker processes.
+
+    For stages whose tasks spend their time in code that releases the GIL (numba ``nogil`` kernels, numpy
+    sorts, Arrow IO); results in order, a task's exception raised as itself."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock = threading.Lock()
+
+    def run(args: tuple) -> Any:
+        result = fn(*args)
+        if placement is not None:
+            with lock:
+                placement.add(process_info())
+        return result
+
+    with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
+        if workers <= 1 or len(calls) <= 1:
+            results = []
+            for args in calls:
+                results.append(run(args))
+                bar.update(1)
+            return results
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmpipe-task") as pool:
+            futures = [pool.submit(run, args) for args in calls]
+            results = []
+            for future in futures:
+                results.append(future.result())
+                bar.update(1)
+            return results
+
+
 def unwrap_error(exc: BaseException) -> BaseException:
     """The user-facing error inside Ray's wrappers (RayTaskError, UserCodeException), if there is one."""
     from lmpipe.pipelines.ingest import InputError

@@ -176,7 +176,8 @@ def run_pipeline(
             current["skipped"] = True
             manifests[name] = current
         else:
-            if module.STAGE.needs_ray and not connected:
+            needs_ray = module.STAGE.needs_ray
+            if (needs_ray(ctx) if callable(needs_ray) else needs_ray) and not connected:
                 from lmpipe.cluster.connect import connect
 
                 connect(address, num_cpus=num_cpus)

@@ -199,6 +199,11 @@ class NgramSpec:
     #: ``lmpipe`` estimates on Ray; ``lmplz`` streams the tokens into an installed KenLM lmplz.
     estimator: Literal["lmpipe", "lmplz"] = "lmpipe"
     workers: Runtime[int] = 2
+    #: Where the estimator's tasks run: ``ray`` (tasks on the cluster), ``local`` (``workers`` threads in the
+    #: driver: no Ray processes to start or fill with copies of the libraries; the compiled kernels, sorts
+    #: and Arrow IO release the GIL) or ``auto`` (``local`` unless the run joins a Ray cluster or sets
+    #: ``resources``).  The same tasks either way, so the output is the same.  Not in the fingerprint.
+    executor: Runtime[Literal["auto", "ray", "local"]] = "auto"
     #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically
     #: when one partition would not fit ``memory_mb``.  More partitions than workers balance the load.
     partitions: int = 4

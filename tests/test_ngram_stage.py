@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from lmpipe.lm.arpa import compare_arpa, read_arpa
@@ -83,3 +88,30 @@ def test_bad_discounts_name_the_order_and_suggest_the_fallback(tmp_path):
         run_pipeline(spec, run_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "ngram").exists()
     assert not list((tmp_path / "run").glob(".ngram.tmp-*"))
+
+
+def test_local_and_ray_executors_write_the_same_bytes(tmp_path):
+    """ngram.executor: local (threads in the driver) and ray (Ray tasks) run the same tasks: identical
+    ARPA bytes; auto resolves to local on an embedded Ray, so the manifest says where the tasks ran."""
+    base = ["vocab.min_count=1", "ngram.partitions=3", "ngram.build_binary=false", "ngram.discount_fallback=[0.5, 1, 1.5]"]
+    out = {}
+    for executor in ("local", "ray", "auto"):
+        spec = load_spec(SPECS / "tiny.yaml", overrides=[*base, f"ngram.executor={executor}"])
+        manifest = run_pipeline(spec, run_dir=tmp_path / executor, stages=["tokenize", "ngram"])["ngram"]
+        out[executor] = ((tmp_path / executor / "ngram" / "model.arpa").read_bytes(), manifest)
+    assert out["local"][0] == out["ray"][0] == out["auto"][0]
+    assert out["local"][1]["estimation"]["executor"] == "local" == out["auto"][1]["estimation"]["executor"]
+    assert out["ray"][1]["estimation"]["executor"] == "ray"
+    assert {w["pid"] for w in out["local"][1]["workers"]} == {os.getpid()}
+    assert {w["pid"] for w in out["ray"][1]["workers"]}.isdisjoint({os.getpid()})
+    # A run whose only stage to compute is a local ngram never starts Ray (nor imports it).
+    probe = (
+        "import sys; from lmpipe.pipelines.run import run_pipeline; from lmpipe.pipelines.spec import load_spec; "
+        f"spec = load_spec({str(SPECS / 'tiny.yaml')!r}, overrides={[*base, 'ngram.order=2']!r}); "
+        f"run_pipeline(spec, run_dir={str(tmp_path / 'auto')!r}, stages=['tokenize', 'ngram']); print('ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    rerun = json.loads((tmp_path / "auto" / "ngram" / "manifest.json").read_text())
+    assert rerun["estimation"]["executor"] == "local" and set(rerun["outputs"]["ngrams"]) == {"1", "2"}

@@ -26,6 +26,7 @@ Optional extras: ``report_rows(manifest, run_dir)`` (rows for ``pipelines.report
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -51,8 +52,9 @@ class Stage:
     after: tuple[str, ...] = ()
     #: Shared sections that also shape its output; settings are then ``{section: ..., name: ...}``.
     shared: tuple[str, ...] = ()
-    #: False for a stage that reads manifests and small files only: no Ray instance is started for it.
-    needs_ray: bool = True
+    #: False for a stage that reads manifests and small files only: no Ray instance is started for it; a
+    #: function of the run's context for a stage that decides from its settings (``ngram.executor``).
+    needs_ray: bool | Callable[[StageContext], bool] = True
     #: Trains with Ray Train: when the stage must run, its section's ``workers`` x ``threads`` CPUs (and a GPU
     #: per worker with ``use_gpu``) are checked against the machine before Ray starts (:func:`check_machine`).
     ray_train: bool = False

@@ -43,7 +43,7 @@ from lmpipe.pipelines.core.shards import read_shard, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.partitions import DirectoryStore
-from lmpipe.pipelines.ray_stages import map_tasks
+from lmpipe.pipelines.ray_stages import map_local, map_tasks
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import NgramSpec, parse_resources
 from lmpipe.pipelines.spec_parser import SpecError
@@ -60,7 +60,20 @@ _GROUP_OVERHEAD = 3.0
 #: The PyPI kenlm module is compiled with KENLM_MAX_ORDER 6 (its setup.py default) and does not expose it.
 KENLM_MODULE_MAX_ORDER = 6
 
-STAGE = Stage(name="ngram", settings=NgramSpec, upstream=("tokenize",))
+STAGE = Stage(name="ngram", settings=NgramSpec, upstream=("tokenize",), needs_ray=lambda ctx: _needs_ray(ctx))
+
+
+def runs_locally(ctx: StageContext) -> bool:
+    """``ngram.executor`` resolved: threads in the driver (``local``) or Ray tasks; ``auto`` is local unless the
+    run joins a cluster (``--address`` or ``RAY_ADDRESS``) or places its tasks by ``resources``."""
+    spec = ctx.spec.ngram
+    if spec.executor != "auto":
+        return spec.executor == "local"
+    return ctx.address is None and not os.environ.get("RAY_ADDRESS") and not spec.resources
+
+
+def _needs_ray(ctx: StageContext) -> bool:
+    return ctx.spec.ngram.estimator == "lmpipe" and not runs_locally(ctx)
 
 
 def check(ctx: StageContext) -> None:
@@ -201,12 +214,15 @@ def _word_rank(results: list[dict[str, Any]], vocab_size: int) -> np.ndarray:
 
 def _estimate(
     spec: NgramSpec, shards: list[Path], tokens_per_shard: list[int], vocab: Vocab, tmp_dir: Path, work: Path, workers: int,
-    placement: Placement | None = None,
+    placement: Placement | None = None, *, local: bool = False,
 ) -> dict[str, Any]:
-    """Count on Ray tasks, then ``lm.kneser_ney.estimate`` with Ray tasks as its map over a folder store."""
+    """Count on tasks, then ``lm.kneser_ney.estimate`` with the same tasks as its map over a folder store:
+    Ray tasks, or (``local``) threads of this process."""
     options = ray_options(parse_resources("ngram.resources", spec.resources))
 
     def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
+        if local:
+            return map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
         return map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
 
     n = spec.order
@@ -314,7 +330,9 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         # Shard sizes come from the tokenize manifest, not from reading every shard again.
         listed = {item["path"]: item["tokens"] for item in read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]}
         tokens_per_shard = [listed[str(s.relative_to(tokenize_dir))] for s in shards]
-        result = _estimate(spec, shards, tokens_per_shard, vocab, tmp_dir, work, spec.workers, placement)
+        local = runs_locally(ctx)
+        result = _estimate(spec, shards, tokens_per_shard, vocab, tmp_dir, work, spec.workers, placement, local=local)
+        result["executor"] = "local" if local else "ray"
     shutil.rmtree(work, ignore_errors=True)
     arpa: Path = result.pop("arpa")
     files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
