@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RssSampler, machine, versions
+from common import machine, versions
 from corpora import english_text, generated_corpus
 
 HERE = Path(__file__).resolve().parent

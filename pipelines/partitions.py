@@ -27,12 +27,14 @@ def part_dir(dataset: Path, p: int) -> Path:
     return Path(dataset) / f"part-{p:04d}"
 
 
-def write_partitioned(table: pa.Table, dataset: Path, keys: Sequence[str], num_partitions: int, piece: str) -> list[int]:
+def write_partitioned(
+    table: pa.Table, dataset: Path, keys: Sequence[str], num_partitions: int, piece: str, compression: str | None = None
+) -> list[int]:
     """Split ``table`` by the hash of ``keys`` and write one piece per non-empty partition; rows per part."""
     rows = []
     for p, part in enumerate(partition_by(table, list(keys), num_partitions)):
         if part.num_rows:
-            write_table(part_dir(dataset, p) / f"piece-{piece}.arrow", part)
+            write_table(part_dir(dataset, p) / f"piece-{piece}.arrow", part, compression)
         rows.append(part.num_rows)
     return rows
 
@@ -52,17 +54,19 @@ class DirectoryStore:
     (one machine, or shared storage on a cluster).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, compression: str | None = None) -> None:
         self.root = Path(root)
+        #: ``lz4``/``zstd``: pieces are written compressed (less spill disk for a little CPU).
+        self.compression = compression
 
     def path(self, name: str) -> Path:
         return self.root / name
 
     def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None:
-        write_partitioned(table, self.path(name), keys, num_partitions, piece)
+        write_partitioned(table, self.path(name), keys, num_partitions, piece, self.compression)
 
     def put(self, name: str, p: int, table: pa.Table, piece: str = "0") -> None:
-        write_table(part_dir(self.path(name), p) / f"piece-{piece}.arrow", table)
+        write_table(part_dir(self.path(name), p) / f"piece-{piece}.arrow", table, self.compression)
 
     def read(self, name: str, p: int, schema: pa.Schema | None = None) -> pa.Table | None:
         return read_partition(self.path(name), p, schema)

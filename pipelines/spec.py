@@ -219,6 +219,10 @@ class NgramSpec:
     build_binary: bool = True
     #: Ray resources per task, as ``tokenize.resources`` (default one CPU).  Not in the fingerprint.
     resources: Runtime[tuple[str, ...]] = ()
+    #: Compression of the spilled partitions (and of the ``counts`` the stage keeps): ``none``, ``lz4`` or
+    #: ``zstd`` (Arrow IPC body compression).  Trades CPU for temporary disk; the model does not change, so
+    #: it is not in the fingerprint.
+    spill_compression: Runtime[Literal["none", "lz4", "zstd"]] = "none"
 
     def __post_init__(self) -> None:
         check_range("ngram.order", self.order, 1, 6)

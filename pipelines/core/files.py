@@ -17,11 +17,13 @@ from pathlib import Path
 import pyarrow as pa
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write one IPC file atomically (temp name + rename)."""
+def write_table(path: Path, table: pa.Table, compression: str | None = None) -> None:
+    """Write one IPC file atomically (temp name + rename); ``compression`` ``lz4`` or ``zstd`` compresses its
+    buffers (Arrow's IPC body compression: any Arrow reader decompresses them, at the price of a copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+    options = pa.ipc.IpcWriteOptions(compression=compression) if compression else None
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
 

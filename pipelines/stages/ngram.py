@@ -149,6 +149,18 @@ def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
     return merged.num_rows
 
 
+def _tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (the stage's spill folder): its peak is the stage's temporary disk."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:  # dropped while we walked
+                pass
+    return total
+
+
 def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tuple[str, int]:
     """Format partition ``p`` of MODEL[k] as ARPA lines into a text piece (the driver concatenates them)."""
     from lmpipe.lm.arpa import write_arpa_lines
@@ -220,14 +232,19 @@ def _estimate(
     Ray tasks, or (``local``) threads of this process."""
     options = ray_options(parse_resources("ngram.resources", spec.resources))
 
+    peak_disk = [0]
+
     def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
         if local:
-            return map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
-        return map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
+            out = map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
+        else:
+            out = map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
+        peak_disk[0] = max(peak_disk[0], _tree_bytes(work))  # a step's outputs exist before its inputs are dropped
+        return out
 
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
-    store = DirectoryStore(work)
+    store = DirectoryStore(work, None if spec.spill_compression == "none" else spec.spill_compression)
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
     results = tasks(_count_task, _count_calls(shards, tokens_per_shard, n, store, parts, workers), "count")
@@ -269,6 +286,7 @@ def _estimate(
         "count_seconds": round(count_seconds, 3),
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
+        "peak_work_bytes": max(peak_disk[0], _tree_bytes(work) + arpa.stat().st_size),
         "raw_ngrams": ngram_counts,
         "ngrams": model.ngrams,
         "vocab_size_uniform": model.vocab_size,
