@@ -172,7 +172,8 @@ def _estimate(
 
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
-    store = DirectoryStore(work)
+    # the counts are outputs of the stage: written where they stay; the scratch datasets go to `work`
+    store = DirectoryStore(work, placed={f"counts{k}": tmp_dir / "counts" / f"order-{k}" for k in range(1, n + 1)})
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
     results = tasks(_count_task, [(str(s), n, store, parts, i) for i, s in enumerate(shards)], "count")
@@ -218,7 +219,7 @@ def _estimate(
     }
 
 
-def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path) -> dict[str, Any]:
+def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path, work: Path) -> dict[str, Any]:
     """Stream the training text (ids back to words) into KenLM's lmplz."""
     from lmpipe.lm.kenlm_tools import run_lmplz
     from lmpipe.pipelines.evaluate import split_sentences
@@ -241,7 +242,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     if spec.limit_vocab:
         args += ["--limit_vocab_file", spec.limit_vocab]
     arpa = tmp_dir / "model.arpa"
-    log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=tmp_dir)
+    log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=f"{work}/")
     (tmp_dir / "lmplz.log").write_text(log, encoding="utf-8")
     from lmpipe.lm.arpa import read_arpa_counts
 
@@ -263,10 +264,10 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     shards = split_shards(tokenize_dir, "train")
     if not shards:
         raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
-    work = tmp_dir / "_work"
+    work = run.scratch_dir(spec.temp_dir, "ngram.temp_dir")  # lmplz's -T: spill and partition files
     placement = Placement()
     if spec.estimator == "lmplz":
-        result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir)
+        result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir, work)
     else:
         # Shard sizes come from the tokenize manifest, not from reading every shard again.
         listed = {item["path"]: item["tokens"] for item in read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]}
