@@ -5,7 +5,7 @@
     lmpipe data fetch NAME [--mirror DIR] [--dest DIR]
     lmpipe data list                                   (a table: name, splits, size, cached or mirrored)
     lmpipe init CORPUS... [--out FILE]                 (a commented starter spec: spec_cli)
-    lmpipe schema [--out FILE] | lmpipe completion bash|zsh|tcsh                  (spec_cli)
+    lmpipe schema [--out FILE] | lmpipe completion bash|zsh                       (spec_cli)
     lmpipe eval RUN [--split test] [--json]
     lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]

@@ -109,7 +109,7 @@ def log_level(args: argparse.Namespace) -> int:
 #: Argument dests completed as files / directories (everything else: the parser's own choices).
 _FILE_DESTS = {"spec", "path", "vectors", "input", "file"}
 _DIR_DESTS = {"run", "runs", "run_dir", "mirror", "dest", "where"}
-COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
+COMPLETION_SHELLS = ("bash", "zsh")  # shtab's tcsh script completes subcommands only
 
 
 def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
