@@ -393,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_commands(sub, submit_command=cmd_submit)
     from lmpipe.pipelines.spec_cli import add_spec_commands
 
-    add_spec_commands(sub)
+    add_spec_commands(sub, parser)
     return finish_parser(parser)
 
 

@@ -4,6 +4,7 @@ Schema) and ``lmpipe completion`` (shell completion of the whole command tree)."
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -47,16 +48,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_completion(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.cli import build_parser
+def cmd_completion(root: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from lmpipe.pipelines.cli_support import completion_script
 
-    print(completion_script(build_parser(), args.shell), end="")
+    print(completion_script(root, args.shell), end="")
     return 0
 
 
-def add_spec_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``init``, ``schema`` and ``completion`` on the top-level subcommands."""
+def add_spec_commands(sub: argparse._SubParsersAction, root: argparse.ArgumentParser) -> None:
+    """Register ``init``, ``schema`` and ``completion`` (of the whole tree under ``root``) as subcommands."""
     from lmpipe.pipelines.cli_support import COMPLETION_SHELLS
 
     init = sub.add_parser("init", help="write a commented starter spec for your corpus (then: validate, run)")
@@ -76,4 +76,4 @@ def add_spec_commands(sub: argparse._SubParsersAction) -> None:
         "completion", help="print a shell completion script, e.g. `lmpipe completion bash > ~/.local/share/bash-completion/completions/lmpipe`"
     )
     completion.add_argument("shell", choices=COMPLETION_SHELLS, help="the shell")
-    completion.set_defaults(func=cmd_completion)
+    completion.set_defaults(func=functools.partial(cmd_completion, root))
