@@ -42,6 +42,7 @@ from lmpipe.pipelines.spec_parser import (
     parse,
     plain,
 )
+from lmpipe.pipelines.suggest import did_you_mean
 
 __all__ = [
     "STAGE_ORDER", "LocalPath", "Runtime", "SpecError", "RunSpec", "dump_spec", "load_spec", "local_path_fields",
@@ -808,7 +809,8 @@ class RunSpec:
             fail("name", self.name, "a non-empty run name without '/' that does not start with '.'")
         for stage in self.stages:
             if stage not in STAGE_ORDER:
-                fail("stages", list(self.stages), f"stage names from {list(STAGE_ORDER)}")
+                guess = did_you_mean(stage, STAGE_ORDER)
+                fail("stages", list(self.stages), f"stage names from {list(STAGE_ORDER)}" + (f"; did you mean {guess!r}?" if guess else ""))
 
     def section(self, name: str) -> Any:
         """The settings dataclass of one stage (or a shared section) by name."""

@@ -254,7 +254,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         fail(path, value, _describe(tp))
     if origin is Literal:
         if value not in get_args(tp):
-            fail(path, value, _describe(tp))
+            guess = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else None
+            fail(path, value, _describe(tp) + (f"; did you mean {guess!r}?" if guess else ""))
         return value
     if origin is tuple:
         item_type = get_args(tp)[0]

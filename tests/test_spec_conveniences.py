@@ -91,12 +91,20 @@ def test_no_suggestion_when_nothing_is_close():
     assert "did you mean" not in str(info.value) and "allowed keys of sgns" in str(info.value)
 
 
+def test_misspelt_choices_and_stage_names_get_a_suggestion():
+    with pytest.raises(SpecError, match=r"tokenizer.kind: bad value 'sentencepeice'; allowed: one of .*; did you mean 'sentencepiece'\?"):
+        parse_spec(BASE, source="t.yaml", overrides=["tokenizer.kind=sentencepeice"])
+    with pytest.raises(SpecError, match=r"stages: bad value .*; did you mean 'ngram'\?"):
+        parse_spec(BASE, source="t.yaml", overrides=["stages=[tokenize, ngarm]"])
+    with pytest.raises(SpecError) as info:
+        parse_spec(BASE, source="t.yaml", overrides=["tokenizer.kind=zzz"])
+    assert "did you mean" not in str(info.value)
+
+
 # ------------------------------------------------------------------------------------------ JSON Schema
-jsonschema = pytest.importorskip("jsonschema")
-
-
 @pytest.fixture(scope="module")
 def validator():
+    jsonschema = pytest.importorskip("jsonschema")  # in the dev environment (Ray depends on it)
     schema = spec_schema(RunSpec)
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
@@ -144,3 +152,4 @@ def test_the_schema_has_every_field_of_every_section_with_its_default():
     for name, section in schema["$defs"].items():
         assert section["type"] == "object" and section["properties"], name
     assert field_docs(type(_ngram()))["prune"].startswith("Raw-count thresholds per order")
+
