@@ -423,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmpipe schema | head`: the reader stopped reading; not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
