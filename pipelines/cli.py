@@ -1,9 +1,11 @@
 """The ``lmpipe`` command line.
 
-    lmpipe run SPEC [--run-dir DIR] [--address ADDR] [--stages a,b] [--force a,b] [--set key.path=value ...]
+    lmpipe run SPEC|NAME [--run-dir DIR] [--address ADDR] [--stages a,b] [--force a,b] [--set key.path=value ...]
     lmpipe validate SPEC [--run-dir DIR] [--stages a,b] [--set key.path=value ...]
     lmpipe data fetch NAME [--mirror DIR] [--dest DIR]
-    lmpipe data list
+    lmpipe data list                                   (a table: name, splits, size, cached or mirrored)
+    lmpipe init CORPUS... [--out FILE]                 (a commented starter spec: spec_cli)
+    lmpipe schema [--out FILE] | lmpipe completion bash|zsh                       (spec_cli)
     lmpipe eval RUN [--split test] [--json]
     lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
@@ -15,7 +17,8 @@
 
 Exit status: 0 on success, 2 for a mistake the user can fix (a ``UserError``: bad spec, bad input, a missing
 file or upstream stage, more workers than the machine has; the message, one line, names file, key or line),
-1 for anything else (a bug: it traces back).
+1 for anything else (a bug: it traces back).  ``-v``/``-q`` go anywhere on the line; a SPEC may be the name of
+a shipped spec (``lmpipe run tiny``: pipelines/specs/tiny.yaml), see ``cli_support``.
 """
 
 from __future__ import annotations
@@ -97,10 +100,12 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from lmpipe.pipelines.datasets.registry import list_datasets
+    import shutil
 
-    for item in list_datasets():
-        print(item)
+    from lmpipe.pipelines.datasets.listing import dataset_rows, format_table
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    print(format_table(dataset_rows(mirror=_mirror(args)), width=width))
     return 0
 
 
@@ -259,18 +264,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from lmpipe.pipelines.cli_support import Parser, add_log_flags, finish_parser, shipped_specs
+
+    specs = f"pipeline YAML, or a shipped spec by name: {', '.join(shipped_specs())}"
+    parser = Parser(
         prog="lmpipe",
         description="Distributed pipeline on Ray for word embeddings and large-corpus language modelling.",
     )
     parser.add_argument("--version", action="version", version=f"lmpipe {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_log_flags(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
         "run", help="run a pipeline spec (stages already done with the same inputs are skipped)"
     )
-    run.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/ptb.yaml")
+    run.add_argument("spec", help=specs)
     run.add_argument("--run-dir", help="run directory (default runs/<spec name>)")
     run.add_argument(
         "--address", help="Ray cluster address (default: RAY_ADDRESS, else an embedded local Ray)"
@@ -287,8 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate", help="parse a spec and run every check `run` makes before starting Ray; print it resolved"
     )
-    validate.add_argument("spec")
-    validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.add_argument("spec", help=specs)
+    validate.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a spec value (YAML)"
+    )
     validate.add_argument("--run-dir", help="run directory upstream stages are looked for in (default runs/<spec name>)")
     validate.add_argument("--stages", help="comma-separated stages to check (default: the spec's `stages`)")
     validate.add_argument("--mirror", help="dataset mirror directory (default: LMPIPE_DATA_MIRROR)")
@@ -299,18 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: fetch from the canonical URL or a mirror")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     fetch = data_sub.add_parser("fetch", help="fetch a dataset and verify its checksums")
-    fetch.add_argument("name")
+    fetch.add_argument("name", help="dataset name (see `lmpipe data list`)")
     fetch.add_argument("--mirror", help="take files from this directory (default: LMPIPE_DATA_MIRROR)")
     fetch.add_argument(
         "--dest", help="where to put the files (default: LMPIPE_DATA_HOME or ~/.cache/lmpipe/data)"
     )
     fetch.set_defaults(func=cmd_data_fetch)
-    listing = data_sub.add_parser("list", help="list known datasets")
+    listing = data_sub.add_parser("list", help="list known datasets: splits, size, cached or mirrored")
+    listing.add_argument("--mirror", help="dataset mirror directory (default: LMPIPE_DATA_MIRROR)")
     listing.set_defaults(func=cmd_data_list)
 
     ev = sub.add_parser("eval", help="perplexity of a run's n-gram model with KenLM's accounting")
     ev.add_argument("run", help="run directory")
-    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split to score")
     ev.add_argument("--json", action="store_true", help="also print all figures as JSON")
     ev.set_defaults(func=cmd_eval)
 
@@ -320,16 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("run", help="run directory")
     gen.add_argument("--model", help="model name of lm.models (default: the first)")
     gen.add_argument("--prompt", default="", help="text the sample continues (tokenized like the corpus)")
-    gen.add_argument("--max-tokens", type=int, default=50)
+    gen.add_argument("--max-tokens", type=int, default=50, help="tokens to sample after the prompt")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     gen.set_defaults(func=cmd_generate)
 
     cmp = sub.add_parser(
         "compare", help="one table over every model of one or more runs (perplexity, vectors)"
     )
     cmp.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    cmp.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    cmp.add_argument("--split", default="test", choices=["train", "valid", "test"], help="the split models are ranked by")
     cmp.add_argument(
         "--normalize", default="none", choices=["none", "bpb"],
         help="bpb: rank by bits per byte, so runs of different tokenizations can share a table",
@@ -347,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     mix.add_argument("run", help="run directory")
     mix.add_argument("--models", required=True, help="comma-separated model names, e.g. kn5,lstm")
     mix.add_argument("--tune", default="valid", help="split the weights are fitted on (valid only)")
-    mix.add_argument("--method", default="em", choices=["em", "grid", "fixed"])
+    mix.add_argument(
+        "--method", default="em", choices=["em", "grid", "fixed"], help="em: fit the weights; grid: 21 weights (2 models); fixed: --weights"
+    )
     mix.add_argument("--weights", help="comma-separated weights for --method fixed")
     mix.add_argument("--bins", help="context-frequency thresholds for per-bin weights, e.g. 10,100,1000")
     mix.add_argument("--name", help="name of the mixture (default: the models joined by +)")
@@ -355,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     mix.set_defaults(func=cmd_mix)
 
     tn = sub.add_parser("tune", help="random hyper-parameter search with Ray Tune + ASHA (tagger stage)")
-    tn.add_argument("spec", help="pipeline YAML, e.g. pipelines/specs/conll2003.yaml")
+    tn.add_argument("spec", help=specs)
     tn.add_argument("--stage", required=True, choices=sorted(TUNERS), help="the stage to tune")
     tn.add_argument("--samples", type=int, default=10, help="random trials (default 10)")
     tn.add_argument(
@@ -378,14 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     from lmpipe.cluster.cli import add_cluster_commands
 
     add_cluster_commands(sub, submit_command=cmd_submit)
-    return parser
+    from lmpipe.pipelines.spec_cli import add_spec_commands
+
+    add_spec_commands(sub, parser)
+    return finish_parser(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lmpipe.pipelines.cli_support import log_level, resolve_spec
+
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(args),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -396,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lmpipe.pipelines.core.errors import UserError
 
     try:
+        if isinstance(getattr(args, "spec", None), str):
+            args.spec = resolve_spec(args.spec)  # `lmpipe run tiny`: a shipped spec by name
         return int(args.func(args) or 0)
     except (UserError, SubmitError, StorageError, ResourceError) as exc:
         print(f"lmpipe: error: {exc}", file=sys.stderr)
@@ -403,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmpipe: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lmpipe schema | head`: the reader stopped reading; not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ name and renamed, so a retried task never leaves a half piece behind.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -50,17 +50,20 @@ def read_partition(dataset: Path, p: int, schema: pa.Schema | None = None) -> pa
 class DirectoryStore:
     """``lm.kneser_ney.PartitionStore`` on disk: dataset ``name`` is the folder ``root/name`` (layout above).
 
-    It holds only a path, so Ray ships it to tasks cheaply; every task of a run must see the same ``root``
-    (one machine, or shared storage on a cluster).
+    It holds only paths, so Ray ships it to tasks cheaply; every task of a run must see the same ``root``
+    (one machine, or shared storage on a cluster).  ``placed`` names datasets that are outputs of the stage
+    and their folders (in the stage's output folder): they are written where they stay, while the scratch
+    datasets go to ``root``, which may be another disk (``ngram.temp_dir``).
     """
 
-    def __init__(self, root: Path, compression: str | None = None) -> None:
+    def __init__(self, root: Path, placed: Mapping[str, Path] | None = None, compression: str | None = None) -> None:
         self.root = Path(root)
+        self.placed = {name: Path(folder) for name, folder in (placed or {}).items()}
         #: ``lz4``/``zstd``: pieces are written compressed (less spill disk for a little CPU).
         self.compression = compression
 
     def path(self, name: str) -> Path:
-        return self.root / name
+        return self.placed.get(name) or self.root / name
 
     def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None:
         write_partitioned(table, self.path(name), keys, num_partitions, piece, self.compression)

@@ -27,12 +27,14 @@ import platform
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmpipe.pipelines.core.errors import UserError
 from lmpipe.pipelines.spec import STAGE_ORDER
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,8 @@ class StageRun:
     inputs: dict[str, Any]
     tmp_dir: Path = field(init=False)
     started: float = field(default_factory=time.time)
+    #: Working folders of :meth:`scratch_dir`, removed by :meth:`commit` and :meth:`abort`.
+    scratch: list[Path] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_ORDER:
@@ -139,8 +143,31 @@ class StageRun:
         self.tmp_dir = self.run_dir / f".{self.stage}.tmp-{uuid.uuid4().hex[:12]}"
         self.tmp_dir.mkdir(parents=True)
 
+    def scratch_dir(self, parent: str | os.PathLike[str] | None, setting: str) -> Path:
+        """A working folder for intermediate files, removed when the stage commits or aborts: a fresh folder
+        ``lmpipe-<stage>-*`` made in ``parent`` (lmplz's ``-T``: e.g. a local disk when the run directory is on
+        NFS), or with None ``tmp_dir/_work`` inside the run directory.  ``setting`` names the spec key in errors."""
+        if parent is None:
+            path = self.tmp_dir / "_work"
+            path.mkdir(exist_ok=True)
+        else:
+            root = Path(parent).expanduser()
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                path = Path(tempfile.mkdtemp(prefix=f"lmpipe-{self.stage}-", dir=root))
+            except OSError as exc:
+                raise UserError(f"{setting}: {root}: cannot make a working folder there ({exc.strerror or exc})") from exc
+        self.scratch.append(path)
+        return path
+
+    def _drop_scratch(self) -> None:
+        for path in self.scratch:  # only folders made above: nothing else in `parent` is touched
+            shutil.rmtree(path, ignore_errors=True)
+        self.scratch.clear()
+
     def commit(self, outputs: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Write the manifest into the temporary folder, then swap it in for ``RUN/<stage>``."""
+        self._drop_scratch()
         finished = time.time()
         clash = set(extra) & {f.name for f in dataclasses.fields(Manifest)}
         if clash:
@@ -168,6 +195,7 @@ class StageRun:
         return manifest
 
     def abort(self) -> None:
+        self._drop_scratch()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from lmpipe.pipelines.memory_size import MemoryMB, memory_mb
 from lmpipe.pipelines.spec_parser import (
     LocalPath,
     PathRef,
@@ -41,6 +42,7 @@ from lmpipe.pipelines.spec_parser import (
     parse,
     plain,
 )
+from lmpipe.pipelines.suggest import did_you_mean
 
 __all__ = [
     "STAGE_ORDER", "LocalPath", "Runtime", "SpecError", "RunSpec", "dump_spec", "load_spec", "local_path_fields",
@@ -189,6 +191,10 @@ class TokenizeSpec:
         parse_resources("tokenize.resources", self.resources)
 
 
+#: lmplz's ``--discount_fallback`` given without values.
+LMPLZ_DISCOUNT_FALLBACK = (0.5, 1.0, 1.5)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class NgramSpec:
     """The ngram stage: n-gram counts and an interpolated modified Kneser-Ney model, lmplz-exact."""
@@ -207,9 +213,12 @@ class NgramSpec:
     #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically
     #: when one partition would not fit ``memory_mb``.  More partitions than workers balance the load.
     partitions: int = 4
-    #: Memory budget per worker in MB; counts beyond it spill to disk.
-    memory_mb: int = 2048
-    discount_fallback: tuple[float, ...] | None = None
+    #: Memory budget per worker in MB, or as lmplz's ``-S``: ``2G``, ``512M``, ``80%`` (of the physical memory
+    #: of the machine reading the spec), resolved to MB; counts beyond it spill to disk.
+    memory_mb: MemoryMB = 2048
+    #: Discounts D1 D2 D3+ for an order whose counts-of-counts give none (lmplz ``--discount_fallback``);
+    #: ``true`` means lmplz's own ``0.5 1 1.5``; ``null``/``false``: such an order is an error.
+    discount_fallback: tuple[float, ...] | bool | None = None
     interpolate_unigrams: bool = True
     vocab_pad: int = 0
     #: A file of words (whitespace separated) the model's vocabulary is limited to.
@@ -223,8 +232,15 @@ class NgramSpec:
     #: ``zstd`` (Arrow IPC body compression).  Trades CPU for temporary disk; the model does not change, so
     #: it is not in the fingerprint.
     spill_compression: Runtime[Literal["none", "lz4", "zstd"]] = "none"
+    #: Where the partition and spill files go (lmplz ``-T``), e.g. a local disk when the run directory is on
+    #: NFS; every Ray worker must see it at the same path.  A fresh folder is made in it and removed after the
+    #: stage.  ``null``: inside the stage's temporary folder in the run directory.  Not in the fingerprint.
+    temp_dir: Runtime[str | None] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "memory_mb", memory_mb("ngram.memory_mb", self.memory_mb))
+        if isinstance(self.discount_fallback, bool):  # lmplz's flag alone means 0.5 1 1.5
+            object.__setattr__(self, "discount_fallback", LMPLZ_DISCOUNT_FALLBACK if self.discount_fallback else None)
         check_range("ngram.order", self.order, 1, 6)
         parse_resources("ngram.resources", self.resources)
         check_range("ngram.workers", self.workers, 1, 100_000)
@@ -315,10 +331,12 @@ class CooccurSpec:
     workers: Runtime[int] = 2  # Ray tasks in flight
     #: Hash partitions of the counts by row (output shards); raised automatically to fit ``memory_mb``.
     partitions: int = 4
-    #: Memory budget per task in MB: the map side spills its accumulator to disk at half of it.
-    memory_mb: int = 1024
+    #: Memory budget per task in MB (or ``2G``, ``80%``, as ``ngram.memory_mb``): the map side spills its
+    #: accumulator to disk at half of it.
+    memory_mb: MemoryMB = 1024
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "memory_mb", memory_mb("cooccur.memory_mb", self.memory_mb))
         check_range("cooccur.window", self.window, 1, 20)
         for name in ("min_count", "workers"):
             check_range(f"cooccur.{name}", getattr(self, name), 1, None)
@@ -800,7 +818,8 @@ class RunSpec:
             fail("name", self.name, "a non-empty run name without '/' that does not start with '.'")
         for stage in self.stages:
             if stage not in STAGE_ORDER:
-                fail("stages", list(self.stages), f"stage names from {list(STAGE_ORDER)}")
+                guess = did_you_mean(stage, STAGE_ORDER)
+                fail("stages", list(self.stages), f"stage names from {list(STAGE_ORDER)}" + (f"; did you mean {guess!r}?" if guess else ""))
 
     def section(self, name: str) -> Any:
         """The settings dataclass of one stage (or a shared section) by name."""

@@ -31,6 +31,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 import yaml
 
 from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.suggest import did_you_mean
 
 
 class SpecError(UserError, ValueError):
@@ -253,7 +254,8 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         fail(path, value, _describe(tp))
     if origin is Literal:
         if value not in get_args(tp):
-            fail(path, value, _describe(tp))
+            guess = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else None
+            fail(path, value, _describe(tp) + (f"; did you mean {guess!r}?" if guess else ""))
         return value
     if origin is tuple:
         item_type = get_args(tp)[0]
@@ -291,7 +293,11 @@ def build(cls: type, data: Any, path: str) -> Any:
     for key in data:
         if key not in names:
             where = f"{path}.{key}" if path else str(key)
-            raise SpecError(f"{where}: unknown key; allowed keys{' of ' + path if path else ''}: {sorted(names)}")
+            guess = did_you_mean(str(key), names)
+            raise SpecError(
+                f"{where}: unknown key; {f'did you mean {guess!r}? ' if guess else ''}"
+                f"allowed keys{' of ' + path if path else ''}: {sorted(names)}"
+            )
     kwargs = {}
     for f in dataclasses.fields(cls):
         where = f"{path}.{f.name}" if path else f.name

@@ -327,6 +327,25 @@ def case_jobs_stop(jobs, **_):
     assert result.code == 0 and result.out.strip() == f"{job.submission_id}: already finished (SUCCEEDED)"
 
 
+def case_init(tmp_path, **_):
+    out = tmp_path / "mine.yaml"
+    result = lmpipe("init", SPECS / "tiny" / "train.txt", "--valid", SPECS / "tiny" / "valid.txt", "--out", out)
+    assert result.code == 0 and "lmpipe validate" in result.err
+    spec = lmpipe("validate", out, "--stages", "tokenize")
+    assert spec.code == 0 and yaml.safe_load(spec.out)["corpus"]["valid"] == [str(SPECS / "tiny" / "valid.txt")]
+
+
+def case_schema(**_):
+    result = lmpipe("schema")
+    schema = json.loads(result.out)
+    assert result.code == 0 and schema["$defs"]["NgramSpec"]["properties"]["order"]["default"] == 5
+
+
+def case_completion(**_):
+    result = lmpipe("completion", "bash")
+    assert result.code == 0 and "_shtab_lmpipe" in result.out and "embeddings" in result.out
+
+
 CASES: dict[tuple[str, ...], Callable[..., None]] = {
     ("run",): case_run,
     ("validate",): case_validate,
@@ -345,6 +364,9 @@ CASES: dict[tuple[str, ...], Callable[..., None]] = {
     ("jobs", "status"): case_jobs_status,
     ("jobs", "logs"): case_jobs_logs,
     ("jobs", "stop"): case_jobs_stop,
+    ("init",): case_init,
+    ("schema",): case_schema,
+    ("completion",): case_completion,
 }
 
 

@@ -89,7 +89,7 @@ def test_each_validation_error_names_file_key_value_and_allowed(override, fragme
 
 
 def test_unknown_keys_are_rejected_with_the_allowed_keys():
-    with pytest.raises(SpecError, match=r"t.yaml: vocab.min_cuont: unknown key; allowed keys of vocab: \['max_size', 'min_count'\]"):
+    with pytest.raises(SpecError, match=r"t.yaml: vocab.min_cuont: unknown key; did you mean 'min_count'\? allowed keys of vocab: \['max_size', 'min_count'\]"):
         _parse(["vocab.min_cuont=2"])
     with pytest.raises(SpecError, match="t.yaml: bogus: unknown key"):
         _parse(["bogus.x=1"])

@@ -239,12 +239,17 @@ def _estimate(
             out = map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
         else:
             out = map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
-        peak_disk[0] = max(peak_disk[0], _tree_bytes(work))  # a step's outputs exist before its inputs are dropped
+        # a step's outputs exist before its inputs are dropped: the peak is after a step
+        peak_disk[0] = max(peak_disk[0], _tree_bytes(work) + _tree_bytes(tmp_dir / "counts"))
         return out
 
     n = spec.order
     parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
-    store = DirectoryStore(work, None if spec.spill_compression == "none" else spec.spill_compression)
+    # the counts are outputs of the stage: written where they stay; the scratch datasets go to `work`
+    store = DirectoryStore(
+        work, placed={f"counts{k}": tmp_dir / "counts" / f"order-{k}" for k in range(1, n + 1)},
+        compression=None if spec.spill_compression == "none" else spec.spill_compression,
+    )  # fmt: skip
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
     results = tasks(_count_task, _count_calls(shards, tokens_per_shard, n, store, parts, workers), "count")
@@ -264,10 +269,6 @@ def _estimate(
         None, vocab.tokens.to_pylist(), config, limit_vocab=limit, word_rank=_word_rank(results, len(vocab)),
         num_partitions=parts, map_fn=tasks, store=store,
     )  # fmt: skip
-    counts_dir = tmp_dir / "counts"  # the raw counts stay, as an output of the stage
-    counts_dir.mkdir(parents=True, exist_ok=True)
-    for k in range(1, n + 1):
-        store.path(f"counts{k}").rename(counts_dir / f"order-{k}")
 
     logger.info("=== 3/3 Writing the ARPA ===")
     from lmpipe.lm.arpa import write_arpa_pieces
@@ -286,7 +287,7 @@ def _estimate(
         "count_seconds": round(count_seconds, 3),
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
-        "peak_work_bytes": max(peak_disk[0], _tree_bytes(work) + arpa.stat().st_size),
+        "peak_work_bytes": peak_disk[0],  # spills and kept counts, after every step (the ARPA not included)
         "raw_ngrams": ngram_counts,
         "ngrams": model.ngrams,
         "vocab_size_uniform": model.vocab_size,
@@ -295,7 +296,7 @@ def _estimate(
     }
 
 
-def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path) -> dict[str, Any]:
+def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: Path, work: Path) -> dict[str, Any]:
     """Stream the training text (ids back to words) into KenLM's lmplz."""
     from lmpipe.lm.kenlm_tools import run_lmplz
     from lmpipe.pipelines.evaluate import split_sentences
@@ -318,7 +319,7 @@ def _estimate_lmplz(spec: NgramSpec, tokenize_dir: Path, vocab: Vocab, tmp_dir: 
     if spec.limit_vocab:
         args += ["--limit_vocab_file", spec.limit_vocab]
     arpa = tmp_dir / "model.arpa"
-    log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=tmp_dir)
+    log = run_lmplz(split_sentences(tokenize_dir.parent, "train"), spec.order, arpa, memory=f"{spec.memory_mb}M", extra_args=args, temp_prefix=f"{work}/")
     (tmp_dir / "lmplz.log").write_text(log, encoding="utf-8")
     from lmpipe.lm.arpa import read_arpa_counts
 
@@ -340,10 +341,10 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     shards = split_shards(tokenize_dir, "train")
     if not shards:
         raise InputError(f"{tokenize_dir}/train: the training split is empty; nothing to count")
-    work = tmp_dir / "_work"
+    work = run.scratch_dir(spec.temp_dir, "ngram.temp_dir")  # lmplz's -T: spill and partition files
     placement = Placement()
     if spec.estimator == "lmplz":
-        result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir)
+        result = _estimate_lmplz(spec, tokenize_dir, vocab, tmp_dir, work)
     else:
         # Shard sizes come from the tokenize manifest, not from reading every shard again.
         listed = {item["path"]: item["tokens"] for item in read_manifest(ctx.run_dir, "tokenize")["outputs"]["shards"]["train"]}
