@@ -35,12 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.errors import UserError
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("word2vec", "word2vec-bin", "glove", "npy", "safetensors")
 _BAD_TEXT_CHARS = (" ", "\n", "\r")
+
+
+class VectorsFileError(UserError, ValueError):
+    """A vectors file that cannot be read as its format; the message names the file (and row or byte)."""
 
 
 @contextlib.contextmanager
@@ -164,7 +169,11 @@ def _read_word2vec_binary(path) -> Vectors:
             raise ValueError(f"{path}: expected header 'count dim' on the first line")
         count, dim = int(fields[0]), int(fields[1])
         nbytes = 4 * dim
-        matrix = np.empty((count, dim), dtype=np.float32)
+        # Every row holds at least a 1-byte token, a space and its floats, so the file holds at most
+        # ``fits`` rows: the matrix is sized by that, never by the header alone (10^12 words would be
+        # terabytes); a header announcing more fails below at the first row past the end of the file.
+        fits = (len(buf) - eol - 1) // (nbytes + 2)
+        matrix = np.empty((min(count, fits), dim), dtype=np.float32)
         tokens: list[str] = []
         pos = eol + 1
         for i in range(count):
@@ -244,11 +253,18 @@ def save_safetensors(
 
 
 def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike | None = None) -> Vectors:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        matrix = f.get_tensor("vectors")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if "vectors" not in f.keys():
+                raise ValueError(f"{path}: no tensor 'vectors' (tensors: {sorted(f.keys())[:10]})")
+            matrix = f.get_tensor("vectors")
+    except SafetensorError as exc:  # a bad header length, truncated data, a header that is not JSON ...
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if matrix.ndim != 2:
+        raise ValueError(f"{path}: tensor 'vectors' has shape {list(matrix.shape)}, not (count, dim)")
     if vocab_path is not None:
         tokens, counts = read_vocab_tsv(vocab_path)
     elif "tokens" in meta:
@@ -281,14 +297,18 @@ def export_vectors(vectors: Vectors, path: str | os.PathLike, fmt: str) -> None:
 
 
 def import_vectors(path: str | os.PathLike, fmt: str) -> Vectors:
-    """Inverse of :func:`export_vectors`."""
+    """Inverse of :func:`export_vectors`; a malformed file raises :class:`VectorsFileError` naming it."""
     path = Path(path)
-    if fmt in ("word2vec", "word2vec-bin"):
-        return load_word2vec(path, binary=fmt == "word2vec-bin")
-    if fmt == "glove":
-        return load_glove(path)
-    if fmt == "npy":
-        return load_npy(path, _vocab_sibling(path))
-    if fmt == "safetensors":
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown vectors format {fmt!r}; options are {list(FORMATS)}")
+    try:
+        if fmt in ("word2vec", "word2vec-bin"):
+            return load_word2vec(path, binary=fmt == "word2vec-bin")
+        if fmt == "glove":
+            return load_glove(path)
+        if fmt == "npy":
+            return load_npy(path, _vocab_sibling(path))
         return load_safetensors(path)
-    raise ValueError(f"unknown vectors format {fmt!r}; options are {list(FORMATS)}")
+    except (ValueError, KeyError, EOFError) as exc:
+        message = str(exc)
+        raise VectorsFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None

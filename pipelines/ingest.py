@@ -160,8 +160,11 @@ def find_sources(corpus: CorpusSpec, *, mirror: str | None = None) -> dict[str, 
     for split in ("train", "valid", "test"):
         sources = []
         for ref in getattr(corpus, split):
-            for fs, path, uri in _expand(ref, mirror):
-                info = fs.get_file_info(path)
+            try:
+                found = [(fs, path, uri, fs.get_file_info(path)) for fs, path, uri in _expand(ref, mirror)]
+            except OSError as exc:  # an unreachable or refusing store (s3://, gs://, hdfs://)
+                raise InputError(f"{ref}: cannot reach this input ({exc})") from None
+            for fs, path, uri, info in found:
                 if isinstance(fs, pafs.LocalFileSystem) and not os.access(path, os.R_OK):
                     raise InputError(f"{uri}: file is not readable (permission denied)")
                 fmt, compression = _detect_format(path, corpus.format)

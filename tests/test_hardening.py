@@ -65,3 +65,142 @@ def test_a_bad_value_is_quoted_by_its_start(tmp_path, capsys):
         deep = [deep, deep, "y" * 10_000]
     assert len(quoted(deep)) <= 120 and len(quoted("z" * 10**7)) <= 120
     assert quoted("short") == "'short'"
+
+
+# ------------------------------------------------------------------ 7: one line and exit 2, not a traceback
+def _lmpipe(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lmpipe.pipelines.cli", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+def _one_line_exit_2(out: subprocess.CompletedProcess, message: str) -> None:
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("lmpipe: error: ")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-3000:]
+
+
+def _safetensors_variants(tmp_path):
+    import json
+    import struct
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    good = tmp_path / "good.safetensors"
+    save_file({"vectors": np.ones((3, 4), np.float32)}, str(good), metadata={"tokens": json.dumps(["a", "b", "c"])})
+    data = good.read_bytes()
+    other = tmp_path / "other.safetensors"
+    save_file({"weights": np.ones((3, 4), np.float32)}, str(other), metadata={"tokens": json.dumps(["a", "b", "c"])})
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes(struct.pack("<Q", 10**15) + data[8:])
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:-10])
+    return {other: "no tensor 'vectors'", huge: "header too large", cut: "not a readable safetensors file"}
+
+
+def test_malformed_vectors_files_are_one_line_user_errors(tmp_path):
+    """Issue 18.7: a word2vec .bin header claiming 10^12 words, and three broken safetensors files."""
+    from lmpipe.embeddings.formats import VectorsFileError, import_vectors
+
+    w2v = tmp_path / "big.bin"
+    w2v.write_bytes(b"1000000000000 300\n" + b"the " + b"\0" * 1200 + b"\n")
+    cases = {w2v: ("word2vec-bin", r"row 2 at byte 1222: unexpected end of file \(1000000000000 announced\)")}
+    cases |= {path: ("safetensors", why) for path, why in _safetensors_variants(tmp_path).items()}
+    for path, (fmt, why) in cases.items():
+        with pytest.raises(VectorsFileError, match=why) as info:
+            import_vectors(path, fmt)
+        assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    out = _lmpipe("embeddings", "import", str(w2v), "--format", "word2vec-bin", "--out", str(tmp_path / "v"))
+    _one_line_exit_2(out, "unexpected end of file (1000000000000 announced)")
+
+
+def test_lm_stage_with_broken_safetensors_embeddings_exits_2(tmp_path):
+    """The lm stage reads foreign vectors itself: a broken file is bad input there too, not a bug."""
+    from lmpipe.pipelines.core.errors import UserError
+    from lmpipe.pipelines.stages.lm import load_vectors
+
+    for path in _safetensors_variants(tmp_path):
+        with pytest.raises(UserError, match=str(path)):
+            load_vectors(path, "safetensors")
+
+
+def test_bad_discounts_name_the_setting_that_fixes_them():
+    """BadDiscountError (e.g. no n-gram of adjusted count 1) says which spec key to set and to what."""
+    from lmpipe.lm.kneser_ney import BadDiscountError, OrderStats, compute_discounts
+
+    with pytest.raises(BadDiscountError) as info:
+        compute_discounts({1: OrderStats(0, 0, (0, 2, 0, 0))})
+    message = str(info.value)
+    assert "no 1-grams have adjusted count 1" in message and "ngram.discount_fallback: [0.5, 1.0, 1.5]" in message
+
+
+def test_unreachable_s3_input_and_nul_in_the_name_exit_2(tmp_path):
+    # A store that refuses connections at once (port 9, discard): pyarrow raises OSError from get_file_info.
+    s3 = "s3://bucket/a.txt?region=us-east-1&endpoint_override=127.0.0.1:9&scheme=http"
+    out = _lmpipe("validate", str(SPECS / "tiny.yaml"), "--run-dir", str(tmp_path / "r"), "--set", f"corpus.train={s3}")
+    _one_line_exit_2(out, f"{s3}: cannot reach this input")
+    spec = tmp_path / "nul.yaml"
+    spec.write_text((SPECS / "tiny.yaml").read_text(encoding="utf-8").replace("name: tiny", 'name: "a\\0b"', 1), encoding="utf-8")
+    out = _lmpipe("validate", str(spec), cwd=tmp_path)
+    _one_line_exit_2(out, "name: bad value 'a\\x00b'")
+
+
+# ------------------------------------------------------------------ 7 + 11: Ctrl-C during Ray Train
+def _interrupt_driver(config):
+    """A train loop that presses Ctrl-C in the driver, then trains 'forever' (until aborted)."""
+    import os as _os
+    import signal as _signal
+    import time as _time
+
+    _os.kill(config["driver"], _signal.SIGINT)
+    _time.sleep(60)
+
+
+def test_training_restores_the_callers_sigint_handler():
+    """Issue 18.11 (fast half): whatever Ray Train installs during fit, the caller's handler is back after it,
+    and its abort (``sys.exit(0)`` from its handler) reaches the caller as a KeyboardInterrupt."""
+    import signal
+
+    from lmpipe.cluster.training import _own_sigint
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    def rays(signum, frame):
+        raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        with _own_sigint():
+            signal.signal(signal.SIGINT, rays)
+        assert signal.getsignal(signal.SIGINT) is mine
+        with pytest.raises(KeyboardInterrupt), _own_sigint():
+            signal.signal(signal.SIGINT, rays)
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is mine
+        with pytest.raises(SystemExit), _own_sigint():  # anyone else's exit is left alone
+            raise SystemExit(3)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_ray_train_is_a_keyboard_interrupt(ray_local, tmp_path):
+    """Issue 18.7/18.11 on a real Ray Train run: Ray's SIGINT handler aborted the run with sys.exit(0) (the CLI
+    exited 1 saying nothing) and stayed installed; now fit raises KeyboardInterrupt (the CLI's ``lmpipe:
+    interrupted``, exit 130) and the caller's handler is back."""
+    import os
+    import signal
+
+    from lmpipe.cluster.training import fit
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            fit(_interrupt_driver, {"driver": os.getpid()}, workers=1, storage=tmp_path / "ray", name="stop")
+        assert time.monotonic() - start < 55  # aborted, not trained to the end of its 60 s
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, previous)
