@@ -23,19 +23,17 @@ a file that every reader misparses from that row on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import mmap
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.core.files import atomic_path, chmod_as_created
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
@@ -46,22 +44,6 @@ _BAD_TEXT_CHARS = (" ", "\n", "\r")
 
 class VectorsFileError(UserError, ValueError):
     """A vectors file that cannot be read as its format; the message names the file (and row or byte)."""
-
-
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path that is renamed onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def check_text_tokens(vectors: Vectors, fmt: str) -> None:
@@ -86,7 +68,7 @@ def _write_text_rows(f, vectors: Vectors, block: int = 4096) -> None:
 def save_word2vec(vectors: Vectors, path: str | os.PathLike, *, binary: bool = False) -> None:
     """word2vec.c text or binary format, readable by gensim ``load_word2vec_format(binary=...)``."""
     check_text_tokens(vectors, "word2vec-bin" if binary else "word2vec")
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(f"{len(vectors)} {vectors.dim}\n".encode())
         if not binary:
             _write_text_rows(f, vectors)
@@ -101,7 +83,7 @@ def save_word2vec(vectors: Vectors, path: str | os.PathLike, *, binary: bool = F
 def save_glove(vectors: Vectors, path: str | os.PathLike) -> None:
     """GloVe text format: word2vec text rows without the header line."""
     check_text_tokens(vectors, "glove")
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         _write_text_rows(f, vectors)
     logger.info("wrote %s (glove text, %d x %d)", path, len(vectors), vectors.dim)
 
@@ -214,9 +196,9 @@ def load_glove(path: str | os.PathLike, *, tokens_with_spaces: bool = False) -> 
 
 def save_npy(vectors: Vectors, npy_path: str | os.PathLike, vocab_path: str | os.PathLike) -> None:
     """Matrix as ``.npy`` (loadable with ``np.load(..., mmap_mode='r')``) plus a vocab.tsv-style file."""
-    with _atomic_path(npy_path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(npy_path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(vectors.matrix))
-    with _atomic_path(vocab_path) as tmp:
+    with atomic_path(vocab_path) as tmp:
         write_vocab_tsv(tmp, vectors.tokens, vectors.counts)
 
 
@@ -246,10 +228,11 @@ def save_safetensors(
         if vectors.counts is not None:
             meta["counts"] = json.dumps(vectors.counts.tolist())
     else:
-        with _atomic_path(vocab_path) as tmp:
+        with atomic_path(vocab_path) as tmp:
             write_vocab_tsv(tmp, vectors.tokens, vectors.counts)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file({"vectors": np.ascontiguousarray(vectors.matrix)}, str(tmp), metadata=meta)
+        chmod_as_created(tmp)  # safetensors creates its file 0600
 
 
 def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike | None = None) -> Vectors:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lmpipe.lm import kenlm_tools
+from lmpipe.pipelines.core.files import read_table, temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,6 @@ def write_arpa_parts(
     """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
     them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
-    from lmpipe.pipelines.core.files import read_table
-
     return _write_sections(Path(path), counts, lambda k: (read_table(p) for p in parts[k]), vocab)
 
 
@@ -114,9 +112,9 @@ def _write_sections(
 ) -> Path:
     """The ARPA writer behind both entry points: header, then each order's tables in batches; atomic."""
     top = max(counts)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_sibling(path)  # not mkstemp: its 0600 would survive the rename (see core.files)
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with open(tmp, "xb") as raw:
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
             out.write(
                 (

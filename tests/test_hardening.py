@@ -3,6 +3,8 @@ the umask, secrets kept out of the run directory, patient job submission and a c
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -204,3 +206,41 @@ def test_ctrl_c_during_ray_train_is_a_keyboard_interrupt(ray_local, tmp_path):
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------ 8: outputs honour the umask
+@pytest.fixture(params=[0o022, 0o077], ids=["umask022", "umask077"])
+def umask(request):
+    old = os.umask(request.param)
+    yield request.param
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_models_vectors_and_exports_honour_the_umask(tmp_path, umask):
+    """Issue 18.8: mkstemp/mkdtemp made model.arpa and every export 0600 and vectors folders 0700."""
+    import numpy as np
+
+    from lmpipe.embeddings.formats import FORMATS, export_vectors
+    from lmpipe.embeddings.vectors import Vectors
+    from lmpipe.lm.arpa import write_arpa
+
+    from .test_arpa import CORPUS, model_of
+
+    file_mode, dir_mode = 0o666 & ~umask, 0o777 & ~umask
+    model, vocab = model_of(CORPUS, 2)
+    for name in ("model.arpa", "model.arpa.gz"):
+        assert _mode(write_arpa(model.tables, vocab, tmp_path / name)) == file_mode
+    vectors = Vectors(["a", "b", "c"], np.arange(6, dtype=np.float32).reshape(3, 2), np.array([3, 2, 1], np.uint64))
+    out = vectors.save(tmp_path / "vectors")
+    assert _mode(out) == dir_mode
+    assert {p.name: _mode(p) for p in out.iterdir()} == dict.fromkeys(("vectors.npy", "vocab.tsv", "meta.json"), file_mode)
+    for fmt in FORMATS:
+        export_vectors(vectors, tmp_path / "export" / f"v.{fmt}", fmt)
+    written = sorted((tmp_path / "export").iterdir())
+    assert [p.name for p in written] == sorted(["v.word2vec", "v.word2vec-bin", "v.glove", "v.npy", "v.vocab.tsv", "v.safetensors"])
+    assert {p.name: _mode(p) for p in written} == {p.name: file_mode for p in written}
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporary left behind
