@@ -244,3 +244,57 @@ def test_models_vectors_and_exports_honour_the_umask(tmp_path, umask):
     assert [p.name for p in written] == sorted(["v.word2vec", "v.word2vec-bin", "v.glove", "v.npy", "v.vocab.tsv", "v.safetensors"])
     assert {p.name: _mode(p) for p in written} == {p.name: file_mode for p in written}
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary left behind
+
+
+# ------------------------------------------------------------------ 9: spec.yaml and secrets
+SECRET_URI = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/corpus.txt?region=us-east-1&secret_key=wJalrXUtnFEMI"
+
+
+def test_redact_keeps_the_uri_readable_without_its_credentials():
+    from lmpipe.pipelines.core.redact import redact, redact_data
+
+    assert redact(SECRET_URI) == "s3://REDACTED@bucket/corpus.txt?region=us-east-1&secret_key=REDACTED"
+    assert redact("gs://bucket/a@b.txt and /tmp/x@y") == "gs://bucket/a@b.txt and /tmp/x@y"  # an @ in a path stays
+    assert redact_data({"argv": ["lmpipe", f"corpus.train={SECRET_URI}"], "n": 3}) == {
+        "argv": ["lmpipe", "corpus.train=s3://REDACTED@bucket/corpus.txt?region=us-east-1&secret_key=REDACTED"],
+        "n": 3,
+    }
+
+
+def test_a_refused_run_leaves_spec_yaml_alone(tmp_path):
+    """Issue 18.9: spec.yaml describes the outputs (generate and mix read it): a refused run must not rewrite it."""
+    from lmpipe.pipelines.run import run_pipeline
+    from lmpipe.pipelines.spec import load_spec
+
+    before = "name: tiny\n# the spec of the run that made these outputs\n"
+    (tmp_path / "spec.yaml").write_text(before, encoding="utf-8")
+    spec = load_spec(SPECS / "tiny.yaml", overrides=[f"corpus.train={tmp_path}/none.txt"])
+    with pytest.raises(Exception, match="none.txt: no such file"):
+        run_pipeline(spec, run_dir=tmp_path, stages=["tokenize"])
+    assert (tmp_path / "spec.yaml").read_text(encoding="utf-8") == before
+
+
+def test_credentials_never_reach_spec_yaml_manifests_or_argv(tmp_path, monkeypatch):
+    """Issue 18.9: a URI's credentials were stored verbatim in spec.yaml, manifests and host.argv."""
+    import json
+
+    import lmpipe.pipelines.run as run_module
+    from lmpipe.pipelines.rundir import StageRun
+    from lmpipe.pipelines.spec import load_spec
+
+    argv = ["lmpipe", "run", "spec.yaml", "--set", f"corpus.test={SECRET_URI}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    stage = StageRun(tmp_path, "tokenize", "f" * 64, {"corpus": {"test": [SECRET_URI]}}, {"sources": [{"uri": SECRET_URI}]})
+    stage.commit({"vocab": "vocab.tsv"}, sources=[{"uri": SECRET_URI}])
+    stored = (tmp_path / "tokenize" / "manifest.json").read_text(encoding="utf-8")
+    assert "wJalrXUtnFEMI" not in stored and "AKIAEXAMPLE" not in stored
+    assert json.loads(stored)["host"]["argv"][-1] == "corpus.test=s3://REDACTED@bucket/corpus.txt?region=us-east-1&secret_key=REDACTED"
+
+    # spec.yaml of an accepted run (preflight passes; the stage itself then cannot reach the bucket)
+    spec = load_spec(SPECS / "tiny.yaml", overrides=[f"corpus.test={SECRET_URI}"])
+    monkeypatch.setattr(run_module, "preflight", lambda ctx, force=(): [])
+    monkeypatch.setattr(run_module, "select_stages", lambda spec, stages: [])
+    run_module.run_pipeline(spec, run_dir=tmp_path / "run")
+    written = (tmp_path / "run" / "spec.yaml").read_text(encoding="utf-8")
+    assert "s3://REDACTED@bucket/corpus.txt" in written and "wJalrXUtnFEMI" not in written
+    assert spec.corpus.test == (SECRET_URI,)  # the run itself keeps the usable URI
