@@ -298,3 +298,57 @@ def test_credentials_never_reach_spec_yaml_manifests_or_argv(tmp_path, monkeypat
     written = (tmp_path / "run" / "spec.yaml").read_text(encoding="utf-8")
     assert "s3://REDACTED@bucket/corpus.txt" in written and "wJalrXUtnFEMI" not in written
     assert spec.corpus.test == (SECRET_URI,)  # the run itself keeps the usable URI
+
+
+# ------------------------------------------------------------------ 10: job submission at the edges
+class _FakeJobClient:
+    """Answers like a Job API whose agent comes up after ``failures`` requests (the SDK raises RuntimeError)."""
+
+    lmpipe_address = "http://head:8265"
+
+    def __init__(self, failures: int, error: str = "No available agent to submit job, please try again later."):
+        self.failures, self.error, self.calls = failures, error, []
+
+    def submit_job(self, **kwargs):
+        self.calls.append(kwargs)
+        if len(self.calls) <= self.failures:
+            raise RuntimeError(f"Request failed with status code 500: {self.error}")
+        return kwargs["submission_id"]
+
+
+def _plan(tmp_path):
+    from lmpipe.cluster.submit import JobPlan
+
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    return JobPlan("lmpipe-x-1", "python -m lmpipe.pipelines.cli run s.yaml", {}, {}, staged, "/runs/x")
+
+
+def test_submit_retries_no_available_agent_with_backoff_for_a_bounded_time(tmp_path):
+    """Issue 18.10: right after a head starts the Job API answers 500 "No available agent"; submit waited 0 s."""
+    from lmpipe.cluster.jobs import SubmitError
+    from lmpipe.cluster.submit import submit
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        now[0] += seconds
+
+    client = _FakeJobClient(failures=4)
+    assert submit(client, _plan(tmp_path), sleep=sleep, clock=lambda: now[0]) == "lmpipe-x-1"
+    assert slept == [0.5, 1.0, 2.0, 4.0] and len(client.calls) == 5
+    assert {c["submission_id"] for c in client.calls} == {"lmpipe-x-1"}  # one job, however many tries
+    assert not (tmp_path / "staged").exists()
+
+    slept.clear()
+    never = _FakeJobClient(failures=10**6)
+    with pytest.raises(SubmitError, match="still has no job agent after .* attempts in 30 s"):
+        submit(never, _plan(tmp_path), patience_s=30, sleep=sleep, clock=lambda: now[0])
+    assert sum(slept) <= 30 and max(slept) == 8.0
+
+    other = _FakeJobClient(failures=1, error="runtime_env setup failed")
+    with pytest.raises(RuntimeError, match="runtime_env setup failed"):  # any other error: at once
+        submit(other, _plan(tmp_path), sleep=sleep, clock=lambda: now[0])
+    assert len(other.calls) == 1
