@@ -154,7 +154,7 @@ def _interrupt_driver(config):
     import time as _time
 
     _os.kill(config["driver"], _signal.SIGINT)
-    _time.sleep(60)
+    _time.sleep(300)
 
 
 def test_training_restores_the_callers_sigint_handler():
@@ -202,7 +202,7 @@ def test_ctrl_c_during_ray_train_is_a_keyboard_interrupt(ray_local, tmp_path):
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             fit(_interrupt_driver, {"driver": os.getpid()}, workers=1, storage=tmp_path / "ray", name="stop")
-        assert time.monotonic() - start < 55  # aborted, not trained to the end of its 60 s
+        assert time.monotonic() - start < 250  # aborted, not trained to the end of its 300 s (100 s at load 32)
         assert signal.getsignal(signal.SIGINT) is mine
     finally:
         signal.signal(signal.SIGINT, previous)
