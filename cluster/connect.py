@@ -43,6 +43,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
             ray.init(address=address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            from lmpipe.cluster.reaper import start_reaper
+
+            start_reaper()  # its agents would outlive a SIGKILLed driver by a minute or more
         _configure_data()
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])

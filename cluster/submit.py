@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,18 +232,52 @@ def plan_job(
     return JobPlan(submission_id, shlex.join(args), runtime_env, metadata, staged, str(run), messages)
 
 
-def submit(client: Any, plan: JobPlan) -> str:
-    """Upload the working directory and create the job; the staged copy is removed either way."""
-    from lmpipe.cluster.jobs import translated_errors
+#: What the Job API answers (HTTP 500) while a fresh head's job agent is not up yet.
+NO_AGENT = "No available agent to submit job"
+#: Seconds ``submit`` keeps retrying that answer, with backoff from 0.5 s doubling up to 8 s.
+AGENT_PATIENCE_S = 90.0
 
+
+def submit(
+    client: Any,
+    plan: JobPlan,
+    *,
+    patience_s: float = AGENT_PATIENCE_S,
+    sleep: Callable[[float], Any] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Upload the working directory and create the job; the staged copy is removed either way.
+
+    Right after ``ray start --head`` the Job API answers HTTP 500 "No available agent to submit job, please
+    try again later" until the head's agent has registered: that answer is retried for ``patience_s``
+    seconds (same submission id, so a retry can never create a second job); any other error is not."""
+    from lmpipe.cluster.jobs import SubmitError, translated_errors
+
+    address = getattr(client, "lmpipe_address", "the cluster")
+    deadline, delay, attempts = clock() + patience_s, 0.5, 0
     try:
-        with translated_errors(getattr(client, "lmpipe_address", "the cluster")):
-            return client.submit_job(
-                entrypoint=plan.entrypoint,
-                runtime_env=plan.runtime_env,
-                submission_id=plan.submission_id,
-                metadata=plan.metadata,
-            )
+        while True:
+            attempts += 1
+            try:
+                with translated_errors(address):
+                    return client.submit_job(
+                        entrypoint=plan.entrypoint,
+                        runtime_env=plan.runtime_env,
+                        submission_id=plan.submission_id,
+                        metadata=plan.metadata,
+                    )
+            except RuntimeError as exc:
+                if isinstance(exc, SubmitError) or NO_AGENT not in str(exc):
+                    raise
+                if clock() + delay > deadline:
+                    raise SubmitError(
+                        f"the Ray cluster at {address} still has no job agent after {attempts} attempts in "
+                        f"{patience_s:g} s (a head that is starting, or one whose dashboard agent failed: see "
+                        "/tmp/ray/session_latest/logs/dashboard_agent.log on the head)"
+                    ) from None
+                logger.info("%s: the job agent is not up yet; retrying in %.1f s", address, delay)
+                sleep(delay)
+                delay = min(2 * delay, 8.0)
     finally:
         shutil.rmtree(plan.staged, ignore_errors=True)
 

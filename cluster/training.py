@@ -51,12 +51,14 @@ import math
 import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import types
 import typing
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -470,7 +472,8 @@ def fit(
         ),
     )
     try:
-        result = trainer.fit()
+        with _own_sigint():
+            result = trainer.fit()
     except WorkerGroupError as exc:
         failures = exc.worker_failures
         if failures:
@@ -480,6 +483,27 @@ def fit(
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
         _remove_if_empty(Path(storage))
     return result.return_value
+
+
+@contextlib.contextmanager
+def _own_sigint() -> Iterator[None]:
+    """Give Ctrl-C back to the caller around ``TorchTrainer.fit``.
+
+    Ray Train installs a SIGINT handler that aborts the run and then calls ``sys.exit(0)``; it is never
+    removed, so a later Ctrl-C in the same process (a notebook, the next stage) only aborts a finished run.
+    Here the abort still happens, its ``SystemExit`` becomes the ``KeyboardInterrupt`` a Ctrl-C means (the
+    CLI's ``lmpipe: interrupted``, exit 130), and the previous handler is restored in every case."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit:
+        if main and signal.getsignal(signal.SIGINT) is not previous:  # raised by Ray Train's handler
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:

@@ -23,18 +23,17 @@ a file that every reader misparses from that row on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import mmap
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.core.files import atomic_path, chmod_as_created
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
@@ -43,20 +42,8 @@ FORMATS = ("word2vec", "word2vec-bin", "glove", "npy", "safetensors")
 _BAD_TEXT_CHARS = (" ", "\n", "\r")
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling path that is renamed onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+class VectorsFileError(UserError, ValueError):
+    """A vectors file that cannot be read as its format; the message names the file (and row or byte)."""
 
 
 def check_text_tokens(vectors: Vectors, fmt: str) -> None:
@@ -81,7 +68,7 @@ def _write_text_rows(f, vectors: Vectors, block: int = 4096) -> None:
 def save_word2vec(vectors: Vectors, path: str | os.PathLike, *, binary: bool = False) -> None:
     """word2vec.c text or binary format, readable by gensim ``load_word2vec_format(binary=...)``."""
     check_text_tokens(vectors, "word2vec-bin" if binary else "word2vec")
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(f"{len(vectors)} {vectors.dim}\n".encode())
         if not binary:
             _write_text_rows(f, vectors)
@@ -96,7 +83,7 @@ def save_word2vec(vectors: Vectors, path: str | os.PathLike, *, binary: bool = F
 def save_glove(vectors: Vectors, path: str | os.PathLike) -> None:
     """GloVe text format: word2vec text rows without the header line."""
     check_text_tokens(vectors, "glove")
-    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         _write_text_rows(f, vectors)
     logger.info("wrote %s (glove text, %d x %d)", path, len(vectors), vectors.dim)
 
@@ -164,7 +151,11 @@ def _read_word2vec_binary(path) -> Vectors:
             raise ValueError(f"{path}: expected header 'count dim' on the first line")
         count, dim = int(fields[0]), int(fields[1])
         nbytes = 4 * dim
-        matrix = np.empty((count, dim), dtype=np.float32)
+        # Every row holds at least a 1-byte token, a space and its floats, so the file holds at most
+        # ``fits`` rows: the matrix is sized by that, never by the header alone (10^12 words would be
+        # terabytes); a header announcing more fails below at the first row past the end of the file.
+        fits = (len(buf) - eol - 1) // (nbytes + 2)
+        matrix = np.empty((min(count, fits), dim), dtype=np.float32)
         tokens: list[str] = []
         pos = eol + 1
         for i in range(count):
@@ -205,9 +196,9 @@ def load_glove(path: str | os.PathLike, *, tokens_with_spaces: bool = False) -> 
 
 def save_npy(vectors: Vectors, npy_path: str | os.PathLike, vocab_path: str | os.PathLike) -> None:
     """Matrix as ``.npy`` (loadable with ``np.load(..., mmap_mode='r')``) plus a vocab.tsv-style file."""
-    with _atomic_path(npy_path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(npy_path) as tmp, open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(vectors.matrix))
-    with _atomic_path(vocab_path) as tmp:
+    with atomic_path(vocab_path) as tmp:
         write_vocab_tsv(tmp, vectors.tokens, vectors.counts)
 
 
@@ -237,18 +228,26 @@ def save_safetensors(
         if vectors.counts is not None:
             meta["counts"] = json.dumps(vectors.counts.tolist())
     else:
-        with _atomic_path(vocab_path) as tmp:
+        with atomic_path(vocab_path) as tmp:
             write_vocab_tsv(tmp, vectors.tokens, vectors.counts)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         save_file({"vectors": np.ascontiguousarray(vectors.matrix)}, str(tmp), metadata=meta)
+        chmod_as_created(tmp)  # safetensors creates its file 0600
 
 
 def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike | None = None) -> Vectors:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        matrix = f.get_tensor("vectors")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata() or {}
+            if "vectors" not in f.keys():
+                raise ValueError(f"{path}: no tensor 'vectors' (tensors: {sorted(f.keys())[:10]})")
+            matrix = f.get_tensor("vectors")
+    except SafetensorError as exc:  # a bad header length, truncated data, a header that is not JSON ...
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if matrix.ndim != 2:
+        raise ValueError(f"{path}: tensor 'vectors' has shape {list(matrix.shape)}, not (count, dim)")
     if vocab_path is not None:
         tokens, counts = read_vocab_tsv(vocab_path)
     elif "tokens" in meta:
@@ -281,14 +280,18 @@ def export_vectors(vectors: Vectors, path: str | os.PathLike, fmt: str) -> None:
 
 
 def import_vectors(path: str | os.PathLike, fmt: str) -> Vectors:
-    """Inverse of :func:`export_vectors`."""
+    """Inverse of :func:`export_vectors`; a malformed file raises :class:`VectorsFileError` naming it."""
     path = Path(path)
-    if fmt in ("word2vec", "word2vec-bin"):
-        return load_word2vec(path, binary=fmt == "word2vec-bin")
-    if fmt == "glove":
-        return load_glove(path)
-    if fmt == "npy":
-        return load_npy(path, _vocab_sibling(path))
-    if fmt == "safetensors":
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown vectors format {fmt!r}; options are {list(FORMATS)}")
+    try:
+        if fmt in ("word2vec", "word2vec-bin"):
+            return load_word2vec(path, binary=fmt == "word2vec-bin")
+        if fmt == "glove":
+            return load_glove(path)
+        if fmt == "npy":
+            return load_npy(path, _vocab_sibling(path))
         return load_safetensors(path)
-    raise ValueError(f"unknown vectors format {fmt!r}; options are {list(FORMATS)}")
+    except (ValueError, KeyError, EOFError) as exc:
+        message = str(exc)
+        raise VectorsFileError(message if message.startswith(str(path)) else f"{path}: {message}") from None

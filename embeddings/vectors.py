@@ -25,13 +25,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from lmpipe.pipelines.core.files import sha256_file
+from lmpipe.pipelines.core.files import make_temp_dir, sha256_file
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 logger = logging.getLogger(__name__)
@@ -200,7 +199,7 @@ class Vectors:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp = make_temp_dir(path)  # not mkdtemp: its 0700 would survive the rename (see core.files)
         try:
             np.save(tmp / "vectors.npy", np.ascontiguousarray(self.matrix))
             write_vocab_tsv(tmp / "vocab.tsv", self.tokens, self.counts)

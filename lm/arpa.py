@@ -28,7 +28,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lmpipe.lm import kenlm_tools
+from lmpipe.pipelines.core.files import read_table, temp_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,6 @@ def write_arpa_parts(
     """Write MODEL[k] tables stored as Arrow files (one per partition, as the distributed ngram stage leaves
     them) as one ARPA file, reading one part at a time, so no process holds the whole model.  KenLM reads
     the n-grams of a section in any order; ``counts[k]`` (the header) must equal the parts' rows."""
-    from lmpipe.pipelines.core.files import read_table
-
     top = max(counts)
 
     def write_order(k: int, out: BinaryIO) -> int:
@@ -144,9 +142,9 @@ def _write_sections(path: Path, counts: dict[int, int], write_order: Callable[[i
     """The ARPA writer behind every entry point: header, then each order's lines from ``write_order(k, out)``
     (which returns the rows it wrote, checked against the header); atomic."""
     top = max(counts)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_sibling(path)  # not mkstemp: its 0600 would survive the rename (see core.files)
     try:
-        with os.fdopen(fd, "wb") as raw:
+        with open(tmp, "xb") as raw:
             out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
             out.write(
                 (

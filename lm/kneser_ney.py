@@ -83,6 +83,13 @@ F32 = np.float32
 DEFAULT_FALLBACK = (0.5, 1.0, 1.5)
 
 
+#: How a user substitutes fixed discounts, as the spec spells it (the message is all a user sees).
+_FALLBACK_HINT = (
+    f"set discount_fallback (in a spec: ngram.discount_fallback: {list(DEFAULT_FALLBACK)}; "
+    f"lmplz --discount_fallback {' '.join(map(str, DEFAULT_FALLBACK))})"
+)
+
+
 class BadDiscountError(UserError, ValueError):
     """Closed-form discounts failed for an order (a zero count-of-counts or a discount out of range); the
     user sets ``ngram.discount_fallback``."""
@@ -420,8 +427,7 @@ def compute_discounts(stats: dict[int, OrderStats], fallback: Discount | None = 
                     raise BadDiscountError(
                         f"Could not calculate Kneser-Ney discounts for {k}-grams with adjusted count {j + 1} "
                         f"because no {k}-grams have adjusted count {j} (counts-of-counts n1..n4 = {n[1:]}). "
-                        "Is this small or artificial data? Deduplicate the input, or set discount_fallback "
-                        f"(lmplz --discount_fallback, default {' '.join(map(str, DEFAULT_FALLBACK))})"
+                        f"Is this small or artificial data? Deduplicate the input, or {_FALLBACK_HINT}"
                     )
             y = F32(n[1]) / F32(float(n[1]) + 2.0 * float(n[2]))
             d = [F32(0)]
@@ -431,7 +437,7 @@ def compute_discounts(stats: dict[int, OrderStats], fallback: Discount | None = 
                     raise BadDiscountError(
                         f"{k}-gram discount out of range for adjusted count {j}: {np.format_float_positional(d[j])} (counts-of-counts "
                         f"n1..n4 = {n[1:]}); modified Kneser-Ney thinks something is odd about the data. "
-                        "Set discount_fallback (lmplz --discount_fallback) to override"
+                        f"To override, {_FALLBACK_HINT}"
                     )
             out[k] = Discount(float(d[1]), float(d[2]), float(d[3]))
         except BadDiscountError as err:

@@ -74,6 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Parse the spec and run every check ``run`` would before starting Ray (datasets, files, upstream
     stages, workers against this machine when no address is given): a spec that validates runs."""
     from lmpipe.cluster.storage import resolve_run_dir
+    from lmpipe.pipelines.core.redact import redact
     from lmpipe.pipelines.run import preflight, select_stages
     from lmpipe.pipelines.spec import dump_spec, load_spec
     from lmpipe.pipelines.stages import StageContext
@@ -86,7 +87,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
     )  # fmt: skip
     preflight(ctx)
-    print(dump_spec(spec), end="")
+    print(redact(dump_spec(spec)), end="")
     print(f"# {args.spec}: valid", file=sys.stderr)
     return 0
 
@@ -412,13 +413,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lmpipe.cluster.jobs import SubmitError
     from lmpipe.cluster.storage import StorageError
     from lmpipe.pipelines.core.errors import UserError
+    from lmpipe.pipelines.core.redact import redact
 
     try:
         if isinstance(getattr(args, "spec", None), str):
             args.spec = resolve_spec(args.spec)  # `lmpipe run tiny`: a shipped spec by name
         return int(args.func(args) or 0)
     except (UserError, SubmitError, StorageError, ResourceError) as exc:
-        print(f"lmpipe: error: {exc}", file=sys.stderr)
+        print(f"lmpipe: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmpipe: interrupted", file=sys.stderr)

@@ -160,8 +160,11 @@ def find_sources(corpus: CorpusSpec, *, mirror: str | None = None) -> dict[str, 
     for split in ("train", "valid", "test"):
         sources = []
         for ref in getattr(corpus, split):
-            for fs, path, uri in _expand(ref, mirror):
-                info = fs.get_file_info(path)
+            try:
+                found = [(fs, path, uri, fs.get_file_info(path)) for fs, path, uri in _expand(ref, mirror)]
+            except OSError as exc:  # an unreachable or refusing store (s3://, gs://, hdfs://)
+                raise InputError(f"{ref}: cannot reach this input ({exc})") from None
+            for fs, path, uri, info in found:
                 if isinstance(fs, pafs.LocalFileSystem) and not os.access(path, os.R_OK):
                     raise InputError(f"{uri}: file is not readable (permission denied)")
                 fmt, compression = _detect_format(path, corpus.format)
@@ -286,21 +289,38 @@ def _read_text_chunk(chunk: Chunk, normalize: NormalizeSpec) -> Iterator[LineBat
     yield _split_lines(buf, first, src, normalize)
 
 
+def _too_long_line() -> LineBatch:
+    """The accounting of one physical line rejected before it was read to its end."""
+    return LineBatch(pa.array([], pa.string()), np.zeros(0, np.uint64), Counter(lines_read=1, rejected_too_long=1))
+
+
 def _read_gzip(fs: pafs.FileSystem, path: str, src: Source, normalize: NormalizeSpec) -> Iterator[LineBatch]:
-    """Stream a gzip file in blocks of whole lines; a truncated or corrupt stream names the file."""
-    offset, carry = 0, b""
+    """Stream a gzip file in blocks of whole lines; a truncated or corrupt stream names the file.
+
+    A line longer than ``max_line_bytes`` that spans blocks is counted once as ``too_long`` and skipped to
+    its newline, so a compressed input accounts exactly like the same text uncompressed."""
+    offset, carry = 0, b""  # offset: decompressed byte offset of the start of ``carry``
+    skipping = False  # inside an over-long line already counted; drop bytes up to its newline
     try:
         with fs.open_input_stream(path, compression=None) as raw, gzip.GzipFile(fileobj=raw) as stream:
             while True:
                 block = stream.read(_STREAM_BLOCK)
                 if not block:
                     break
+                if skipping:
+                    nl = block.find(b"\n")
+                    if nl < 0:
+                        offset += len(block)
+                        continue
+                    block, offset, skipping = block[nl + 1 :], offset + nl + 1, False
                 block = carry + block
                 cut = block.rfind(b"\n") + 1
-                if cut == 0 and len(block) <= normalize.max_line_bytes:
+                if cut == 0:
                     carry = block
+                    if len(block) > normalize.max_line_bytes:
+                        yield _too_long_line()
+                        offset, carry, skipping = offset + len(block), b"", True
                     continue
-                cut = cut or len(block)
                 yield _split_lines(block[:cut], offset, src, normalize)
                 offset += cut
                 carry = block[cut:]

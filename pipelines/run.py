@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmpipe.pipelines.core.redact import redact
 from lmpipe.pipelines.rundir import (
     StageRun,
     clean_stale,
@@ -159,11 +160,12 @@ def run_pipeline(
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     clean_stale(run_dir)
-    write_text_atomic(run_dir / "spec.yaml", dump_spec(spec))
     ctx = StageContext(
         spec=spec, run_dir=run_dir, mirror=mirror, selected=tuple(selected), address=address, num_cpus=num_cpus
     )
     preflight(ctx, force)  # fail fast, before any cluster time is spent
+    # Only an accepted run describes the outputs (generate and mix read it); credentials stay in memory.
+    write_text_atomic(run_dir / "spec.yaml", redact(dump_spec(spec)))
     connected = False
     manifests: dict[str, dict[str, Any]] = {}
     for step, name in enumerate(selected, start=1):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.core.redact import redact_data
 from lmpipe.pipelines.spec import STAGE_ORDER
 
 logger = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ class StageRun:
             versions=package_versions(),
             host=host_info(),
         ).to_json()
+        manifest = redact_data(manifest)  # URIs (inputs, sources, argv) may carry credentials
         write_json_atomic(self.tmp_dir / MANIFEST, manifest)
         final = self.run_dir / self.stage
         old = None

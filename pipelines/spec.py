@@ -814,8 +814,8 @@ class RunSpec:
     report: ReportSpec = stage_section(ReportSpec)
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            fail("name", self.name, "a non-empty run name without '/' that does not start with '.'")
+        if not self.name or "/" in self.name or self.name.startswith(".") or not self.name.isprintable():
+            fail("name", self.name, "a non-empty run name without '/' or control characters that does not start with '.'")
         for stage in self.stages:
             if stage not in STAGE_ORDER:
                 guess = did_you_mean(stage, STAGE_ORDER)

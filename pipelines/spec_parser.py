@@ -30,7 +30,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.core.errors import UserError, quoted
+from lmpipe.pipelines.core.safe_yaml import safe_load
 from lmpipe.pipelines.suggest import did_you_mean
 
 
@@ -39,7 +40,7 @@ class SpecError(UserError, ValueError):
 
 
 def fail(path: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise SpecError(f"{path}: bad value {value!r}; allowed: {allowed}")
+    raise SpecError(f"{path}: bad value {quoted(value)}; allowed: {allowed}")
 
 
 def check_range(path: str, value: float | int, lo: float | None = None, hi: float | None = None) -> None:
@@ -311,22 +312,22 @@ def build(cls: type, data: Any, path: str) -> Any:
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``key.path=value`` override (value parsed as YAML) to raw spec data, in place."""
     if "=" not in assignment:
-        raise SpecError(f"--set {assignment!r}: expected key.path=value")
+        raise SpecError(f"--set {quoted(assignment)}: expected key.path=value")
     key, raw = assignment.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise SpecError(f"--set {assignment!r}: empty key path")
+        raise SpecError(f"--set {quoted(assignment)}: empty key path")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise SpecError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from exc
+        raise SpecError(f"--set {quoted(key)}: value {quoted(raw)} is not valid YAML ({exc})") from exc
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is {child!r}, not a section")
+            raise SpecError(f"--set {key}: {'.'.join(parts[: i + 1])} is {quoted(child)}, not a section")
         node = child
     node[parts[-1]] = value
 
@@ -355,7 +356,7 @@ def load(cls: type, path: str | Path, *, overrides: typing.Sequence[str] = ()) -
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc.strerror or exc})") from exc
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc})") from exc
     if isinstance(data, dict):

@@ -142,3 +142,37 @@ def test_inputs_through_a_pyarrow_filesystem_uri(tmp_path):
     assert lines == ["one two", "three", "four"]
     with pytest.raises(InputError, match="no such file"):
         find_sources(CorpusSpec(train=(f"file://{tmp_path}/missing.txt",)))
+
+
+def _write_plain_and_gzip(tmp_path, text: bytes):
+    (tmp_path / "p.txt").write_bytes(text)
+    (tmp_path / "p.txt.gz").write_bytes(gzip.compress(text, compresslevel=1))
+    return tmp_path / "p.txt", tmp_path / "p.txt.gz"
+
+
+def test_gzip_line_longer_than_a_stream_block_is_one_rejected_line(tmp_path):
+    """Issue 18.5: a 17 MiB line in a .gz (two 8 MiB blocks and more) is one rejected line, as uncompressed."""
+    text = b"first line\n" + b"x" * (17 << 20) + b"\nsecond line\n\nlast line\n"
+    plain, packed = _write_plain_and_gzip(tmp_path, text)
+    expected = (["first line", "second line", "last line"], {"lines_read": 5, "rejected_too_long": 1, "rejected_blank": 1})
+    for path in (plain, packed):
+        lines, positions, counts = _read_all(path, 1 << 20)
+        assert (lines, counts) == expected, path
+        assert [text[p:].split(b"\n")[0].decode() for p in positions] == lines
+
+
+@pytest.mark.parametrize("block", [7, 64, 1000])
+def test_gzip_and_plain_account_identically_for_long_lines(tmp_path, monkeypatch, block):
+    """Over-long lines at every position relative to the stream blocks, with and without a final newline."""
+    import lmpipe.pipelines.ingest as ingest
+
+    monkeypatch.setattr(ingest, "_STREAM_BLOCK", block)
+    text = b"".join(
+        [b"a b\n", b"y" * 250, b"\n", b"c\n", b"z" * 101, b"\n", b"w" * 100, b"\n", b"q" * 333, b"\nd e\n", b"v" * 150]
+    )
+    plain, packed = _write_plain_and_gzip(tmp_path, text)
+    normalize = NormalizeSpec(max_line_bytes=100)
+    want = _read_all(plain, 1 << 20, normalize)
+    assert want[0] == ["a b", "c", "w" * 100, "d e"]
+    assert want[2] == {"lines_read": 8, "rejected_too_long": 4}
+    assert _read_all(packed, 1 << 20, normalize) == want

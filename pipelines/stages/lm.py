@@ -68,7 +68,10 @@ def vectors_dim(path: Path, fmt: str) -> int | None:
         return int(json.loads((path / "meta.json").read_text(encoding="utf-8"))["dim"])
     if fmt in ("word2vec", "word2vec-bin"):
         with open(path, "rb") as f:
-            return int(f.readline().split()[1])
+            header = f.readline(256).split()
+        if len(header) != 2 or not header[1].isdigit():
+            raise InputError(f"{path}: expected a header 'count dim' on the first line ({fmt} format)")
+        return int(header[1])
     if fmt == "glove":
         with open(path, "rb") as f:
             return len(f.readline().rstrip().split(b" ")) - 1
