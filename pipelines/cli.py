@@ -9,7 +9,7 @@
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
     lmpipe mix RUN --models kn5,lstm [--tune valid] [--method em|grid|fixed] [--bins 10,100,1000]
     lmpipe tune SPEC --stage tagger [--samples N] [--run-dir DIR] [--set key.path=value ...]
-    lmpipe embeddings export|neighbors RUN ... | embeddings import PATH --format F --out DIR   (embeddings.cli)
+    lmpipe embeddings export RUN ... | neighbors|analogy WHERE ... | import PATH --format F --out DIR  (embeddings_cli)
     lmpipe submit SPEC --address http://HEAD:8265 [--run-dir DIR] [--wait] [--set key.path=value ...]  (cluster.cli)
     lmpipe jobs list|status|logs|stop [JOB] --address http://HEAD:8265                           (cluster.cli)
 
