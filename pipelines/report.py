@@ -233,7 +233,7 @@ def embeddings_figure(report: Report):
             values = [100 * v if percent else v for v in values]
             ax.bar(xs, values, width=width, color=f"C{i}", label=f"{Path(r.run).name}/{r.model}" if multi else r.model)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))])
-        ax.set_xticklabels([h.replace(" %", "").replace(" ρ", "") for _, h in metrics])
+        ax.set_xticklabels([h.removeprefix("analogy ").removesuffix(" %").removesuffix(" ρ") for _, h in metrics])
         if percent:
             ax.set_ylabel("accuracy (%)")
             ax.set_title("Analogy accuracy", fontsize=10)

@@ -24,6 +24,7 @@ table { border-collapse: collapse; margin: .6em 0; font-variant-numeric: tabular
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; white-space: nowrap; }
 th { background: #eef2f7; } td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
+div.wide { overflow-x: auto; }
 figure { margin: 1.2em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 """
 
@@ -31,7 +32,7 @@ figure { margin: 1.2em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 def _table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     rows = ["<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     rows += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body]
-    return "<table>\n" + "\n".join(rows) + "\n</table>"
+    return '<div class="wide"><table>\n' + "\n".join(rows) + "\n</table></div>"
 
 
 def _image(path: Path) -> str:

@@ -37,7 +37,9 @@ def make_run(
     """A run directory as the stages leave it: tokenize (sources with byte sizes), ngram (scores), sgns."""
     stream = f"tok-{lowercase}"
     _write(run, "tokenize", {
-        "fingerprint": stream, "settings": {"normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}},
+        "fingerprint": stream, "settings": {
+            "normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}, "corpus": {"train": "tiny/train.txt"},
+        },
         "inputs": {"train": "abc"},
         "outputs": {"splits": {
             "train": {"text_bytes": 40000}, "test": {"text_bytes": test_bytes}, "valid": {"text_bytes": 0},
@@ -215,7 +217,7 @@ def test_curves_plot_train_valid_integer_epochs_and_the_ngram_reference(tmp_path
     assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert labels and not any("times" in x or "^" in x or "e+" in x for x in labels), labels
-    assert "run tiny" in ax.get_title() and "corpus " in ax.get_title()
+    assert "run tiny, corpus tiny/train.txt" in ax.get_title()
 
 
 def test_embeddings_plot_one_quantity_per_axis_in_percent_and_no_empty_bars(tmp_path):
@@ -251,4 +253,4 @@ def test_report_html_is_self_contained(tmp_path):
     assert pngs == [(tmp_path / "out" / n).read_bytes() for n in ("valid_ppl.png", "embeddings.png")]
     assert "<script" not in page and "@import" not in page and "url(" not in page
     assert "<td>25.00 (88/19,544)</td>" in page and "<td>kn3</td>" in page
-    assert "corpus " in page
+    assert "run tiny, corpus tiny/train.txt" in page
