@@ -195,12 +195,18 @@ def curves_figure(report: Report):
             ax.axhline(row.perplexity, color="grey", linestyle="--", linewidth=1,
                        label=f"{label} (n-gram) valid {row.perplexity:.1f}")  # fmt: skip
     ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity (log scale)")
-    ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ScalarFormatter())  # 200, 500 rather than 2x10^2
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    low, high = ax.get_ylim()
+    if high > 10 * max(low, 1e-9):  # curves spanning over a decade: log scale, ticks at 1, 2, 5 x 10^k
+        ax.set_ylabel("perplexity (log scale)")
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())  # 200, 500 rather than 2x10^2
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.set_ylabel("perplexity")
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title(_title(report, sorted(runs), "Language-model perplexity by epoch"), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

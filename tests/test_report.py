@@ -218,6 +218,11 @@ def test_curves_plot_train_valid_integer_epochs_and_the_ngram_reference(tmp_path
     labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
     assert labels and not any("times" in x or "^" in x or "e+" in x for x in labels), labels
     assert "run tiny, corpus tiny/train.txt" in ax.get_title()
+    assert ax.get_yscale() == "log"  # 79 to 900: over a decade
+    report.curves = [CurvePoint(run=run, model="lstm", epoch=e, perplexity=40.0 - e) for e in range(1, 8)]
+    (ax,) = curves_figure(report).axes
+    assert ax.get_yscale() == "linear" and isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
+    assert [t for t in ax.get_xticks() if 1 <= t <= 7] == list(range(1, 8))
 
 
 def test_embeddings_plot_one_quantity_per_axis_in_percent_and_no_empty_bars(tmp_path):
