@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalize", default="none", choices=["none", "bpb"],
         help="bpb: rank by bits per byte, so runs of different tokenizations can share a table",
     )  # fmt: skip
-    cmp.add_argument("--out", help="also write report.md, CSV, JSON and PNG plots into this directory")
+    cmp.add_argument("--out", help="also write report.md, report.html, CSV, JSON and PNG plots into this directory")
     cmp.add_argument(
         "--ci", nargs=2, metavar=("MODEL_A", "MODEL_B"), help="paired bootstrap CI of ppl(A) - ppl(B)"
     )

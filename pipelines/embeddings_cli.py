@@ -35,28 +35,10 @@ FORMATS = {
 STAGES = ("sgns", "glove")
 
 
-def stage_vectors(run: str | Path, stage: str):
-    """The ``Vectors`` a finished stage wrote, or a MissingError naming what is missing and the fix."""
-    from lmpipe.embeddings.vectors import Vectors
-    from lmpipe.pipelines.rundir import read_manifest
-
-    run = Path(run)
-    if not run.is_dir():
-        raise MissingError(f"{run}: no such run directory")
-    if read_manifest(run, stage) is None:
-        raise MissingError(
-            f"{run / stage}: the {stage} stage has not completed in this run; run it first "
-            f"(lmpipe run SPEC --run-dir {run} --stages {stage})"
-        )
-    path = run / stage / "vectors"
-    if not (path / "meta.json").is_file():
-        raise MissingError(f"{path}: the {stage} stage left no vectors")
-    return Vectors.load(path)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from lmpipe.embeddings.formats import check_text_tokens, export_vectors
     from lmpipe.pipelines.ingest import InputError
+    from lmpipe.pipelines.vector_source import stage_vectors
 
     vectors = stage_vectors(args.run, args.stage)
     fmt = FORMATS[args.format]

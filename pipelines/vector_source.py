@@ -29,6 +29,24 @@ class VectorsSourceError(UserError, ValueError):
     """A WHERE that is not a run, a vectors folder or a readable vectors file; the message says which."""
 
 
+def stage_vectors(run: str | Path, stage: str):
+    """The ``Vectors`` a finished stage wrote, or a MissingError naming what is missing and the fix."""
+    from lmpipe.pipelines.rundir import read_manifest
+
+    run = Path(run)
+    if not run.is_dir():
+        raise MissingError(f"{run}: no such run directory")
+    if read_manifest(run, stage) is None:
+        raise MissingError(
+            f"{run / stage}: the {stage} stage has not completed in this run; run it first "
+            f"(lmpipe run SPEC --run-dir {run} --stages {stage})"
+        )
+    path = run / stage / "vectors"
+    if not (path / "meta.json").is_file():
+        raise MissingError(f"{path}: the {stage} stage left no vectors")
+    return Vectors.load(path)
+
+
 def guess_format(path: Path) -> str:
     """The ``embeddings.formats`` name of a vectors file, from its suffix or its first line."""
     if path.suffix.lower() in SUFFIX_FORMATS:
@@ -47,8 +65,6 @@ def open_vectors(where: str | Path, *, stage: str = "sgns", fmt: str | None = No
         if (where / "meta.json").is_file():
             return Vectors.load(where)
         if (where / stage).is_dir() or any(where.glob("*/manifest.json")):
-            from lmpipe.pipelines.embeddings_cli import stage_vectors
-
             return stage_vectors(where, stage)
         raise VectorsSourceError(
             f"{where}: neither a run directory (no */manifest.json) nor a vectors folder (no meta.json)"
