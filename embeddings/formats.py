@@ -223,7 +223,7 @@ def load_npy(
 
 
 #: safetensors refuses a header (tensor table + metadata, JSON) above 100,000,000 bytes; past this estimate
-#: the tokens go to a vocabulary file instead (a 3M-word GoogleNews vocabulary needs ~40 MB of JSON).
+#: the tokens go to a vocabulary file instead (millions of words, e.g. GoogleNews' 3M, exceed it).
 SAFETENSORS_HEADER_LIMIT = 100_000_000
 _HEADER_MARGIN = 1_000_000  # the tensor table and JSON escaping our estimate does not count exactly
 

@@ -210,7 +210,7 @@ class Vectors:
         denom = np.ones(len(self), dtype=np.float32)
         for v in neg:
             denom *= (1 + (self.matrix @ v.astype(np.float32)) / norms) / 2
-        scores = scores / ((denom if neg else np.float32(1.0)) + np.float32(1e-6))
+        scores = scores / (denom + np.float32(1e-6))  # no negative word: gensim's empty product, 1
         scores[list(skip)] = -np.inf
         top = np.argsort(-scores, kind="stable")[: min(k, len(self) - len(skip))]
         return [(self.tokens[i], float(scores[i])) for i in top]
