@@ -8,9 +8,10 @@ PY            := $(VENV)/bin/python
 STAMP         := $(VENV)/.lmpipe-installed
 LMPIPE_CACHE  ?= $(HOME)/.cache/lmpipe
 export LMPIPE_CACHE
-# Debian packages KenLM's lmplz/build_binary need to build (tests compare against lmplz).
+# Debian packages KenLM's lmplz/build_binary need to build (tests compare against lmplz), and chromium,
+# the headless browser tests/test_report_html.py screenshots report.html with.
 SYSTEM_PACKAGES := cmake g++ libboost-program-options-dev libboost-system-dev libboost-thread-dev \
-                   libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
+                   libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev chromium
 
 .PHONY: install demo test lint sysdeps kenlm clean bench
 

@@ -27,6 +27,7 @@ import json
 import logging
 import mmap
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -212,32 +213,64 @@ def load_npy(
     return Vectors(tokens, matrix, counts, source=str(npy_path))
 
 
+#: safetensors refuses a header (tensor table + metadata, JSON) above 100,000,000 bytes; past this estimate
+#: the tokens go to a vocabulary file instead (millions of words, e.g. GoogleNews' 3M, exceed it).
+SAFETENSORS_HEADER_LIMIT = 100_000_000
+_HEADER_MARGIN = 1_000_000  # the tensor table and JSON escaping our estimate does not count exactly
+
+
+def _tokens_header_bytes(vectors: Vectors) -> int:
+    """An upper bound on the header bytes of the tokens and counts as metadata, without building the JSON
+    (100 MB of it takes seconds): each token is ``"tok",`` in a JSON list that is itself a JSON string, so
+    its quotes become ``\\"`` (+5 bytes a token); ``"``, ``\\`` and control characters are escaped twice
+    (at most 7 bytes each); a count takes at most 20 digits and a comma."""
+    joined = "".join(vectors.tokens)
+    escaped = joined.count('"') + joined.count("\\") + len(re.findall("[\x00-\x1f]", joined))
+    counts = 0 if vectors.counts is None else 21 * len(vectors)
+    return len(joined.encode()) + 5 * len(vectors) + 7 * escaped + counts
+
+
 def save_safetensors(
     vectors: Vectors, path: str | os.PathLike, *, vocab_path: str | os.PathLike | None = None
-) -> None:
+) -> Path | None:
     """One tensor ``vectors``; the tokens (and counts) go to the metadata as JSON unless ``vocab_path``.
 
-    safetensors metadata is a str->str map inside a header capped at 100 MB, so vocabularies of millions of
-    tokens belong in a vocabulary file.
+    safetensors metadata is a str->str map inside a header capped at 100 MB, so when the vocabulary would not
+    fit it is written to ``<stem>.vocab.tsv`` beside ``path`` (``vocab_path`` forces a file), and the
+    metadata's ``vocab_file`` names it so :func:`load_safetensors` finds it.  Returns the vocabulary file's
+    path, or None when the tokens are in the header.
     """
     from safetensors.numpy import save_file
 
+    path = Path(path)
     meta = {"dim": str(vectors.dim), "count": str(len(vectors)), "source": vectors.source}
     if vocab_path is None:
-        meta["tokens"] = json.dumps(vectors.tokens, ensure_ascii=False)
-        if vectors.counts is not None:
-            meta["counts"] = json.dumps(vectors.counts.tolist())
-    else:
+        if _tokens_header_bytes(vectors) <= SAFETENSORS_HEADER_LIMIT - _HEADER_MARGIN:
+            meta["tokens"] = json.dumps(vectors.tokens, ensure_ascii=False)
+            if vectors.counts is not None:
+                meta["counts"] = json.dumps(vectors.counts.tolist())
+        else:
+            vocab_path = _vocab_sibling(path)
+            logger.info("%s: %d tokens exceed the safetensors header, vocabulary in %s", path, len(vectors), vocab_path)
+    if vocab_path is not None:
+        vocab_path = Path(vocab_path)
+        if vocab_path.resolve().parent != path.resolve().parent:
+            raise ValueError(f"{vocab_path}: the vocabulary file must sit beside {path}, where readers look")
+        meta["vocab_file"] = vocab_path.name
         with atomic_path(vocab_path) as tmp:
             write_vocab_tsv(tmp, vectors.tokens, vectors.counts)
     with atomic_path(path) as tmp:
         save_file({"vectors": np.ascontiguousarray(vectors.matrix)}, str(tmp), metadata=meta)
         chmod_as_created(tmp)  # safetensors creates its file 0600
+    return vocab_path
 
 
 def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike | None = None) -> Vectors:
+    """Inverse of :func:`save_safetensors`: tokens from the metadata, or from the vocabulary file it names
+    (a bare file name, looked up beside ``path`` only), or from ``vocab_path``."""
     from safetensors import SafetensorError, safe_open
 
+    path = Path(path)
     try:
         with safe_open(str(path), framework="np") as f:
             meta = f.metadata() or {}
@@ -248,6 +281,10 @@ def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike |
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     if matrix.ndim != 2:
         raise ValueError(f"{path}: tensor 'vectors' has shape {list(matrix.shape)}, not (count, dim)")
+    if vocab_path is None and "vocab_file" in meta:
+        vocab_path = path.parent / Path(meta["vocab_file"]).name
+        if not vocab_path.is_file():
+            raise ValueError(f"{path}: its vocabulary file {vocab_path} is missing (copy it beside the file)")
     if vocab_path is not None:
         tokens, counts = read_vocab_tsv(vocab_path)
     elif "tokens" in meta:
@@ -255,6 +292,8 @@ def load_safetensors(path: str | os.PathLike, *, vocab_path: str | os.PathLike |
         counts = np.asarray(json.loads(meta["counts"]), np.uint64) if "counts" in meta else None
     else:
         raise ValueError(f"{path}: no 'tokens' in the metadata; pass vocab_path")
+    if len(tokens) != len(matrix):
+        raise ValueError(f"{path}: {len(matrix)} vectors but {len(tokens)} tokens in its vocabulary")
     return Vectors(
         tokens, matrix.astype(np.float32, copy=False), counts, source=meta.get("source", str(path))
     )
@@ -265,7 +304,8 @@ def _vocab_sibling(path: Path) -> Path:
 
 
 def export_vectors(vectors: Vectors, path: str | os.PathLike, fmt: str) -> None:
-    """Write ``vectors`` in ``fmt``; npy writes ``<stem>.vocab.tsv`` next to ``path``, safetensors embeds it."""
+    """Write ``vectors`` in ``fmt``; npy writes ``<stem>.vocab.tsv`` next to ``path``, safetensors embeds it
+    (or writes that file when the vocabulary is too large for its header)."""
     path = Path(path)
     if fmt in ("word2vec", "word2vec-bin"):
         save_word2vec(vectors, path, binary=fmt == "word2vec-bin")

@@ -182,6 +182,38 @@ class Vectors:
         out = [(self.tokens[i], float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i not in skip]
         return out[:k]
 
+    def analogy(
+        self, positive: Sequence[str], negative: Sequence[str] = (), k: int = 10, *, method: str = "3cosadd"
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best answers to ``positive - negative`` (``king - man + woman``), the query words excluded.
+
+        ``3cosadd`` is gensim's ``most_similar(positive, negative)``: the cosine with the mean of the unit
+        query vectors, weighted +1 / -1.  ``3cosmul`` is its ``most_similar_cosmul`` (Levy & Goldberg 2014,
+        eq. 4): the product of the positive cosines over the product of the negative ones, each shifted to
+        [0, 1], with 1e-6 added to the denominator.  Unknown words raise KeyError naming the word.
+        """
+        if not positive:
+            raise ValueError("an analogy needs at least one positive word")
+        pos = [self.matrix[self.index(t)] / max(float(self.norms[self.index(t)]), 1e-30) for t in positive]
+        neg = [self.matrix[self.index(t)] / max(float(self.norms[self.index(t)]), 1e-30) for t in negative]
+        skip = {self.index(t) for t in (*positive, *negative)}
+        if method == "3cosadd":
+            mean = np.mean(np.array(pos + [-v for v in neg], dtype=np.float32), axis=0)
+            return self.most_similar(mean, k, exclude=[self.tokens[i] for i in skip])
+        if method != "3cosmul":
+            raise ValueError(f"unknown analogy method {method!r}; options are ['3cosadd', '3cosmul']")
+        norms = np.where(self.norms == 0, 1.0, self.norms)
+        scores = np.ones(len(self), dtype=np.float32)
+        for v in pos:
+            scores *= (1 + (self.matrix @ v.astype(np.float32)) / norms) / 2
+        denom = np.ones(len(self), dtype=np.float32)
+        for v in neg:
+            denom *= (1 + (self.matrix @ v.astype(np.float32)) / norms) / 2
+        scores = scores / (denom + np.float32(1e-6))  # no negative word: gensim's empty product, 1
+        scores[list(skip)] = -np.inf
+        top = np.argsort(-scores, kind="stable")[: min(k, len(self) - len(skip))]
+        return [(self.tokens[i], float(scores[i])) for i in top]
+
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of two tokens, computed in float64."""
         va, vb = self[a].astype(np.float64), self[b].astype(np.float64)

@@ -11,7 +11,7 @@
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
     lmpipe mix RUN --models kn5,lstm [--tune valid] [--method em|grid|fixed] [--bins 10,100,1000]
     lmpipe tune SPEC --stage tagger [--samples N] [--run-dir DIR] [--set key.path=value ...]
-    lmpipe embeddings export|neighbors RUN ... | embeddings import PATH --format F --out DIR   (embeddings.cli)
+    lmpipe embeddings export RUN ... | neighbors|analogy WHERE ... | import PATH --format F --out DIR  (embeddings_cli)
     lmpipe submit SPEC --address http://HEAD:8265 [--run-dir DIR] [--wait] [--set key.path=value ...]  (cluster.cli)
     lmpipe jobs list|status|logs|stop [JOB] --address http://HEAD:8265                           (cluster.cli)
 
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--normalize", default="none", choices=["none", "bpb"],
         help="bpb: rank by bits per byte, so runs of different tokenizations can share a table",
     )  # fmt: skip
-    cmp.add_argument("--out", help="also write report.md, CSV, JSON and PNG plots into this directory")
+    cmp.add_argument("--out", help="also write report.md, report.html, CSV, JSON and PNG plots into this directory")
     cmp.add_argument(
         "--ci", nargs=2, metavar=("MODEL_A", "MODEL_B"), help="paired bootstrap CI of ppl(A) - ppl(B)"
     )

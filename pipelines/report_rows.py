@@ -74,6 +74,25 @@ class EmbeddingRow:
     rw: float | None = None
     train_seconds: float | None = None
     hardware: str = ""
+    # Coverage: a figure over 8 of 353 pairs says little, so each one carries what it was computed on.
+    analogy_answered: int | None = None  # questions with all four words in the vocabulary
+    analogy_questions: int | None = None  # questions in the file
+    wordsim353_pairs: int | None = None  # pairs scored / pairs in the file
+    wordsim353_total: int | None = None
+    simlex999_pairs: int | None = None
+    simlex999_total: int | None = None
+    men_pairs: int | None = None
+    men_total: int | None = None
+    rw_pairs: int | None = None
+    rw_total: int | None = None
+
+    def coverage(self, metric: str) -> tuple[int, int] | None:
+        """(used, total) behind ``metric`` (``analogy``, ``analogy_3cosmul`` or a similarity set), if known."""
+        if metric.startswith("analogy"):
+            used, total = self.analogy_answered, self.analogy_questions
+        else:
+            used, total = getattr(self, f"{metric}_pairs"), getattr(self, f"{metric}_total")
+        return None if used is None or total is None else (used, total)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,6 +103,7 @@ class CurvePoint:
     model: str
     epoch: int
     perplexity: float
+    train_perplexity: float | None = None  # over the epoch's training tokens, as the model was updated
 
 
 @dataclass(slots=True)
@@ -92,6 +112,7 @@ class Report:
     embeddings: list[EmbeddingRow] = field(default_factory=list)
     curves: list[CurvePoint] = field(default_factory=list)
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)  # stream -> what defines it (per run)
+    corpora: dict[str, str] = field(default_factory=dict)  # run -> its training corpus, as the spec names it
 
 
 # ------------------------------------------------------------------------------------------ rows helpers
@@ -151,6 +172,12 @@ def embedding_row(
 
     analogy = ev.get("analogy", {}) if isinstance(ev.get("analogy"), dict) else {}
     cosmul = ev.get("analogy_3cosmul", {}) if isinstance(ev.get("analogy_3cosmul"), dict) else {}
+    coverage: dict[str, int | None] = {}
+    for name in ("wordsim353", "simlex999", "men", "rw"):
+        entry = ev.get(name) if isinstance(ev.get(name), dict) else {}
+        pairs, oov = entry.get("pairs"), entry.get("oov")
+        coverage[f"{name}_pairs"] = pairs
+        coverage[f"{name}_total"] = None if pairs is None or oov is None else int(pairs) + int(oov)
     return EmbeddingRow(
         run=str(run_dir),
         stage=manifest["stage"],
@@ -165,6 +192,9 @@ def embedding_row(
         rw=spearman("rw"),
         train_seconds=train_seconds,
         hardware=hardware,
+        analogy_answered=analogy.get("answered"),
+        analogy_questions=analogy.get("questions"),
+        **coverage,
     )
 
 
@@ -206,12 +236,25 @@ def collect(run_dir: Path) -> Report:
         raise CompareError(f"{run_dir}: no completed stage (no */{MANIFEST}); run `lmpipe run` first")
     tokenize = read_manifest(run_dir, "tokenize")
     if tokenize is not None:
+        report.corpora[str(run_dir)] = corpus_name(tokenize.get("settings", {}))
         report.streams[tokenize["fingerprint"]] = {
             "run": str(run_dir),
             "settings": tokenize.get("settings", {}),
             "inputs": tokenize.get("inputs", {}),
         }
     return report
+
+
+def corpus_name(settings: dict[str, Any]) -> str:
+    """The training corpus as the tokenize stage's settings name it (``data:ptb/train``, ``tiny/train.txt``)."""
+    train = settings.get("corpus", {}).get("train") if isinstance(settings.get("corpus"), dict) else None
+    if isinstance(train, list):
+        more = f" (+{len(train) - 1} more)" if len(train) > 1 else ""
+        return (corpus_name({"corpus": {"train": train[0]}}) if train else "?") + more
+    if not train:
+        return "?"
+    train = str(train)
+    return train if train.startswith("data:") or "://" in train else "/".join(Path(train).parts[-2:])
 
 
 def merge(reports: Iterable[Report]) -> Report:
@@ -221,6 +264,7 @@ def merge(reports: Iterable[Report]) -> Report:
         out.embeddings += r.embeddings
         out.curves += r.curves
         out.streams.update(r.streams)
+        out.corpora.update(r.corpora)
     return out
 
 

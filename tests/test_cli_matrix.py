@@ -288,6 +288,20 @@ def case_embeddings_neighbors(tiny, tmp_path, **_):
     assert [line.split()[2] for line in result.out.splitlines()] == expected
 
 
+def case_embeddings_analogy(tiny, **_):
+    """The best answer to a - b + c by 3CosAdd, recomputed here with numpy from the run's own vectors."""
+    run, _ = tiny
+    from lmpipe.embeddings.vectors import Vectors
+
+    vecs = Vectors.load(run / "sgns" / "vectors")
+    unit = np.asarray(vecs.matrix, np.float64) / np.linalg.norm(vecs.matrix, axis=1, keepdims=True)
+    a, b, c = (vecs.index(w) for w in vecs.tokens[10:13])
+    cos = unit @ (unit[b] - unit[a] + unit[c])
+    cos[[a, b, c]] = -np.inf
+    result = lmpipe("embeddings", "analogy", run, "--positive", vecs.tokens[b], vecs.tokens[c], "--negative", vecs.tokens[a], "-k", "1")
+    assert result.code == 0 and result.out.split()[2] == vecs.tokens[int(np.argmax(cos))]
+
+
 def case_submit(jobs, **_):
     client, run, result = jobs
     assert result.code == 0, result.err
@@ -359,6 +373,7 @@ CASES: dict[tuple[str, ...], Callable[..., None]] = {
     ("embeddings", "export"): case_embeddings_export,
     ("embeddings", "import"): case_embeddings_import,
     ("embeddings", "neighbors"): case_embeddings_neighbors,
+    ("embeddings", "analogy"): case_embeddings_analogy,
     ("submit",): case_submit,
     ("jobs", "list"): case_jobs_list,
     ("jobs", "status"): case_jobs_status,

@@ -37,7 +37,9 @@ def make_run(
     """A run directory as the stages leave it: tokenize (sources with byte sizes), ngram (scores), sgns."""
     stream = f"tok-{lowercase}"
     _write(run, "tokenize", {
-        "fingerprint": stream, "settings": {"normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}},
+        "fingerprint": stream, "settings": {
+            "normalize": {"lowercase": lowercase}, "tokenizer": {"kind": "whitespace"}, "corpus": {"train": "tiny/train.txt"},
+        },
         "inputs": {"train": "abc"},
         "outputs": {"splits": {
             "train": {"text_bytes": 40000}, "test": {"text_bytes": test_bytes}, "valid": {"text_bytes": 0},
@@ -52,7 +54,12 @@ def make_run(
     _write(run, "sgns", {
         "fingerprint": "sg", "inputs": {"tokenize": stream}, "outputs": {"count": 500, "dim": 20},
         "training": {"seconds": 3.0, "device": "cpu", "workers": 2}, "host": {"hostname": "h", "cpus": 2},
-        "evaluation": {"analogy": {"total": 0.25}, "analogy_3cosmul": {"total": 0.3}, "wordsim353": {"spearman": 0.5}},
+        "evaluation": {
+            "analogy": {"total": 0.25, "answered": 88, "questions": 19544},
+            "analogy_3cosmul": {"total": 0.3, "answered": 88, "questions": 19544},
+            "wordsim353": {"spearman": 0.5, "pairs": 8, "oov": 345},
+            "simlex999": {"skipped": "no valid in-vocabulary pairs", "pairs": 0, "oov": 999},
+        },
     })  # fmt: skip
     return run
 
@@ -127,9 +134,13 @@ def test_write_report_files(tmp_path):
         "report.json",
         "valid_ppl.png",
         "embeddings.png",
+        "report.html",
     }
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| kn3 |" in md and "| sgns |" in md and "100.00" in md
+    # every evaluation figure with what it covers; a set not scored shows its 0 of N, never a bare figure
+    assert "| 25.00 (88/19,544) | 30.00 (88/19,544) | 0.500 (8/353) | – (0/999) | – | – |" in md
+    assert "![valid_ppl.png](valid_ppl.png)" in md
     rows = list(csv.DictReader((tmp_path / "out" / "models.csv").open()))
     assert (
         len(rows) == 1 and rows[0]["split"] == "test" and float(rows[0]["perplexity"]) == pytest.approx(100.0)
@@ -172,3 +183,79 @@ def test_report_stage_on_a_real_run(tmp_path, ray_local):
     )
     again = run_pipeline(spec, run_dir=tmp_path / "run", stages=["tokenize", "ngram", "report"])
     assert again["report"]["skipped"]
+
+
+def _report_with_curves(tmp_path) -> tuple:
+    report = collect(make_run(tmp_path / "tiny"))
+    run = str(tmp_path / "tiny")
+    report.curves += [
+        CurvePoint(run=run, model="lstm", epoch=e, perplexity=p, train_perplexity=t)
+        for e, p, t in [(1, 420.0, 900.0), (2, 260.0, 330.0), (3, 190.0, 210.0)]
+    ]
+    return report, run
+
+
+def test_curves_plot_train_valid_integer_epochs_and_the_ngram_reference(tmp_path):
+    """valid_ppl.png: train and valid lines, integer epoch ticks, plain-number y ticks (no 2x10^2 minor
+    labels), the run's n-gram validation perplexity as a horizontal line, and a title naming run and corpus."""
+    from matplotlib.ticker import NullFormatter
+
+    from lmpipe.pipelines.report import curves_figure
+
+    report, run = _report_with_curves(tmp_path)
+    fig = curves_figure(report)
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines["lstm valid"].get_ydata()) == [420.0, 260.0, 190.0]
+    assert list(lines["lstm train"].get_ydata()) == [900.0, 330.0, 210.0]
+    valid_kn = next(r for r in report.models if r.split == "valid").perplexity
+    (ref,) = [line for label, line in lines.items() if "n-gram" in label]
+    assert set(ref.get_ydata()) == {valid_kn} and "kn3" in ref.get_label()
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and not any("times" in x or "^" in x or "e+" in x for x in labels), labels
+    assert "run tiny, corpus tiny/train.txt" in ax.get_title()
+    assert ax.get_yscale() == "log"  # 79 to 900: over a decade
+    report.curves = [CurvePoint(run=run, model="lstm", epoch=e, perplexity=40.0 - e) for e in range(1, 8)]
+    (ax,) = curves_figure(report).axes
+    assert ax.get_yscale() == "linear" and isinstance(ax.yaxis.get_minor_formatter(), NullFormatter)
+    assert [t for t in ax.get_xticks() if 1 <= t <= 7] == list(range(1, 8))
+
+
+def test_embeddings_plot_one_quantity_per_axis_in_percent_and_no_empty_bars(tmp_path):
+    from lmpipe.pipelines.report import embeddings_figure
+
+    report, _ = _report_with_curves(tmp_path)
+    fig = embeddings_figure(report)
+    acc, sim = fig.axes
+    assert acc.get_ylabel() == "accuracy (%)" and sim.get_ylabel() == "Spearman ρ"
+    assert sorted(round(p.get_height(), 6) for p in acc.patches) == [25.0, 30.0]  # percent, not 0.25
+    assert [round(p.get_height(), 6) for p in sim.patches] == [0.5]  # SimLex/MEN/RW not evaluated: no bar
+    assert [t.get_text() for t in sim.get_xticklabels()] == ["WS353"]
+    assert "run tiny" in fig._suptitle.get_text()
+
+
+def test_report_html_is_self_contained(tmp_path):
+    """report.html holds the tables and both plots inline (data: URIs); nothing is fetched from elsewhere."""
+    import base64
+    from html.parser import HTMLParser
+
+    report, _ = _report_with_curves(tmp_path)
+    write_report(report, tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    refs: list[tuple[str, str]] = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            refs.extend((tag, v) for k, v in attrs if k in ("src", "href", "srcset", "data", "action"))
+
+    Refs().feed(page)
+    assert len(refs) == 2 and all(tag == "img" and v.startswith("data:image/png;base64,") for tag, v in refs)
+    pngs = [base64.b64decode(v.split(",", 1)[1]) for _, v in refs]
+    assert pngs == [(tmp_path / "out" / n).read_bytes() for n in ("valid_ppl.png", "embeddings.png")]
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert "<td>25.00 (88/19,544)</td>" in page and "<td>kn3</td>" in page
+    assert "run tiny, corpus tiny/train.txt" in page

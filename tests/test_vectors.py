@@ -156,7 +156,9 @@ def test_safetensors_with_vocab_file(tmp_path):
     back = load_safetensors(tmp_path / "v.safetensors", vocab_path=tmp_path / "vocab.tsv")
     assert back.tokens == vecs.tokens and read_vocab_tsv(tmp_path / "vocab.tsv")[0] == vecs.tokens
     np.testing.assert_array_equal(back.matrix, vecs.matrix)
-    with pytest.raises(ValueError, match="pass vocab_path"):
+    assert load_safetensors(tmp_path / "v.safetensors").tokens == vecs.tokens  # the metadata names the file
+    (tmp_path / "vocab.tsv").unlink()
+    with pytest.raises(ValueError, match="vocabulary file .*vocab.tsv is missing"):
         load_safetensors(tmp_path / "v.safetensors")
 
 

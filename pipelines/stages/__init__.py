@@ -34,6 +34,15 @@ from types import ModuleType
 from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError
 
+
+def epoch_lines(manifest: dict, epochs: list[dict], line) -> list[str]:
+    """A summary's per-epoch lines, ``line(epoch)`` each; for a skipped (up-to-date) stage only the last,
+    said to be from earlier, so a rerun does not reprint a history it did not compute."""
+    if manifest.get("skipped") and epochs:
+        return [f"{len(epochs)} epoch(s) trained earlier; last: {line(epochs[-1])}"]
+    return [line(e) for e in epochs]
+
+
 #: In :attr:`Stage.after`: every stage that does not itself say ``EVERY`` (the mix and report stages).
 EVERY = "*"
 

@@ -14,7 +14,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lmpipe.embeddings.evaluate import SIMILARITY_SETS, evaluate_analogies, evaluate_word_pairs
+from lmpipe.embeddings.evaluate import (
+    SIMILARITY_SETS,
+    evaluate_analogies,
+    evaluate_word_pairs,
+    read_word_pairs,
+)
 from lmpipe.embeddings.vectors import Vectors
 
 logger = logging.getLogger(__name__)
@@ -50,8 +55,8 @@ def evaluate(vectors: Vectors, files: dict[str, Path]) -> dict[str, Any]:
     for name, (_, delimiter) in SIMILARITY_SETS.items():
         try:
             r = evaluate_word_pairs(vectors, files[name], delimiter=delimiter, restrict_vocab=RESTRICT_VOCAB)
-        except ValueError as exc:  # no pair in the vocabulary (tiny corpora)
-            out[name] = {"skipped": str(exc)}
+        except ValueError as exc:  # no pair in the vocabulary (tiny corpora): 0 of the file's pairs
+            out[name] = {"skipped": str(exc), "pairs": 0, "oov": len(read_word_pairs(files[name], delimiter)[0])}
             continue
         out[name] = {"spearman": r.spearman, "pearson": r.pearson, "pairs": r.pairs, "oov": r.oov}
     for key, method in (("analogy", "3cosadd"), ("analogy_3cosmul", "3cosmul")):
@@ -87,7 +92,9 @@ def summary_lines(evaluation: dict[str, Any]) -> list[str]:
         return [f"evaluation skipped: {evaluation['skipped']}"]
     a = evaluation["analogy"]
     sims = [
-        f"{n} {evaluation[n]['spearman']:.3f}" for n in SIMILARITY_SETS if "spearman" in evaluation.get(n, {})
+        f"{n} {e['spearman']:.3f} ({e['pairs']:,} of {e['pairs'] + e['oov']:,} pairs)"
+        for n in SIMILARITY_SETS
+        if "spearman" in (e := evaluation.get(n, {}))
     ]
     return [
         f"analogy 3CosAdd: total {100 * a['total']:.2f}% (semantic {100 * a['semantic']:.2f}%, syntactic "

@@ -33,7 +33,7 @@ from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import GloveSpec
-from lmpipe.pipelines.stages import Stage, StageContext
+from lmpipe.pipelines.stages import Stage, StageContext, epoch_lines
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
@@ -116,10 +116,10 @@ def summary(manifest: dict[str, Any]) -> list[str]:
         f"{workers} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; entries per worker "
         f"{tr['share_entries']}",
     ]
-    for e in tr["epochs"]:
-        rows.append(
-            f"epoch {e['epoch']}: cost {e['cost']:.5f}, {e['seconds']:.2f} s, {e['entries_per_second']:,.0f} entries/s"
-        )
+    rows += epoch_lines(
+        manifest, tr["epochs"],
+        lambda e: f"epoch {e['epoch']}: cost {e['cost']:.5f}, {e['seconds']:.2f} s, {e['entries_per_second']:,.0f} entries/s",
+    )  # fmt: skip
     if tr["resumed_after_epoch"]:
         rows.append(f"resumed after epoch {tr['resumed_after_epoch']} from a checkpoint")
     return rows + summary_lines(manifest.get("evaluation", {}))

@@ -336,7 +336,10 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
                 )  # fmt: skip
             )
         rows += [
-            CurvePoint(run=str(run_dir), model=name, epoch=int(e["epoch"]), perplexity=float(e["valid_perplexity"]))
+            CurvePoint(
+                run=str(run_dir), model=name, epoch=int(e["epoch"]), perplexity=float(e["valid_perplexity"]),
+                train_perplexity=e.get("train_perplexity"),
+            )  # fmt: skip
             for e in m["epochs"]
             if e.get("valid_perplexity") is not None
         ]

@@ -37,7 +37,7 @@ from lmpipe.pipelines.ingest import InputError
 from lmpipe.pipelines.rundir import StageRun
 from lmpipe.pipelines.spec import SgnsSpec
 from lmpipe.pipelines.spec_parser import SpecError
-from lmpipe.pipelines.stages import Stage, StageContext
+from lmpipe.pipelines.stages import Stage, StageContext, epoch_lines
 from lmpipe.pipelines.stages.embedding_eval import evaluate_stage, summary_lines
 
 logger = logging.getLogger(__name__)
@@ -129,10 +129,10 @@ def summary(manifest: dict[str, Any]) -> list[str]:
     rows.append(
         f"{workers} worker(s) x {tr['threads']} thread(s) on {tr['device']}{sync}; words per worker {tr['share_words']}"
     )
-    for e in tr["epochs"]:
-        rows.append(
-            f"epoch {e['epoch']}: {e['words']:,} words, {e['words_per_second']:,.0f} words/s, loss {e['loss']:.4f}"
-        )
+    rows += epoch_lines(
+        manifest, tr["epochs"],
+        lambda e: f"epoch {e['epoch']}: {e['words']:,} words, {e['words_per_second']:,.0f} words/s, loss {e['loss']:.4f}",
+    )  # fmt: skip
     if tr["resumed_after_epoch"]:
         rows.append(f"resumed after epoch {tr['resumed_after_epoch']} from a checkpoint")
     rows += summary_lines(ev)
