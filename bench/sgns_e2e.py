@@ -102,13 +102,18 @@ def prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, int]:
     sys.path.insert(0, str(BENCH))
     from corpora import english_text, generated_corpus
 
-    from lmpipe.pipelines.core.shards import read_ids
-    from lmpipe.pipelines.core.vocab import Vocab
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.tokenized is not None:  # an existing run directory's tokenize stage; its spec is the base
+        import yaml
+
+        tokenized = args.tokenized
+        base = yaml.safe_load((tokenized / "spec.yaml").read_text())
+        base = {k: base[k] for k in ("name", "corpus", "normalize", "tokenizer", "vocab", "tokenize") if k in base}
+        return base, tokenized, *_token_text(tokenized, work / f"{args.corpus}.tokens.txt")
     raw = work / f"{args.corpus}.raw.txt"
     if args.corpus == "english":
         if not raw.exists():
@@ -123,8 +128,14 @@ def prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, int]:
     tokenized = work / f"{args.corpus}-tokenized"
     if not (tokenized / "tokenize" / "manifest.json").exists():
         run_pipeline(parse_spec(base, source="bench"), run_dir=tokenized, stages=["tokenize"], mirror=str(args.mirror))
-    text = work / f"{args.corpus}.tokens.txt"
-    words = 0
+    return base, tokenized, *_token_text(tokenized, work / f"{args.corpus}.tokens.txt")
+
+
+def _token_text(tokenized: Path, text: Path) -> tuple[Path, int]:
+    """The training shards' tokens as one text file (a line per sentence) for gensim, and their count."""
+    from lmpipe.pipelines.core.shards import read_ids
+    from lmpipe.pipelines.core.vocab import Vocab
+
     if not text.exists():
         tokens = Vocab.load(tokenized / "tokenize" / "vocab.tsv").tokens.to_pylist()
         with open(text, "w", encoding="utf-8") as out:
@@ -132,7 +143,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict, Path, Path, int]:
                 out.write(" ".join(tokens[i] for i in s.tolist()) + "\n")
     with open(text, encoding="utf-8") as f:
         words = sum(len(line.split()) for line in f)
-    return base, tokenized, text, words
+    return text, words
 
 
 def main() -> None:
@@ -144,6 +155,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="sgns.workers (threads: --threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mirror", type=Path, default=Path(os.environ.get("LMPIPE_DATA_MIRROR", "../shared/data")))
+    p.add_argument("--tokenized", type=Path, default=None, help="reuse this run directory's tokenize stage")
     p.add_argument("--lmpipe", default=None, help="lmpipe executable (default: this venv's; another checkout's = before)")
     p.add_argument("--work", type=Path, default=Path("/tmp/lmpipe-bench-sgns-e2e"))
     args = p.parse_args()

@@ -62,12 +62,12 @@ def train_pairs(
                 f = np.float32(0.0)
                 for x in range(dim):
                     f += w_in[u, x] * w_out[t, x]
-                margin = f if j == 0 else -f  # loss term: softplus(-margin), computed without overflow
-                if margin > 0:
-                    loss += math.log1p(math.exp(-margin))
-                else:
-                    loss += -margin + math.log1p(math.exp(margin))
-                g = (label - np.float32(1.0 / (1.0 + math.exp(-f)))) * lr
+                # one exp for both the loss term softplus(-margin) and sigmoid(f), without overflow
+                e = math.exp(-abs(f))
+                margin = f if j == 0 else -f
+                loss += math.log1p(e) + max(-margin, 0.0)
+                sig = 1.0 / (1.0 + e) if f >= 0 else e / (1.0 + e)
+                g = (label - np.float32(sig)) * lr
                 for x in range(dim):
                     grad_in[x] += g * w_out[t, x]
                     w_out[t, x] += g * w_in[u, x]
