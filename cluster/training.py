@@ -455,7 +455,13 @@ def fit(
 
     ``name`` must be fresh for each call (Ray Train V2 would auto-restore a reused name); Ray's own run
     folder ``storage/name`` is removed afterwards, since the stage's checkpoints are the resume source.  A
-    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper."""
+    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper.
+
+    One worker without a GPU runs ``train_loop`` in this process (:func:`fit_in_process`): the degree-1 case
+    of the same loop, without Ray Train's controller and worker actors, whose start-up and reporting cost
+    several seconds per stage (bench/RESULTS.md, the SGNS fixed costs)."""
+    if workers == 1 and not use_gpu:
+        return fit_in_process(train_loop, config)
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -504,6 +510,16 @@ def _own_sigint() -> Iterator[None]:
     finally:
         if main and previous is not None:
             signal.signal(signal.SIGINT, previous)
+
+
+def fit_in_process(train_loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
+    """``train_loop(config)`` as a plain function in this process (rank 0 of 1; ``WorkerGroup.current`` finds no
+    Ray Train context), leaving this process's torch thread count as it was."""
+    intra_op = torch.get_num_threads()
+    try:
+        return train_loop(config)
+    finally:
+        torch.set_num_threads(intra_op)
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:
@@ -575,5 +591,10 @@ class StageTraining:
 def start_training(stage: str, run_dir: Path, fingerprint: str, section: Any) -> StageTraining:
     """Check that the cluster can place the workers of ``section`` (the stage's settings: its ``workers``,
     ``threads`` and ``use_gpu``; else a ResourceError naming them) and return the stage's :class:`StageTraining`."""
-    check_resources(stage, section.workers, section.threads, section.use_gpu)
+    import sys
+
+    ray = sys.modules.get("ray")
+    if section.workers > 1 or section.use_gpu or (ray is not None and ray.is_initialized()):
+        check_resources(stage, section.workers, section.threads, section.use_gpu)
+    # else: it trains in this process (fit_in_process), checked against this machine before the run
     return StageTraining(stage, Path(run_dir), fingerprint, section.workers, section.threads, section.use_gpu)

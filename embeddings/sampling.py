@@ -60,13 +60,14 @@ class NoiseSampler:
         return torch.where(coin < self.accept[slot], slot, self.alias[slot])
 
 
-def skipgram_pairs(
+def windowed_tokens(
     sentences: Sequence[np.ndarray], window: int, keep_prob: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """All (centre, context) id pairs of a block of sentences, word2vec's sampling, as two int64 arrays.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """word2vec's two draws over a block of sentences: ``(ids, seg, eff)`` of the tokens kept by subsampling,
+    their sentence index and their effective window in 1..window (int64 arrays).
 
     Randomness, in this order: one uniform per token for subsampling (kept if ``u < keep_prob[id]``), then
-    one ``b`` in 0..window-1 per kept token.  Pairs come grouped by offset (forward, then backward).
+    one ``b`` in 0..window-1 per kept token (``eff = window - b``).
     """
     lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
     ids = np.concatenate(sentences).astype(np.int64) if len(sentences) else np.zeros(0, np.int64)
@@ -74,6 +75,18 @@ def skipgram_pairs(
     kept = rng.random(len(ids)) < keep_prob[ids]
     ids, seg = ids[kept], seg[kept]
     eff = window - rng.integers(0, window, size=len(ids))
+    return ids, seg, eff
+
+
+def skipgram_pairs(
+    sentences: Sequence[np.ndarray], window: int, keep_prob: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (centre, context) id pairs of a block of sentences, word2vec's sampling, as two int64 arrays.
+
+    The draws are :func:`windowed_tokens`'.  Pairs come grouped by offset (forward, then backward); the
+    numba backend enumerates the same pairs centre by centre instead (``sgns_kernel.window_pairs``).
+    """
+    ids, seg, eff = windowed_tokens(sentences, window, keep_prob, rng)
     centres, contexts = [], []
     for o in range(1, min(window, len(ids) - 1) + 1):
         same = seg[o:] == seg[:-o]

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
+from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs, windowed_tokens
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
 
@@ -235,19 +235,20 @@ class SGNS:
         """Train on one block of sentences with ``stream``'s randomness; returns (pairs, summed loss)."""
         c, st = self.config, stream or self._stream
         words, words_done = int(sum(len(s) for s in sentences)), self.words_done
-        centre_np, context_np = skipgram_pairs(sentences, c.window, self.keep_prob, st.rng)
-        order = st.rng.permutation(len(centre_np))
-        if self.backend == "numba":
-            from lmpipe.embeddings.sgns_kernel import train_pairs
+        if self.backend == "numba":  # word2vec's order, centre by centre: no shuffle (see window_pairs)
+            from lmpipe.embeddings.sgns_kernel import train_pairs, window_pairs
 
-            noise_np = self.noise.draw((len(order), c.negative), st.generator).numpy()
+            centre_np, context_np = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, st.rng))
+            noise_np = self.noise.draw((len(centre_np), c.negative), st.generator).numpy()
             loss_sum = train_pairs(
-                self.w_in.numpy(), self.w_out.numpy(), centre_np[order], context_np[order], noise_np,
+                self.w_in.numpy(), self.w_out.numpy(), centre_np, context_np, noise_np,
                 self.learning_rate(words_done), self.learning_rate(words_done + words), self._slices,
             )  # fmt: skip
             with self._lock:
                 self.words_done += words
-            return len(order), float(loss_sum)
+            return len(centre_np), float(loss_sum)
+        centre_np, context_np = skipgram_pairs(sentences, c.window, self.keep_prob, st.rng)
+        order = st.rng.permutation(len(centre_np))
         device = self.w_in.device
         centre = torch.from_numpy(centre_np[order]).to(device, non_blocking=True)
         context = torch.from_numpy(context_np[order]).to(device, non_blocking=True)

@@ -5,7 +5,7 @@ GPU, but on a CPU core each batch pays ~15 operator dispatches and temporaries f
 and Python threads serialise on the GIL between operators, so a second thread gained little (1.1x,
 bench/RESULTS.md).  This kernel is word2vec.c's loop -- one pair at a time, SGD applied immediately --
 compiled to machine code with the GIL released, and ``threads`` workers run it Hogwild on the shared
-matrices (``numba.prange`` over contiguous slices of the shuffled pairs), as word2vec.c's pthreads and
+matrices (``numba.prange`` over contiguous slices of the block's pairs, in word2vec's order), as word2vec.c's pthreads and
 gensim's Cython workers do.  Same semantics as ``sgns_step`` with ``batch_pairs=1``: for each pair the
 context word's input row trains against the centre's output row (label 1) and K noise rows (label 0,
 a noise word equal to the centre skipped), ``g = (label - sigmoid(u.v)) * lr``, output rows updated at
@@ -62,12 +62,12 @@ def train_pairs(
                 f = np.float32(0.0)
                 for x in range(dim):
                     f += w_in[u, x] * w_out[t, x]
-                margin = f if j == 0 else -f  # loss term: softplus(-margin), computed without overflow
-                if margin > 0:
-                    loss += math.log1p(math.exp(-margin))
-                else:
-                    loss += -margin + math.log1p(math.exp(margin))
-                g = (label - np.float32(1.0 / (1.0 + math.exp(-f)))) * lr
+                # one exp for both the loss term softplus(-margin) and sigmoid(f), without overflow
+                e = math.exp(-abs(f))
+                margin = f if j == 0 else -f
+                loss += math.log1p(e) + max(-margin, 0.0)
+                sig = 1.0 / (1.0 + e) if f >= 0 else e / (1.0 + e)
+                g = (label - np.float32(sig)) * lr
                 for x in range(dim):
                     grad_in[x] += g * w_out[t, x]
                     w_out[t, x] += g * w_in[u, x]
@@ -82,3 +82,31 @@ def set_threads(threads: int) -> int:
     n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
     return n
+
+
+@numba.njit(cache=True, nogil=True)
+def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (centre, context) pairs of kept tokens ``ids`` (sentence index ``seg``, effective window ``eff``),
+    in word2vec.c's order: centre by centre, each centre's contexts from the leftmost to the rightmost.
+
+    Consecutive pairs share the centre's output row and neighbouring input rows, which stay in the L1/L2
+    cache; a shuffled pair order touches two random rows per pair instead (bench/RESULTS.md, the SGNS
+    profile).  Same pairs as :func:`embeddings.sampling.skipgram_pairs` given the same draws."""
+    n = ids.shape[0]
+    total = 0
+    for i in range(n):
+        lo, hi = max(0, i - eff[i]), min(n - 1, i + eff[i])
+        for j in range(lo, hi + 1):
+            if j != i and seg[j] == seg[i]:
+                total += 1
+    centre = np.empty(total, dtype=np.int64)
+    context = np.empty(total, dtype=np.int64)
+    p = 0
+    for i in range(n):
+        lo, hi = max(0, i - eff[i]), min(n - 1, i + eff[i])
+        for j in range(lo, hi + 1):
+            if j != i and seg[j] == seg[i]:
+                centre[p] = ids[i]
+                context[p] = ids[j]
+                p += 1
+    return centre, context

@@ -40,6 +40,7 @@ from lmpipe.pipelines.stages import (
     declaration,
     require_stage,
     stage_module,
+    wants_ray,
 )
 
 logger = logging.getLogger(__name__)
@@ -178,8 +179,7 @@ def run_pipeline(
             current["skipped"] = True
             manifests[name] = current
         else:
-            needs_ray = module.STAGE.needs_ray
-            if (needs_ray(ctx) if callable(needs_ray) else needs_ray) and not connected:
+            if wants_ray(ctx, name) and not connected:
                 from lmpipe.cluster.connect import connect
 
                 connect(address, num_cpus=num_cpus)

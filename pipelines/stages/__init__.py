@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError
@@ -105,6 +106,25 @@ def stage_module(name: str) -> ModuleType:
 
 def declaration(name: str) -> Stage:
     return stage_module(name).STAGE
+
+
+def in_process(section: Any) -> bool:
+    """A training section with one worker and no GPU trains in the driver's process
+    (``cluster.training.fit_in_process``): the degree-1 case of the same loop, without Ray Train."""
+    return getattr(section, "workers", 0) == 1 and not getattr(section, "use_gpu", False)
+
+
+def wants_ray(ctx: StageContext, name: str) -> bool:
+    """Whether running stage ``name`` needs a Ray instance: its declaration's ``needs_ray``, except a Ray Train
+    stage that trains in process (:func:`in_process`) on an embedded local Ray, which then is never started."""
+    stage = declaration(name)
+    if callable(stage.needs_ray):  # the stage decides from its settings (ngram.executor)
+        return stage.needs_ray(ctx)
+    if not stage.needs_ray:
+        return False
+    if stage.ray_train and not ctx.address and in_process(ctx.spec.section(name)):
+        return False
+    return True
 
 
 def check_machine(ctx: StageContext, section: str) -> None:
