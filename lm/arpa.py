@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lmpipe.lm import kenlm_tools
+from lmpipe.pipelines.core.faults import inject
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ def _write_sections(
                 ).encode()
             )
             for k in range(1, top + 1):
+                inject("ngram.arpa")  # the fault-injection suite ends the driver mid-write here
                 out.write(f"\\{k}-grams:\n".encode())
                 written = 0
                 for table in tables_of(k):

@@ -34,6 +34,7 @@ from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
 from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.files import sha256_file
 from lmpipe.pipelines.core.keyed import key_columns
 from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
@@ -112,6 +113,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
 # ------------------------------------------------------------------------------------------ counting
 def _count_task(shard: str, order: int, store: DirectoryStore, partitions: int, index: int) -> dict[str, Any]:
     """Map side: count one token shard (pre-aggregated) and split each order by the hash of its n-gram."""
+    inject("ngram.count")
     table = read_shard(shard)
     counts = count_ngrams(table, order, unk="word")
     for k, t in counts.items():
@@ -124,6 +126,7 @@ def _count_task(shard: str, order: int, store: DirectoryStore, partitions: int, 
 
 def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
     """Reduce side: merge partition ``p``'s pieces of one order into ``counts{order}``, the estimator's input."""
+    inject("ngram.merge")
     merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
     store.put(f"counts{order}", p, merged)
     return merged.num_rows
