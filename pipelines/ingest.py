@@ -67,8 +67,9 @@ class Source:
     name: str = ""
 
     def fingerprint(self) -> dict[str, object]:
-        """Cheap identity of the file's content: path, size and modification time."""
-        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns}
+        """Cheap identity of the file's content: path, size and modification time; and its document name,
+        so tokenize outputs made when document ids hashed the absolute URI are recomputed."""
+        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "name": self.name}
 
     @property
     def doc_hash(self) -> int:
