@@ -98,13 +98,17 @@ def test_worker_kills_at_seeded_points_leave_the_outputs_byte_identical(clean, t
 
 
 def _driver(run_dir: Path, faults: Path, point: str) -> subprocess.CompletedProcess:
-    """``lmpipe run`` in its own process, which the schedule ends at ``point``."""
+    """``lmpipe run`` in its own process, which the schedule ends at ``point`` (a driver-side point); it
+    joins the session's Ray instance, whose workers see the session's (empty) schedule."""
+    import ray
+
     (faults / f"{point}.at").write_text("0\n")
+    address = ray.get_runtime_context().gcs_address
     code = (
         "import sys; from pathlib import Path; from lmpipe.pipelines.run import run_pipeline;"
         "from lmpipe.pipelines.spec import load_spec;"
         f"run_pipeline(load_spec(Path({str(SPECS / 'tiny.yaml')!r}), overrides=['cooccur.workers=2']),"
-        f" run_dir=Path({str(run_dir)!r}), stages={STAGES!r}, num_cpus=2)"
+        f" run_dir=Path({str(run_dir)!r}), stages={STAGES!r}, address={address!r})"
     )
     env = dict(os.environ, **{ENV: str(faults)})
     env.pop("RAY_ADDRESS", None)
