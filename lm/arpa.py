@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from lmpipe.lm import kenlm_tools
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.files import read_table, temp_sibling
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def _write_sections(path: Path, counts: dict[int, int], write_order: Callable[[i
                 ).encode()
             )
             for k in range(1, top + 1):
+                inject("ngram.arpa")  # the fault-injection suite ends the driver mid-write here
                 out.write(f"\\{k}-grams:\n".encode())
                 written = write_order(k, out)
                 if written != counts[k]:

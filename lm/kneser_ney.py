@@ -64,6 +64,7 @@ import numpy as np
 import pyarrow as pa
 
 from lmpipe.pipelines.core.errors import UserError
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.keyed import (
     column_np,
     group_rows,
@@ -677,6 +678,7 @@ def _resplit_task(store: PartitionStore, src: str, p: int, dst: str, keys: list[
 def _adjust_task(
     store: PartitionStore, k: int, p: int, top: int, threshold: int, prune_words: np.ndarray | None
 ) -> OrderStats:
+    inject("ngram.adjust")
     lower = store.read(f"counts{k}", p, ngram_schema(k))
     higher = store.read(f"suffix{k + 1}", p, ngram_schema(k + 1)) if k < top else None
     adjusted = adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)

@@ -250,7 +250,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     ctx = StageContext(spec=spec, run_dir=run_dir, mirror=_mirror(args), address=args.address, num_cpus=args.num_cpus)
     connect(args.address, num_cpus=args.num_cpus)
     out = Path(args.out) if args.out else run_dir / f"tune-{args.stage}"
-    best = importlib.import_module(TUNERS[args.stage]).tune(ctx, args.samples, out)
+    from lmpipe.pipelines.runlock import RunLock
+
+    with RunLock(run_dir):  # it reads the run's stages and writes beside them: not while a run changes them
+        best = importlib.import_module(TUNERS[args.stage]).tune(ctx, args.samples, out)
     print(f"best {best['metric']} {best['score']:.4f} (epoch {best['epoch']}) with {best['params']}")
     print(f"trials: {out / 'trials.tsv'}; best settings: {out / 'best.yaml'}")
     return 0

@@ -285,8 +285,8 @@ def finalize_chunk(chunk: Chunk, job: ChunkJob) -> ChunkStats:
                 positions = np.asarray(batch.column("position"))[mask]
                 docs = np.asarray(batch.column("doc"))[mask]
                 _write_split(writers[split], stats, split, chunk, ids, positions, docs)
-    data_path.unlink()
-    dict_path.unlink()
+    # The intermediates stay: a retried task (its worker died before the driver had the result) reads them
+    # again; the driver removes ``_chunks/`` once every result is in.
     _close(writers, stats)
     return stats
 

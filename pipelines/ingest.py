@@ -61,14 +61,20 @@ class Source:
     compression: str  # none | gzip
     size: int
     mtime_ns: int | None
+    #: the file's path relative to the spec entry it came from (the folder, the pattern's fixed part, or the
+    #: file itself), prefixed by the entry's place in its split: the document's identity, which never depends
+    #: on where the corpus is mounted
+    name: str = ""
 
     def fingerprint(self) -> dict[str, object]:
-        """Cheap identity of the file's content: path, size and modification time."""
-        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns}
+        """Cheap identity of the file's content: path, size and modification time; and its document name,
+        so tokenize outputs made when document ids hashed the absolute URI are recomputed."""
+        return {"uri": self.uri, "size": self.size, "mtime_ns": self.mtime_ns, "name": self.name}
 
     @property
     def doc_hash(self) -> int:
-        return int.from_bytes(hashlib.blake2b(self.uri.encode(), digest_size=8).digest(), "little")
+        """The document id: a hash of :attr:`name`, so shards and a ``corpus.split`` depend only on the corpus."""
+        return int.from_bytes(hashlib.blake2b((self.name or self.uri).encode(), digest_size=8).digest(), "little")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +123,26 @@ def _detect_format(path: str, declared: str) -> tuple[str, str]:
     return fmt, compression
 
 
-def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, str]]:
-    """One spec entry -> [(filesystem, path, display uri)], sorted, or an InputError naming it."""
+def _relative(path: str, root: str) -> str:
+    """``path`` relative to ``root`` ("/"-separated), or its base name when ``root`` does not contain it."""
+    root = root.rstrip("/")
+    if root and path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    return path.rsplit("/", 1)[-1]
+
+
+def _fixed_part(path: str) -> str:
+    """The folder a glob pattern's matches lie under: its components before the first wildcard."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if any(ch in part for ch in "*?["):
+            return "/".join(parts[:i])
+    return path.rsplit("/", 1)[0]
+
+
+def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, str, str]]:
+    """One spec entry -> [(filesystem, path, display uri, name relative to the entry)], sorted, or an
+    InputError naming it."""
     if ref.startswith("data:"):
         from lmpipe.pipelines.datasets.resolve import resolve
 
@@ -138,7 +162,8 @@ def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, st
             paths = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
         if not paths:
             raise InputError(f"{ref}: no file matches this pattern")
-        return [(fs, p, prefix + p if is_uri else p) for p in paths]
+        root = _fixed_part(path)
+        return [(fs, p, prefix + p if is_uri else p, _relative(p, root)) for p in paths]
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"{ref}: no such file or directory")
@@ -149,8 +174,8 @@ def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, st
         )
         if not paths:
             raise InputError(f"{ref}: directory holds no files")
-        return [(fs, p, prefix + p if is_uri else p) for p in paths]
-    return [(fs, path, ref if is_uri else path)]
+        return [(fs, p, prefix + p if is_uri else p, _relative(p, path)) for p in paths]
+    return [(fs, path, ref if is_uri else path, _relative(path, ""))]
 
 
 def find_sources(corpus: CorpusSpec, *, mirror: str | None = None) -> dict[str, list[Source]]:
@@ -159,17 +184,18 @@ def find_sources(corpus: CorpusSpec, *, mirror: str | None = None) -> dict[str, 
     index = 0
     for split in ("train", "valid", "test"):
         sources = []
-        for ref in getattr(corpus, split):
+        for entry, ref in enumerate(getattr(corpus, split)):
             try:
-                found = [(fs, path, uri, fs.get_file_info(path)) for fs, path, uri in _expand(ref, mirror)]
+                found = [(fs, path, uri, rel, fs.get_file_info(path)) for fs, path, uri, rel in _expand(ref, mirror)]
             except OSError as exc:  # an unreachable or refusing store (s3://, gs://, hdfs://)
                 raise InputError(f"{ref}: cannot reach this input ({exc})") from None
-            for fs, path, uri, info in found:
+            for fs, path, uri, rel, info in found:
                 if isinstance(fs, pafs.LocalFileSystem) and not os.access(path, os.R_OK):
                     raise InputError(f"{uri}: file is not readable (permission denied)")
                 fmt, compression = _detect_format(path, corpus.format)
                 mtime = info.mtime_ns if info.mtime_ns is not None else None
-                sources.append(Source(index, split, uri, fmt, compression, int(info.size or 0), mtime))
+                name = f"{split}/{entry}/{rel}"
+                sources.append(Source(index, split, uri, fmt, compression, int(info.size or 0), mtime, name))
                 index += 1
         result[split] = sources
     return result

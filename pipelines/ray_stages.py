@@ -25,6 +25,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from lmpipe.cluster.process import Placement, process_info
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from lmpipe.pipelines.ingest import Chunk, InputError
 from lmpipe.pipelines.tokenizers import make_tokenizer
@@ -61,6 +62,7 @@ class ChunkActor:
 
     def _process(self, chunk: Chunk) -> pa.Table:
         index = chunk.index
+        inject(f"tokenize.{self.mode}")
         if self.mode == "sample":
             rows = sample_chunk(chunk, self.job, self.sample_k)
             return pa.table(

@@ -21,15 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.redact import redact
 from lmpipe.pipelines.rundir import (
     StageRun,
+    check_replaceable,
     clean_stale,
     fingerprint,
     is_current,
     read_manifest,
     write_text_atomic,
 )
+from lmpipe.pipelines.runlock import RunLock
 from lmpipe.pipelines.spec import STAGE_ORDER, RunSpec, SpecError, dump_spec
 from lmpipe.pipelines.spec_parser import settings_dict
 from lmpipe.pipelines.stages import (
@@ -160,11 +163,26 @@ def run_pipeline(
             raise SpecError(f"--force: bad value {name!r}; allowed: {list(STAGE_ORDER)}")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir):
+        return _run_locked(spec, run_dir, selected, force, address, mirror, num_cpus)
+
+
+def _run_locked(
+    spec: RunSpec,
+    run_dir: Path,
+    selected: list[str],
+    force: Sequence[str],
+    address: str | None,
+    mirror: str | None,
+    num_cpus: int | None,
+) -> dict[str, dict[str, Any]]:
+    """``run_pipeline`` with the run directory's lock held."""
     clean_stale(run_dir)
     ctx = StageContext(
         spec=spec, run_dir=run_dir, mirror=mirror, selected=tuple(selected), address=address, num_cpus=num_cpus
     )
-    preflight(ctx, force)  # fail fast, before any cluster time is spent
+    for name in preflight(ctx, force):  # fail fast, before any cluster time is spent
+        check_replaceable(run_dir, name)
     # Only an accepted run describes the outputs (generate and mix read it); credentials stay in memory.
     write_text_atomic(run_dir / "spec.yaml", redact(dump_spec(spec)))
     connected = False
@@ -193,6 +211,7 @@ def run_pipeline(
                 stage_run.abort()
                 raise
             manifests[name] = stage_run.commit(**result)
+            inject(f"run.{name}.committed")  # the fault-injection suite's driver kill at a stage boundary
             manifests[name]["skipped"] = False
             logger.info("[%d/%d] %s: done in %.1f s", step, len(selected), name, time.time() - started)
         for line in module.summary(manifests[name]):

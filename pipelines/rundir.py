@@ -7,6 +7,11 @@
       tokenize/manifest.json      written last, inside the temporary folder, before the rename
       .tokenize.tmp-<id>/         a stage in progress (or one that crashed: never mistaken for done)
       .checkpoints/<stage>-<fp>/  training state of an unfinished stage, resumed by a rerun
+      .lmpipe-lock                the run lock (``pipelines.runlock``)
+
+Every stage folder and temporary folder lmpipe makes holds ``.lmpipe-stage`` (the stage's name), so lmpipe
+deletes or replaces only what it made: a folder without the marker (or, for folders made before it, a
+``manifest.json`` naming the stage) is left alone, and a run that would have to replace it refuses.
 
 A stage is skipped when ``RUN/<stage>/manifest.json`` exists, says ``complete`` and carries the same
 fingerprint: a hash of the stage's settings and of its inputs (``pipelines.run.plan_stage``): each upstream
@@ -41,6 +46,34 @@ from lmpipe.pipelines.spec import STAGE_ORDER
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+MARKER = ".lmpipe-stage"
+
+
+class ForeignFolderError(UserError):
+    """The run directory holds a folder lmpipe did not make where a stage's output must go."""
+
+
+def made_by_lmpipe(folder: Path, stage: str) -> bool:
+    """Whether ``folder`` is lmpipe's folder for ``stage``: its marker says so, or (a folder made before the
+    marker) its manifest names the stage."""
+    try:
+        return (folder / MARKER).read_text(encoding="utf-8").strip() == stage
+    except OSError:
+        pass
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("stage") == stage
+
+
+def check_replaceable(run_dir: Path, stage: str) -> None:
+    """Refuse (one line, naming it) when ``RUN/<stage>`` exists but is not lmpipe's."""
+    final = Path(run_dir) / stage
+    if final.is_symlink() or (final.exists() and not (final.is_dir() and made_by_lmpipe(final, stage))):
+        raise ForeignFolderError(
+            f"{final}: not made by lmpipe (no {MARKER} or {stage} manifest); move it away, or use another --run-dir"
+        )
 
 
 def fingerprint(payload: Any) -> str:
@@ -143,6 +176,7 @@ class StageRun:
             raise ValueError(f"unknown stage {self.stage!r}; stages: {list(STAGE_ORDER)}")
         self.tmp_dir = self.run_dir / f".{self.stage}.tmp-{uuid.uuid4().hex[:12]}"
         self.tmp_dir.mkdir(parents=True)
+        (self.tmp_dir / MARKER).write_text(self.stage + "\n", encoding="utf-8")
 
     def scratch_dir(self, parent: str | os.PathLike[str] | None, setting: str) -> Path:
         """A working folder for intermediate files, removed when the stage commits or aborts: a fresh folder
@@ -187,6 +221,7 @@ class StageRun:
         manifest = redact_data(manifest)  # URIs (inputs, sources, argv) may carry credentials
         write_json_atomic(self.tmp_dir / MANIFEST, manifest)
         final = self.run_dir / self.stage
+        check_replaceable(self.run_dir, self.stage)
         old = None
         if final.exists():
             old = self.run_dir / f".{self.stage}.old-{uuid.uuid4().hex[:12]}"
@@ -230,8 +265,11 @@ def is_current(run_dir: Path, stage: str, fp: str) -> dict[str, Any] | None:
 
 
 def clean_stale(run_dir: Path) -> None:
-    """Remove temporary folders left by crashed stages (they are never read)."""
+    """Remove temporary folders left by crashed stages (they are never read); only lmpipe's own, marked
+    ones: a hidden folder a user named alike is left alone.  Called with the run lock held, so no live run
+    owns them."""
     for path in Path(run_dir).glob(".*.tmp-*"):
-        if path.is_dir():
+        stage = path.name[1:].split(".tmp-", 1)[0]
+        if path.is_dir() and not path.is_symlink() and (path / MARKER).is_file() and made_by_lmpipe(path, stage):
             logger.info("removing unfinished stage folder %s", path)
             shutil.rmtree(path, ignore_errors=True)

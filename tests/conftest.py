@@ -26,10 +26,13 @@ def mirror() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray instance shared by the session's integration tests."""
+def ray_local(tmp_path_factory):
+    """A real local Ray instance shared by the session's integration tests.  Its workers inherit
+    ``LMPIPE_FAULTS`` (an empty folder: inert until a test writes a schedule there, tests/test_faults.py)."""
     from lmpipe.cluster.connect import connect, shutdown
+    from lmpipe.pipelines.core.faults import ENV
 
+    os.environ[ENV] = str(tmp_path_factory.mktemp("faults"))
     info = connect(num_cpus=2)
     yield info
     shutdown()

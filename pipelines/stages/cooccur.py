@@ -49,6 +49,7 @@ from lmpipe.embeddings.cooccur import (
     partial_table,
     vocabulary_cut,
 )
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.files import read_table, sha256_file, write_table
 from lmpipe.pipelines.core.keyed import key_hash
 from lmpipe.pipelines.core.schemas import COOC_PARTIAL
@@ -168,6 +169,7 @@ def _count_task(
     """Map side: count one block of consecutive shards and spill the sums into the partition files.
     ``previous`` are the shards before the block, nearest first (document boundaries: their last words)."""
     started = time.perf_counter()
+    inject("cooccur.count")
     spiller = _Spiller(Path(work), partitions, index)
     counter = CooccurCounter(config, chunk_tokens=chunk_tokens, max_pairs=max_pairs, spill=spiller)
     if previous and boundary == "document":
@@ -197,13 +199,14 @@ def _count_task(
 def _merge_task(work: str, out: str, p: int, scale: int) -> dict[str, Any]:
     """Reduce side: exact sum of partition ``p``'s pieces -> ``cooc/part-PPPP.arrow`` (sorted by row, col)."""
     pieces = sorted(part_dir(Path(work), p).glob("piece-*.arrow"))
+    inject("cooccur.merge")
     keys, units = merge_partials(read_table(path) for path in pieces)
     result = {"partition": p, "nonzeros": int(len(keys)), "total_units": int(units.sum()), **process_info()}
     if len(keys):
         path = Path(out) / f"part-{p:04d}.arrow"
         write_table(path, cooc_table(keys, units, scale))
         result["file"] = path.name
-    shutil.rmtree(part_dir(Path(work), p), ignore_errors=True)
+    # The pieces stay until the driver has every result (it removes ``work``): a retry must find them.
     return result
 
 

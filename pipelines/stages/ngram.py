@@ -36,6 +36,7 @@ from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.lm import kneser_ney as kn
 from lmpipe.lm.ngram_counts import count_ngrams, merge_counts
 from lmpipe.pipelines.core.errors import MissingError
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.files import read_table, sha256_file, write_table
 from lmpipe.pipelines.core.keyed import key_columns
 from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
@@ -130,6 +131,7 @@ def _count_task(
 ) -> dict[str, Any]:
     """Map side: count one slice of a token shard (rows ``piece/pieces`` of it, pre-aggregated) and split
     each order by the hash of its n-gram.  Slices in corpus order keep ``_word_rank``'s first positions."""
+    inject("ngram.count")
     table = read_shard(shard)
     start, stop = table.num_rows * piece // pieces, table.num_rows * (piece + 1) // pieces
     table = table.slice(start, stop - start)
@@ -144,6 +146,7 @@ def _count_task(
 
 def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
     """Reduce side: merge partition ``p``'s pieces of one order into ``counts{order}``, the estimator's input."""
+    inject("ngram.merge")
     merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
     store.put(f"counts{order}", p, merged)
     return merged.num_rows
