@@ -182,10 +182,20 @@ def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tu
 
 
 # ------------------------------------------------------------------------------------------ driver
+def _bytes_per_token(order: int) -> float:
+    """Memory one counted token costs a task (its n-grams of every order, plus sort scratch)."""
+    return sum(_BYTES_PER_NGRAM_ID * k + 8 for k in range(1, order + 1)) * _GROUP_OVERHEAD
+
+
+def _slice_tokens(spec: NgramSpec) -> int:
+    """The most tokens one count task may take so that it fits ``memory_mb`` (shards are cut to this)."""
+    return max(1, int(spec.memory_mb * (1 << 20) / _bytes_per_token(spec.order)))
+
+
 def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
-    """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a shard cannot."""
+    """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a count task cannot."""
     budget = spec.memory_mb * (1 << 20)
-    per_token = sum(_BYTES_PER_NGRAM_ID * k + 8 for k in range(1, spec.order + 1)) * _GROUP_OVERHEAD
+    per_token = _bytes_per_token(spec.order)
     if shard_tokens * per_token > budget:
         need = math.ceil(shard_tokens * per_token / (1 << 20))
         raise SpecError(
@@ -195,15 +205,22 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     return max(spec.partitions, math.ceil(train_tokens * per_token / budget))
 
 
-def _count_calls(
-    shards: list[Path], tokens_per_shard: list[int], order: int, store: DirectoryStore, parts: int, workers: int
-) -> list[tuple]:
-    """Count tasks of about equal size: shards are cut into row slices so that every worker gets work even
-    when the tokenizer wrote one large shard and one small one (two slices per worker balance the tail)."""
+def _slices(tokens_per_shard: list[int], workers: int, max_tokens: int) -> list[int]:
+    """Row slices per shard for the count tasks: about equal sizes so that every worker gets work even when
+    the tokenizer wrote one large shard and one small one (two slices per worker balance the tail), and no
+    slice over ``max_tokens`` (what one task's memory budget holds)."""
     target = max(1, math.ceil(sum(tokens_per_shard) / max(1, 2 * workers)))
+    return [
+        max(1, round(tokens / target) if workers > 1 else 1, math.ceil(tokens / max_tokens)) for tokens in tokens_per_shard
+    ]
+
+
+def _count_calls(
+    shards: list[Path], slices: list[int], order: int, store: DirectoryStore, parts: int
+) -> list[tuple]:
+    """One count task per row slice, numbered in corpus order (``_word_rank`` adds their positions up)."""
     calls, index = [], 0
-    for shard, tokens in zip(shards, tokens_per_shard, strict=True):
-        pieces = max(1, round(tokens / target)) if workers > 1 else 1
+    for shard, pieces in zip(shards, slices, strict=True):
         for piece in range(pieces):
             calls.append((str(shard), order, store, parts, index, piece, pieces))
             index += 1
@@ -247,7 +264,9 @@ def _estimate(
         return out
 
     n = spec.order
-    parts = _partitions(spec, sum(tokens_per_shard), max(tokens_per_shard))
+    slices = _slices(tokens_per_shard, workers, _slice_tokens(spec))
+    largest = max(math.ceil(tokens / pieces) for tokens, pieces in zip(tokens_per_shard, slices, strict=True))
+    parts = _partitions(spec, sum(tokens_per_shard), largest)
     # the counts are outputs of the stage: written where they stay; the scratch datasets go to `work`
     store = DirectoryStore(
         work, placed={f"counts{k}": tmp_dir / "counts" / f"order-{k}" for k in range(1, n + 1)},
@@ -255,7 +274,7 @@ def _estimate(
     )  # fmt: skip
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
-    results = tasks(_count_task, _count_calls(shards, tokens_per_shard, n, store, parts, workers), "count")
+    results = tasks(_count_task, _count_calls(shards, slices, n, store, parts), "count")
     rows = tasks(_merge_task, [(store, k, p) for k in range(1, n + 1) for p in range(parts)], "merge")
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
