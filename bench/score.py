@@ -113,12 +113,12 @@ def time_query(binary: Path, text: Path) -> tuple[float, float, int]:
     return seconds, ppl, tokens
 
 
-def time_score(run: Path, text: Path, workers: int, out: Path) -> tuple[float, dict, PeakPerProcess]:
+def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) -> tuple[float, dict, PeakPerProcess]:
     from lmpipe.pipelines.score import score_files
 
     with PeakPerProcess() as peaks:
         started = time.perf_counter()
-        summary = score_files(run, "kn5", [text], out=out, workers=workers)
+        summary = score_files(run, "kn5", [text], out=out, workers=workers, chunk_mb=chunk_mb)
         seconds = time.perf_counter() - started
     return seconds, summary, peaks
 
@@ -182,6 +182,7 @@ def main() -> None:
     parser.add_argument("--test-tokens", type=float, default=5e6)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--lstm-lines", type=int, default=2000)
+    parser.add_argument("--chunk-mb", type=float, default=2.0, help="input chunk size (several chunks per worker)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     run = build_model(args.work, args.mirror, int(args.train_tokens))
@@ -197,7 +198,9 @@ def main() -> None:
         seconds, ppl["query"], tokens = time_query(binary, text)
         rows["query"].append(seconds)
         for workers in (1, 2):
-            seconds, summary, peaks = time_score(run, text, workers, args.work / f"scores-{workers}.parquet")
+            seconds, summary, peaks = time_score(
+                run, text, workers, args.work / f"scores-{workers}.parquet", args.chunk_mb
+            )
             name = f"lmpipe {workers} worker" + ("s" if workers > 1 else "")
             rows[name].append(seconds)
             ppl[name] = summary["perplexity"]
@@ -208,7 +211,8 @@ def main() -> None:
     print(f"{machine()}; {versions()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) after "
           "the KN5 rounds -- a shared, loaded machine: the figures are noisy and below an idle machine's.\n")  # fmt: skip
     print(f"KN5 (probing binary) on {lines:,} generated lines the model was not trained on ({tokens:,} tokens, "
-          f"`</s>` included); {args.rounds} alternating rounds, best wall time.\n")  # fmt: skip
+          f"`</s>` included), {args.chunk_mb:g} MB chunks; {args.rounds} alternating rounds, best wall time; "
+          "lmpipe writes Parquet records, query only its summary.\n")  # fmt: skip
     print("| scorer | best s | tokens/s | vs query | perplexity | peak RSS per process |\n|---|---|---|---|---|---|")
     best_q = min(rows["query"])
     for name, times in rows.items():

@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, capsys, args, message):
 # ------------------------------------------------------------------------------------------ KenLM binaries
 @pytest.mark.parametrize(
     "kind, options, tolerance",
-    [("probing", [], 1e-9), ("trie", [], 1e-9), ("trie", ["-q", "8", "-b", "8", "-a", "22"], 0.1)],
+    [("probing", [], 1e-9), ("trie", [], 1e-9), ("trie", ["-q", "10", "-b", "10", "-a", "22"], 0.1)],
 )
 def test_each_binary_kind_loads_in_kenlm_with_the_arpas_perplexity(tiny_run, tmp_path, kenlm_bin, kind, options, tolerance):
     import kenlm
@@ -184,18 +184,18 @@ def test_ngram_stage_writes_a_quantised_trie_and_the_report_lists_sizes(tiny_run
     rc = main(
         [
             "run", str(SPECS / "tiny.yaml"), "--run-dir", str(run), "--stages", "tokenize,ngram,report",
-            "--set", "ngram.binary=trie", "--set", "ngram.binary_quantize=[8,8]", "--set", "ngram.binary_pointer_bits=22",
+            "--set", "ngram.binary=trie", "--set", "ngram.binary_quantize=[10,10]", "--set", "ngram.binary_pointer_bits=22",
         ]
     )  # fmt: skip
     assert rc == 0
     out = read_manifest(run, "ngram")["outputs"]
-    assert out["binary"] == {"kind": "trie", "built": True, "options": ["-q", "8", "-b", "8", "-a", "22"]}
+    assert out["binary"] == {"kind": "trie", "built": True, "options": ["-q", "10", "-b", "10", "-a", "22"]}
     assert (run / "ngram" / "model.binary").read_bytes()[:4] != b"\\dat"  # a KenLM binary, not an ARPA
     assert abs(evaluate_ngram(run, "test")["perplexity"] - evaluate_ngram(tiny_run, "test")["perplexity"]) < 0.1
     report = (run / "report" / "report.md").read_text()
     size = (run / "ngram" / "model.binary").stat().st_size
     assert f"| ngram/model.binary | {size / 1e6:.2f} |" in report and "| ngram/model.arpa |" in report
-    assert "KenLM binary: trie -q 8 -b 8 -a 22" in report
+    assert "KenLM binary: trie -q 10 -b 10 -a 22" in report
 
 
 def test_missing_build_binary_is_in_the_manifest_and_report(tiny_run, tmp_path, monkeypatch):
