@@ -37,7 +37,7 @@ sysdeps:
 kenlm: sysdeps install
 	bash .ci/build_kenlm.sh
 
-demo: install
+demo: install kenlm
 	$(VENV)/bin/lmpipe data fetch ptb
 	$(VENV)/bin/lmpipe data fetch embedding-eval
 	$(VENV)/bin/lmpipe run pipelines/specs/ptb.yaml --run-dir runs/ptb

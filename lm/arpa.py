@@ -184,16 +184,27 @@ def read_arpa_counts(path: str | os.PathLike[str]) -> dict[int, int]:
     return counts
 
 
+def binary_options(quantize: Sequence[int] = (), pointer_bits: int | None = None) -> list[str]:
+    """build_binary's trie options: ``-q`` probability bits, ``-b`` backoff bits, ``-a`` pointer compression."""
+    args: list[str] = []
+    if quantize:
+        args += ["-q", str(quantize[0]), "-b", str(quantize[1])]
+    if pointer_bits is not None:
+        args += ["-a", str(pointer_bits)]
+    return args
+
+
 def maybe_build_binary(
-    arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing"
-) -> Path | None:
+    arpa: str | os.PathLike[str], binary_out: str | os.PathLike[str], kind: str = "probing",
+    extra_args: Sequence[str] = (),
+) -> Path | None:  # fmt: skip
     """Run KenLM ``build_binary`` if it can be found; log and return ``None`` if not (the ARPA still works)."""
     if not kenlm_tools.kenlm_available(["build_binary"]):
         logger.warning("build_binary not found, leaving %s as ARPA; %s", arpa, kenlm_tools.BUILD_HINT)
         return None
     out = Path(binary_out)
     tmp = out.with_name(f".{out.name}.tmp")
-    kenlm_tools.run_build_binary(arpa, tmp, kind=kind)
+    kenlm_tools.run_build_binary(arpa, tmp, kind=kind, extra_args=extra_args)
     os.replace(tmp, out)
     return out
 

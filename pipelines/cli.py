@@ -8,6 +8,7 @@
     lmpipe schema [--out FILE] | lmpipe completion bash|zsh                       (spec_cli)
     lmpipe eval RUN [--split test] [--json]
     lmpipe generate RUN [--model NAME] --prompt TEXT --max-tokens N --temperature T --seed S
+    lmpipe score RUN --model NAME --input PATH... [--out F.jsonl|F.parquet] [--keep-below P|--keep-fraction F --kept PATH]
     lmpipe compare RUN [RUN ...] [--split test] [--normalize none|bpb] [--out DIR] [--ci MODEL_A MODEL_B]
     lmpipe mix RUN --models kn5,lstm [--tune valid] [--method em|grid|fixed] [--bins 10,100,1000]
     lmpipe tune SPEC --stage tagger [--samples N] [--run-dir DIR] [--set key.path=value ...]
@@ -339,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0, help="random seed of the sampling")
     gen.set_defaults(func=cmd_generate)
+
+    from lmpipe.pipelines.score_cli import add_parser as add_score_parser
+
+    add_score_parser(sub)
 
     cmp = sub.add_parser(
         "compare", help="one table over every model of one or more runs (perplexity, vectors)"

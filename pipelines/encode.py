@@ -122,19 +122,24 @@ def _special_error(chunk: Chunk, position: int) -> InputError:
     )
 
 
+def tokenize_text(text: pa.StringArray, tokenizer, literal_specials: str) -> tuple[pa.ListArray, Counter, int | None]:
+    """Normalised lines -> tokens (word tokenizers: ``list<string>``) or piece ids (sentencepiece), with the
+    literal-special policy applied; the third value is the row of a forbidden special (policy ``error``).
+    The tokenize stage and ``lmpipe score`` both call this, so new text is tokenized as the corpus was."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        text, special_counts, bad = _text_level_specials(text, literal_specials)
+        return tokenizer.ids(text), special_counts, bad
+    tokens = tokenizer.tokens(text)
+    return handle_literal_specials(tokens, literal_specials)
+
+
 def encode_batch(batch: LineBatch, chunk: Chunk, job: ChunkJob, tokenizer) -> dict[str, Encoded]:
     """Tokenize one batch of lines and route them to their splits; lines left empty are rejected."""
     text = batch.text
     # bytes of each line as read (after normalisation) plus its newline: the denominator of bits per byte, the
     # same for every tokenizer of the same text
     line_bytes = np.asarray(pc.binary_length(text).fill_null(0), dtype=np.int64) + 1
-    is_sp = isinstance(tokenizer, SentencePieceTokenizer)
-    if is_sp:
-        text, special_counts, bad = _text_level_specials(text, job.normalize.literal_specials)
-        tokens = tokenizer.ids(text)
-    else:
-        tokens = tokenizer.tokens(text)
-        tokens, special_counts, bad = handle_literal_specials(tokens, job.normalize.literal_specials)
+    tokens, special_counts, bad = tokenize_text(text, tokenizer, job.normalize.literal_specials)
     if bad is not None:
         raise _special_error(chunk, int(batch.positions[bad]))
     batch.counts.update(special_counts)

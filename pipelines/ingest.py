@@ -446,3 +446,33 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+def line_starts(chunk: Chunk, normalize: NormalizeSpec) -> np.ndarray:
+    """Where every record the chunk owns begins (uint64): the byte offset of each physical line (text, JSONL;
+    of the decompressed stream for gzip) or the row index (Parquet) -- the ``positions`` :func:`read_chunk`
+    gives its kept lines, so a caller can number every input line, rejected ones included."""
+    src = chunk.source
+    fs, path = _filesystem(src.uri)
+    if src.format == "parquet":
+        import pyarrow.parquet as pq
+
+        with fs.open_input_file(path) as handle:
+            meta = pq.ParquetFile(handle).metadata
+        if meta.num_row_groups == 0:
+            return np.zeros(0, np.uint64)
+        first = sum(meta.row_group(g).num_rows for g in range(chunk.start))
+        return np.arange(first, first + meta.row_group(chunk.start).num_rows, dtype=np.uint64)
+    if src.compression == "gzip":
+        with fs.open_input_stream(path, compression=None) as raw, gzip.GzipFile(fileobj=raw) as stream:
+            buf, base = stream.read(), 0
+    else:
+        with fs.open_input_file(path) as handle:
+            buf, base = _read_range(handle, chunk.start, chunk.end, src.size, normalize.max_line_bytes)
+    if not buf:
+        return np.zeros(0, np.uint64)
+    newlines = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    if buf.endswith(b"\n"):
+        starts = starts[:-1]
+    return (starts + base).astype(np.uint64)

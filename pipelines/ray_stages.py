@@ -234,3 +234,51 @@ def map_chunks(
         if inner is not exc:
             raise inner from None
         raise
+
+
+class ScoreActor:
+    """One worker of ``lmpipe score``: the model loaded once (``pipelines.scoring.ChunkScorer``), one chunk a
+    call.  The same class runs in-process when one worker is asked for, so both paths are one code path."""
+
+    def __init__(self, job: Any, chunks: Sequence[Chunk]) -> None:
+        from lmpipe.pipelines.scoring import ChunkScorer
+
+        self.chunks = list(chunks)
+        self.scorer = ChunkScorer(job)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from lmpipe.pipelines.core.errors import UserError
+        from lmpipe.pipelines.scoring import error_table
+
+        (index,) = batch.column("chunk").to_pylist()
+        try:
+            return self.scorer(self.chunks[index])
+        except UserError as exc:
+            return error_table(self.chunks[index], str(exc))
+
+
+def map_score_chunks(
+    chunks: Sequence[Chunk], job: Any, *, workers: int, ray_options: dict[str, object] | None = None
+) -> Iterator[pa.Table]:
+    """Score chunks on ``workers`` actors (``workers`` = 1: in this process, no Ray); tables in chunk order."""
+    if workers <= 1:
+        actor = ScoreActor(job, chunks)
+        tables: Iterator[pa.Table] = (actor(pa.table({"chunk": [c.index]})) for c in chunks)
+    else:
+        import ray.data
+
+        ds = ray.data.from_items([{"chunk": c.index} for c in chunks], override_num_blocks=len(chunks))
+        ds = ds.map_batches(
+            ScoreActor,
+            fn_constructor_kwargs={"job": job, "chunks": list(chunks)},
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(chunks)))),
+            **(ray_options or {"num_cpus": 1}),
+        )
+        tables = ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    for table in tables:
+        errors = table.column("error").drop_null()
+        if len(errors):
+            raise InputError(errors[0].as_py())
+        yield table.drop_columns(["error"])

@@ -252,6 +252,27 @@ def embeddings_figure(report: Report):
     return fig
 
 
+def artifacts_markdown(run_dirs: Sequence[Path], *, multi_run: bool = False) -> str:
+    """Every file the stages list in their manifests (``outputs.files``) with its size, e.g. the ARPA and the
+    KenLM binary side by side."""
+    from lmpipe.pipelines.rundir import read_manifest
+    from lmpipe.pipelines.spec import STAGE_ORDER
+
+    lines = []
+    for run_dir in run_dirs:
+        for stage in STAGE_ORDER:
+            manifest = read_manifest(run_dir, stage)
+            for item in (manifest or {}).get("outputs", {}).get("files", []) if manifest else []:
+                path = run_dir / stage / item["path"]
+                size = item.get("bytes", path.stat().st_size if path.exists() else None)
+                where = f"{run_dir} | " if multi_run else ""
+                lines.append(f"| {where}{stage}/{item['path']} | {_fmt(size / 1e6, '.2f') if size is not None else '-'} |")
+    if not lines:
+        return ""
+    head = "| run | file | MB |\n|---|---|---|" if multi_run else "| file | MB |\n|---|---|"
+    return "\n".join([head, *lines])
+
+
 def write_report(
     report: Report, out_dir: Path, *, split: str = "test", normalize: str | None = None
 ) -> dict[str, Any]:
@@ -275,6 +296,10 @@ def write_report(
         ]
     if report.embeddings:
         parts += ["## Word vectors", "", COVERAGE_NOTE, "", embeddings_markdown(report.embeddings, multi_run=multi)]
+    runs = sorted({r.run for r in report.models} | {r.run for r in report.embeddings})
+    artifacts = artifacts_markdown([Path(r) for r in runs], multi_run=multi)
+    if artifacts:
+        parts += ["", "## Artifacts", "", artifacts, ""]
     plots = []
     if plot_curves(report, out_dir / "valid_ppl.png"):
         plots.append("valid_ppl.png")

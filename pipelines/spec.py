@@ -30,6 +30,7 @@ from typing import Annotated, Any, Literal
 from lmpipe.pipelines.memory_size import MemoryMB, memory_mb
 from lmpipe.pipelines.spec_parser import (
     LocalPath,
+    New,
     PathRef,
     Runtime,
     SpecError,
@@ -226,6 +227,11 @@ class NgramSpec:
     arpa_gzip: bool = False
     #: Also write KenLM's binary format when ``build_binary`` is found.
     build_binary: bool = True
+    #: KenLM binary data structure (``build_binary`` probing|trie; none: ARPA only).  Quantisation (bits for
+    #: probabilities and backoffs, ``-q``/``-b``) and pointer compression (``-a``) are trie options.
+    binary: New[Literal["none", "probing", "trie"]] = "probing"
+    binary_quantize: New[tuple[int, ...]] = ()
+    binary_pointer_bits: New[int | None] = None
     #: Ray resources per task, as ``tokenize.resources`` (default one CPU).  Not in the fingerprint.
     resources: Runtime[tuple[str, ...]] = ()
     #: Compression of the spilled partitions (and of the ``counts`` the stage keeps): ``none``, ``lz4`` or
@@ -245,6 +251,12 @@ class NgramSpec:
         parse_resources("ngram.resources", self.resources)
         check_range("ngram.workers", self.workers, 1, 100_000)
         check_range("ngram.partitions", self.partitions, 1, 1 << 16)
+        if self.binary != "trie" and (self.binary_quantize or self.binary_pointer_bits is not None):
+            fail("ngram.binary", self.binary, "trie (binary_quantize and binary_pointer_bits are trie options)")
+        if self.binary_quantize and (len(self.binary_quantize) != 2 or not all(2 <= b <= 25 for b in self.binary_quantize)):
+            fail("ngram.binary_quantize", list(self.binary_quantize), "[probability bits, backoff bits], each 2..25")
+        if self.binary_pointer_bits is not None:
+            check_range("ngram.binary_pointer_bits", self.binary_pointer_bits, 0, 32)
         check_range("ngram.memory_mb", self.memory_mb, 64, None)
         check_range("ngram.vocab_pad", self.vocab_pad, 0, None)
         if self.prune:

@@ -85,6 +85,19 @@ RUNTIME = _RuntimeMark()
 Runtime = Annotated[_T, RUNTIME]
 
 
+class _NewMark:
+    """Marker class of :data:`New` (one instance)."""
+
+    def __repr__(self) -> str:
+        return "NEW"
+
+
+NEW = _NewMark()
+#: ``binary_quantize: New[tuple[int, ...]] = ()``: a setting added after runs were made, left out of the stage
+#: fingerprint while it has its default, so existing runs stay up to date (its default is the old behaviour).
+New = Annotated[_T, NEW]
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
@@ -201,7 +214,8 @@ def plain(value: Any) -> Any:
 
 
 def settings_dict(section: Any, *, fingerprint: bool = False) -> dict[str, Any]:
-    """A section as plain data; with ``fingerprint`` the :data:`Runtime` fields are left out (at any depth)."""
+    """A section as plain data; with ``fingerprint`` the :data:`Runtime` fields, and :data:`New` fields at their
+    default, are left out (at any depth)."""
 
     def convert(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -210,6 +224,7 @@ def settings_dict(section: Any, *, fingerprint: bool = False) -> dict[str, Any]:
                 f.name: convert(getattr(value, f.name))
                 for f in dataclasses.fields(value)
                 if not (fingerprint and RUNTIME in _marks(hints[f.name])[1])
+                and not (fingerprint and NEW in _marks(hints[f.name])[1] and getattr(value, f.name) == f.default)
             }
         if isinstance(value, list | tuple):
             return [convert(v) for v in value]

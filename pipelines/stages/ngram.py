@@ -97,12 +97,22 @@ def inputs(ctx: StageContext) -> dict[str, Any]:
 def summary(manifest: dict[str, Any]) -> list[str]:
     out = manifest["outputs"]
     rows = [", ".join(f"{k}-grams {n:,}" for k, n in out["ngrams"].items()) + f" -> {out['model']}"]
+    rows.append(binary_text(out.get("binary")))
     for split, ev in manifest.get("perplexity", {}).items():
         rows.append(
             f"{split} perplexity {ev['perplexity']:.2f} (excl. OOV {ev['perplexity_excluding_oov']:.2f}), "
             f"{ev['tokens']:,} tokens, {ev['oov']:,} OOV"
         )
     return rows
+
+
+def binary_text(state: dict[str, Any] | None) -> str:
+    """What became of the KenLM binary, in words (the summary and the report's row details)."""
+    if state is None:
+        return "KenLM binary: not recorded (a run from before ngram.binary)"
+    if state.get("built"):
+        return f"KenLM binary: {state['kind']} {' '.join(state.get('options', []))}".rstrip()
+    return f"KenLM binary: {state['missing']}" if "missing" in state else "KenLM binary: none (ngram.binary: none)"
 
 
 def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
@@ -114,6 +124,7 @@ def report_rows(manifest: dict[str, Any], run_dir: Path) -> list[Any]:
     details = f"order {order}, {settings.get('estimator', 'lmpipe')} estimator" + (
         f", prune {settings['prune']}" if settings.get("prune") else ""
     )
+    details += "; " + binary_text(manifest["outputs"].get("binary"))
     return [
         perplexity_row(
             manifest, run_dir, split, score, model=f"kn{order}", family="Kneser-Ney (modified, interpolated)",
@@ -378,13 +389,20 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     arpa: Path = result.pop("arpa")
     files = [{"path": arpa.name, "sha256": sha256_file(arpa), "bytes": arpa.stat().st_size}]
     model_file = arpa
-    if spec.build_binary:
-        from lmpipe.lm.arpa import maybe_build_binary
+    binary_state = {"kind": spec.binary if spec.build_binary else "none", "built": False}
+    if spec.build_binary and spec.binary != "none":
+        from lmpipe.lm.arpa import binary_options, maybe_build_binary
+        from lmpipe.lm.kenlm_tools import BUILD_HINT
 
-        binary = maybe_build_binary(arpa, tmp_dir / "model.binary")
+        options = binary_options(spec.binary_quantize, spec.binary_pointer_bits)
+        binary = maybe_build_binary(arpa, tmp_dir / "model.binary", kind=spec.binary, extra_args=options)
+        binary_state["options"] = options
         if binary is not None:
             files.append({"path": binary.name, "sha256": sha256_file(binary), "bytes": binary.stat().st_size})
             model_file = binary
+            binary_state["built"] = True
+        else:
+            binary_state["missing"] = f"build_binary not found: no model.binary, the ARPA is the model ({BUILD_HINT})"
     perplexity = {}
     from lmpipe.pipelines.evaluate import evaluate_ngram
 
@@ -400,7 +418,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
             token_scores[split] = rel
     result["evaluate_seconds"] = round(time.perf_counter() - evaluate_started, 3)
     return {
-        "outputs": {"files": files, "model": arpa.name, "ngrams": {str(k): v for k, v in result.pop("ngrams").items()}},
+        "outputs": {"files": files, "model": arpa.name, "binary": binary_state, "ngrams": {str(k): v for k, v in result.pop("ngrams").items()}},
         "estimation": {k: ({str(o): v for o, v in val.items()} if isinstance(val, dict) else val) for k, val in result.items()},
         "perplexity": perplexity,
         "token_scores": {name: token_scores} if token_scores else {},
