@@ -206,6 +206,18 @@ def case_eval(tiny, **_):
     assert result.out.startswith(f"test: perplexity {expected:.2f} including OOVs")
 
 
+def case_score(tiny, tmp_path, **_):
+    run, _ = tiny
+    test = SPECS / "tiny" / "test.txt"
+    out = tmp_path / "scores.jsonl"
+    result = lmpipe("score", run, "--model", "kn3", "--input", test, "--out", out)
+    assert result.code == 0, result.err
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(records) == len(test.read_text(encoding="utf-8").splitlines())
+    expected = manifest(run, "ngram")["perplexity"]["test"]["perplexity"]
+    assert f"kn3: perplexity {expected:.2f} including OOVs" in result.out + result.err
+
+
 def case_generate(tiny, **_):
     run, _ = tiny
     first = lmpipe("generate", run, "--prompt", "and the", "--max-tokens", "6", "--seed", "3")
@@ -366,6 +378,7 @@ CASES: dict[tuple[str, ...], Callable[..., None]] = {
     ("data", "list"): case_data_list,
     ("data", "fetch"): case_data_fetch,
     ("eval",): case_eval,
+    ("score",): case_score,
     ("generate",): case_generate,
     ("compare",): case_compare,
     ("mix",): case_mix,
