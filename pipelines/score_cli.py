@@ -26,7 +26,10 @@ def add_parser(sub) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--model", required=True, help="kn<order>, an lm model name or a mixture name")
     p.add_argument("--input", nargs="+", required=True, help="files, directories or globs to score")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl", "parquet"])
+    p.add_argument(
+        "--format", default="auto", choices=["auto", "text", "jsonl", "parquet"],
+        help="input format (auto: from the suffix)",
+    )  # fmt: skip
     p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     p.add_argument("--out", help="records: .jsonl or .parquet (default: JSONL on stdout)")
     keep = p.add_mutually_exclusive_group()
