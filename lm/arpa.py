@@ -48,27 +48,32 @@ logger = logging.getLogger(__name__)
 _WRITE_BATCH = 1 << 20
 
 
-def _format_order(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool) -> pa.Array:
-    """``prob \\t w0 w1 .. [\\t backoff] \\n`` for every row, as one large_string array."""
-    words = [vocab.take(table.column(f"w{i}")) for i in range(order)]
-    ngram = words[0] if order == 1 else pc.binary_join_element_wise(*words, " ")
+def _format_order(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool) -> np.ndarray:
+    """``prob \\t w0 w1 .. [\\t backoff] \\n`` for every row, as one byte buffer (``lm.arpa_kernels``)."""
+    from lmpipe.lm.arpa_kernels import join_lines
+
     zero = pa.scalar(0.0, pa.float32())  # adding +0.0 turns -0 into 0; a float32 scalar keeps float32 digits
-    fields = [pc.cast(pc.add(table.column("prob"), zero), pa.string()), ngram]
-    if with_backoff:
-        fields.append(pc.cast(pc.add(table.column("backoff"), zero), pa.string()))
-    line = pc.binary_join_element_wise(*fields, "\t")
-    return pc.cast(pc.binary_join_element_wise(line, "", "\n"), pa.large_string())
+    prob = _string_buffers(pc.cast(pc.add(table.column("prob"), zero), pa.string()))
+    backoff = (
+        _string_buffers(pc.cast(pc.add(table.column("backoff"), zero), pa.string()))
+        if with_backoff
+        else (np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint8))
+    )
+    ids = np.stack([table.column(f"w{i}").to_numpy() for i in range(order)]) if table.num_rows else np.zeros((order, 0), np.uint32)
+    return join_lines(ids, *_string_buffers(vocab), *prob, *backoff, with_backoff)
 
 
-def _write_strings(out, arr: pa.Array | pa.ChunkedArray) -> None:
-    """Write the concatenated bytes of a large_string array (no copies through Python strings)."""
-    chunks = arr.chunks if isinstance(arr, pa.ChunkedArray) else [arr]
-    for chunk in chunks:
-        if len(chunk) == 0:
-            continue
-        _, offsets_buf, data = chunk.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
-        out.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+def _string_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets rebased to 0 as int64, bytes) of a string array without nulls, for the compiled writer."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.null_count:
+        raise ValueError("ARPA fields must not be null")
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    _, offsets_buf, data = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=width)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    raw = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return offsets - offsets[0], raw[offsets[0] : offsets[-1]]
 
 
 def write_arpa(
@@ -107,7 +112,7 @@ def write_arpa_lines(table: pa.Table, order: int, vocab: pa.Array, with_backoff:
     The ngram stage calls it per partition in its tasks (one text piece each) and :func:`write_arpa_pieces`
     concatenates the pieces, so formatting -- most of the ARPA's cost -- runs on every worker."""
     for start in range(0, table.num_rows, _WRITE_BATCH):
-        _write_strings(out, _format_order(table.slice(start, _WRITE_BATCH), order, vocab, with_backoff))
+        out.write(_format_order(table.slice(start, _WRITE_BATCH), order, vocab, with_backoff))
     return table.num_rows
 
 

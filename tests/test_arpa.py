@@ -78,6 +78,37 @@ def test_round_trip(tmp_path, name):
         assert all(line.count("\t") == 1 for line in top)  # the highest order has no backoff
 
 
+def _arrow_lines(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool) -> bytes:
+    """The ARPA lines as Arrow compute joins them (the writer before its compiled loop): the reference."""
+    import pyarrow.compute as pc
+
+    words = [vocab.take(table.column(f"w{i}")) for i in range(order)]
+    ngram = words[0] if order == 1 else pc.binary_join_element_wise(*words, " ")
+    zero = pa.scalar(0.0, pa.float32())
+    fields = [pc.cast(pc.add(table.column("prob"), zero), pa.string()), ngram]
+    if with_backoff:
+        fields.append(pc.cast(pc.add(table.column("backoff"), zero), pa.string()))
+    line = pc.binary_join_element_wise(pc.binary_join_element_wise(*fields, "\t"), "", "\n")
+    return "".join(line.to_pylist()).encode()
+
+
+@pytest.mark.parametrize("order, with_backoff", [(1, True), (3, True), (4, False)])
+def test_compiled_line_writer_equals_arrow_joins(order, with_backoff):
+    """Unicode and empty-looking tokens, -0.0, subnormal and huge floats, a sliced table: byte for byte."""
+    rng = np.random.default_rng(order)
+    vocab = pa.array(["<unk>", "<s>", "</s>", "é", "日本語", "a", "x" * 40, "b-c", "'s"])
+    n = 5000
+    floats = rng.normal(0, 3, n).astype(np.float32)
+    floats[:6] = [-0.0, 0.0, 1e-40, -3.4e38, -99.0, 0.1]
+    columns = {f"w{i}": pa.array(rng.integers(0, len(vocab), n).astype(np.uint32)) for i in range(order)}
+    columns["prob"] = pa.array(floats)
+    columns["backoff"] = pa.array(rng.permutation(floats))
+    table = pa.table(columns).slice(7, n - 20)
+    got = arpa._format_order(table, order, vocab, with_backoff).tobytes()
+    assert got == _arrow_lines(table, order, vocab, with_backoff)
+    assert arpa._format_order(table.slice(0, 0), order, vocab, with_backoff).tobytes() == b""
+
+
 def test_write_is_atomic(tmp_path, monkeypatch):
     """A failure mid-write leaves the previous file untouched and no temporary behind."""
     model, vocab = model_of(CORPUS, 2)

@@ -30,7 +30,10 @@ def key_columns(order: int, start: int = 0) -> list[str]:
 
 def column_np(table: pa.Table, name: str) -> np.ndarray:
     """A column as a numpy array (zero-copy when it is one chunk without nulls)."""
-    col = table.column(name)
+    return _chunked_np(table.column(name))
+
+
+def _chunked_np(col: pa.ChunkedArray) -> np.ndarray:
     return col.chunk(0).to_numpy(zero_copy_only=False) if col.num_chunks == 1 else col.to_numpy()
 
 
@@ -229,6 +232,20 @@ def partition_of(table: pa.Table, key_cols: Sequence[str], num_partitions: int) 
     return (key_hash(cols) % np.uint64(num_partitions)).astype(np.int64)
 
 
+def take_rows(table: pa.Table, order: np.ndarray) -> pa.Table:
+    """``table.take(order)``, with numeric columns gathered by a compiled loop (``keyed_kernels.gather``)."""
+    from lmpipe.pipelines.core.keyed_kernels import gather
+
+    columns = []
+    for column in table.columns:
+        kind = column.type
+        if (pa.types.is_integer(kind) or pa.types.is_floating(kind)) and column.null_count == 0:
+            columns.append(pa.array(gather(_chunked_np(column), order), type=kind))
+        else:
+            columns.append(column.take(pa.array(order)))
+    return pa.table(columns, schema=table.schema)
+
+
 def partition_by(table: pa.Table, key_columns: Sequence[str], num_partitions: int) -> list[pa.Table]:
     """Split ``table`` into ``num_partitions`` tables by a stable 64-bit hash of ``key_columns``' values.
 
@@ -245,5 +262,5 @@ def partition_by(table: pa.Table, key_columns: Sequence[str], num_partitions: in
     if num_partitions == 1 or not key_columns or table.num_rows == 0:  # everything in partition 0
         return [table] + [table.slice(0, 0) for _ in range(num_partitions - 1)]
     order, bounds = split_order(_stack([column_np(table, c) for c in key_columns]), num_partitions)
-    taken = table.take(pa.array(order))
+    taken = take_rows(table, order)
     return [taken.slice(int(bounds[p]), int(bounds[p + 1] - bounds[p])) for p in range(num_partitions)]
