@@ -37,6 +37,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
     import ray
 
     if not ray.is_initialized():
+        from lmpipe.cluster import quiet as ray_output  # not `quiet`: that is this function's argument
+
+        ray_output.before_init()
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, object] = {"log_to_driver": not quiet, "configure_logging": True, "logging_level": logging.WARNING}
         if address:
@@ -47,6 +50,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
 
             start_reaper()  # its agents would outlive a SIGKILLed driver by a minute or more
         _configure_data()
+        ray_output.after_init()
     resources = ray.cluster_resources()
     nodes = len([n for n in ray.nodes() if n.get("Alive")])
     local = not (address or os.environ.get("RAY_ADDRESS"))

@@ -462,8 +462,10 @@ def fit(
     several seconds per stage (bench/RESULTS.md, the SGNS fixed costs)."""
     if workers == 1 and not use_gpu:
         return fit_in_process(train_loop, config)
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig, WorkerGroupError
+    from ray.train import CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lmpipe.cluster.quiet import train_log_level
 
     resources: dict[str, float] = {"CPU": float(threads)}
     if use_gpu:
@@ -474,7 +476,8 @@ def fit(
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            storage_path=str(storage), name=name, checkpoint_config=CheckpointConfig(num_to_keep=1)
+            storage_path=str(storage), name=name, checkpoint_config=CheckpointConfig(num_to_keep=1),
+            logging_config=LoggingConfig(log_level=train_log_level()),  # Ray Train's chatter: see cluster.quiet
         ),
     )
     try:

@@ -33,8 +33,12 @@ tensor also makes merging data-parallel replicas one all-reduce (``embeddings.gl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from lmpipe.pipelines.core.progress import EpochProgress
 
 
 def weighting(x: torch.Tensor, x_max: float, alpha: float) -> torch.Tensor:
@@ -91,14 +95,17 @@ class GloVe:
         return cost
 
     def train_entries(
-        self, rows: torch.Tensor, cols: torch.Tensor, logx: torch.Tensor, fx: torch.Tensor
-    ) -> float:
+        self, rows: torch.Tensor, cols: torch.Tensor, logx: torch.Tensor, fx: torch.Tensor,
+        progress: EpochProgress | None = None,
+    ) -> float:  # fmt: skip
         """One pass over the given entries in the given order, ``batch_size`` at a time; returns the summed
-        cost (divide by the entries for glove.c's printed cost)."""
+        cost (divide by the entries for glove.c's printed cost).  ``progress`` counts the entries done."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         b = self.config.batch_size
         for a in range(0, len(rows), b):
             total += self._step(rows[a : a + b], cols[a : a + b], logx[a : a + b], fx[a : a + b])
+            if progress is not None:
+                progress.advance(min(b, len(rows) - a))
         return float(total)
 
     # ------------------------------------------------------------------------------------------ results

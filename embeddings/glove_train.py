@@ -50,6 +50,7 @@ from lmpipe.cluster.training import Checkpoints, WorkerGroup, end_epoch, from_co
 from lmpipe.embeddings.glove import GloVe, GloveConfig, weighting
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.files import read_table
+from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv
 
 logger = logging.getLogger(__name__)
@@ -141,9 +142,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         generator = torch.Generator().manual_seed(rank_seed(cfg.seed, group.rank, epoch))
         order = torch.randperm(len(rows), generator=generator).to(device)
         cost = sync_seconds = 0.0
+        progress = EpochProgress(f"glove epoch {epoch + 1}/{cfg.epochs}", len(rows), "entries", enabled=group.rank == 0)
         for a, b in _parts(len(rows), syncs if base is not None else 1):
             idx = order[a:b]
-            cost += model.train_entries(rows[idx], cols[idx], logx[idx], fx[idx])
+            cost += model.train_entries(rows[idx], cols[idx], logx[idx], fx[idx], progress)
             if base is not None:
                 t = time.perf_counter()
                 _sync(model, base, group)

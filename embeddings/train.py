@@ -69,6 +69,7 @@ from lmpipe.cluster.training import (
 from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
 from lmpipe.embeddings.sync import merge_deltas
 from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
 from lmpipe.pipelines.core.shards import shard_batches
 from lmpipe.pipelines.core.vocab import Vocab
@@ -345,7 +346,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         started = time.perf_counter()
         words = pairs = 0
         loss = 0.0
-        sentences = mine.sentences()
+        progress = EpochProgress(
+            f"sgns epoch {epoch + 1}/{job.config.epochs}", share, "words", enabled=group.rank == 0
+        )
+        sentences = progress.wrap(mine.sentences(), len)
         parts: Iterable[Iterable[np.ndarray]] = (
             [sentences] if merger is None else split_parts(sentences, share, syncs)
         )

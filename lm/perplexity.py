@@ -18,8 +18,14 @@ neural model compared with them:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Iterable, Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -127,4 +133,32 @@ def load_kenlm(path: Path):
         raise RuntimeError("the kenlm Python module is not installed: pip install kenlm") from exc
     if not Path(path).exists():
         raise MissingError(f"{path}: no such language model file")
-    return kenlm.Model(str(path))
+    with _without_kenlm_banner():
+        return kenlm.Model(str(path))
+
+
+#: What KenLM's C++ loader prints to stderr on every ARPA load: advice, the file name and a progress bar.
+_BANNER = re.compile(rb"^(Loading the LM will be faster if you build a binary file\.|Reading .*|[-*0-9]+)$")
+
+
+@contextlib.contextmanager
+def _without_kenlm_banner() -> Iterator[None]:
+    """Hold back KenLM's loading banner (C++ writes it to file descriptor 2, beyond Python's logging):
+    stderr goes to a temporary file while the model loads, and every other line it received is written
+    back afterwards.  ``lmpipe -v`` keeps the banner."""
+    if logging.getLogger("lmpipe").getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines() if line and not _BANNER.match(line)]
+            if kept:
+                os.write(2, b"\n".join(kept) + b"\n")

@@ -66,6 +66,7 @@ from lmpipe.lm.models import (
 from lmpipe.lm.neural_eval import assemble, column_scores
 from lmpipe.lm.perplexity import CorpusScore
 from lmpipe.lm.token_scores import TokenScores
+from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.shards import read_sentences
 from lmpipe.pipelines.core.vocab import Vocab
 
@@ -286,6 +287,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         started = time.perf_counter()
         nll = torch.zeros((), dtype=torch.float64, device=group.device)
         tokens = 0
+        progress = EpochProgress(
+            f"lm {job.name} epoch {epoch + 1}/{cfg.epochs}", (data.size(0) - 1) * data.size(1), "tokens",
+            enabled=group.rank == 0,
+        )  # fmt: skip
         for batch, i in enumerate(range(0, data.size(0) - 1, cfg.bptt)):
             x, y = get_batch(data, i, cfg.bptt)
             hidden = detach_hidden(hidden)
@@ -305,6 +310,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             optimizer.step()
             nll += -lp.detach().double().sum()
             tokens += y.numel()
+            progress.advance(y.numel())
         seconds = time.perf_counter() - started
         per_rank = group.per_rank_sum([nll.item(), tokens, seconds])
         train_tokens = int(per_rank[:, 1].sum())

@@ -38,6 +38,7 @@ from lmpipe.cluster.training import Checkpoints, WorkerGroup, end_epoch, from_co
 from lmpipe.lm.tagging.data import UNK, Encoded, epoch_batches, pad_batch
 from lmpipe.lm.tagging.metrics import score
 from lmpipe.lm.tagging.models import Tagger, TaggerConfig, parameter_count
+from lmpipe.pipelines.core.progress import EpochProgress
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ def train_tagger(
         ]
         nll = torch.zeros(len(data), dtype=torch.float64, device=group.device)
         tokens = torch.zeros(len(data), dtype=torch.float64, device=group.device)
+        progress = EpochProgress(f"tagger epoch {epoch + 1}/{cfg.epochs}", steps, "batches", enabled=group.rank == 0)
         for step in range(steps):
             batches = tuple(
                 pad_batch(d["train"], next(s), group.device) for d, s in zip(data, streams, strict=True)
@@ -263,6 +265,7 @@ def train_tagger(
             if not group.all_finite(loss, norm):  # all-reduced: every rank stops at the same step
                 raise _nonfinite(job, checkpoints.kept(epoch), epoch, step + 1, loss.item(), norm.item(), lr)
             optimizer.step()
+            progress.advance(1)
             nll += parts.double()
             tokens += torch.tensor(
                 [float((b[-1] >= 0).sum()) for b in batches], dtype=torch.float64, device=group.device
