@@ -72,6 +72,15 @@ class NoiseFilter(logging.Filter):
 
 _FILTER = NoiseFilter()
 
+#: The ``lmpipe`` loggers' level in Ray workers started by this driver (their per-epoch and progress lines).
+WORKER_LEVEL_ENV = "LMPIPE_WORKER_LOG_LEVEL"
+
+
+def worker_level() -> int:
+    """The level a worker gives the ``lmpipe`` loggers: the driver's (:data:`WORKER_LEVEL_ENV`), else INFO."""
+    level = logging.getLevelName(os.environ.get(WORKER_LEVEL_ENV, "INFO"))
+    return level if isinstance(level, int) else logging.INFO
+
 
 def verbose() -> bool:
     """Whether the user asked for everything (``lmpipe -v``: the ``lmpipe`` logger at DEBUG)."""
@@ -83,6 +92,8 @@ def before_init() -> None:
     filter on the loggers that speak during ``ray.init`` itself."""
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    # read by the workers Ray starts from this environment (cluster.training): `lmpipe -q` quiets them too
+    os.environ[WORKER_LEVEL_ENV] = logging.getLevelName(logging.getLogger("lmpipe").getEffectiveLevel())
     if verbose():
         return
     for name in _LOGGERS:

@@ -111,8 +111,9 @@ class WorkerGroup:
             # a Ray Train worker has no log handler: without one its per-epoch progress lines are dropped;
             # with one they reach the driver's terminal (ray.init(log_to_driver=True), prefixed by Ray)
             logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-            for package in ("lmpipe",):  # ours at INFO, Ray's own at WARNING
-                logging.getLogger(package).setLevel(logging.INFO)
+            from lmpipe.cluster.quiet import worker_level
+
+            logging.getLogger("lmpipe").setLevel(worker_level())  # ours at the driver's level (-q: WARNING)
             logging.getLogger("ray.train").setLevel(logging.WARNING)  # "Checkpoint created" / "Reporting ..." x epochs
         return cls(rank, world, device, in_ray)
 

@@ -44,6 +44,11 @@ def test_tiny_pipeline_matches_lmplz_and_resumes(tmp_path, kenlm_bin):
     assert ngram["perplexity"]["test"]["tokens"] == 2337 + 80
     counts = sorted((tmp_path / "run" / "ngram" / "counts" / "order-3").glob("part-*/*.arrow"))
     assert len(counts) == 3
+    steps = {s["step"]: s for s in ngram["estimation"]["steps"]}  # per-step figures for the scaling model
+    assert {"count", "merge", "adjust", "probabilities", "interpolate 3", "backoff", "ARPA"} <= set(steps)
+    assert steps["count"]["bytes_written"] > 0 and steps["merge"]["tasks"] == 3 * 3  # 3 orders x 3 partitions
+    assert all(s["seconds"] >= 0 for s in steps.values())
+    assert max(s["bytes_written"] for s in steps.values()) <= ngram["estimation"]["peak_work_bytes"] * 2
     again = run_pipeline(spec, run_dir=tmp_path / "run")
     assert again["ngram"]["skipped"] and again["tokenize"]["skipped"]
     lmplz_spec = load_spec(SPECS / "tiny.yaml", overrides=["vocab.min_count=1", "ngram.estimator=lmplz"])

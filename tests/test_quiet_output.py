@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from lmpipe.cluster import quiet as ray_output
 from lmpipe.cluster.quiet import NoiseFilter, keep_forwarded
 from lmpipe.pipelines.core.progress import EpochProgress
 
@@ -51,6 +52,19 @@ def test_driver_log_records_of_ray_routine_are_dropped():
     assert not noise.filter(record("Progress bars disabled. To enable, set `ray.data.DataContext...`"))
     assert not noise.filter(record("✔️  Dataset dataset_0357_0 execution finished in 13.40 seconds", logging.INFO))
     assert noise.filter(record("Failed to connect to GCS at 10.0.0.1:6379", logging.ERROR))
+
+
+def test_workers_log_at_the_drivers_level(monkeypatch):
+    """``lmpipe -q`` sets the ``lmpipe`` logger to WARNING; the workers Ray starts read it from their
+    environment, so their per-epoch and progress lines are quiet too."""
+    monkeypatch.delenv(ray_output.WORKER_LEVEL_ENV, raising=False)
+    assert ray_output.worker_level() == logging.INFO  # no driver said otherwise
+    lmpipe_logger = logging.getLogger("lmpipe")
+    monkeypatch.setattr(lmpipe_logger, "level", logging.WARNING)
+    ray_output.before_init()
+    assert os.environ[ray_output.WORKER_LEVEL_ENV] == "WARNING" and ray_output.worker_level() == logging.WARNING
+    monkeypatch.setenv(ray_output.WORKER_LEVEL_ENV, "nonsense")
+    assert ray_output.worker_level() == logging.INFO
 
 
 def test_progress_reports_percent_rate_and_eta_at_most_every_interval():

@@ -163,16 +163,24 @@ def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
     return merged.num_rows
 
 
-def _tree_bytes(root: Path) -> int:
-    """Bytes of the files under ``root`` (the stage's spill folder): its peak is the stage's temporary disk."""
-    total = 0
-    for folder, _, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:  # dropped while we walked
-                pass
-    return total
+def _file_sizes(*roots: Path) -> dict[str, int]:
+    """Size of every file under ``roots`` (the stage's spill folders), by path: their sum is the stage's
+    temporary disk, and what appeared or grew during a step is what the step wrote (its shuffle)."""
+    sizes: dict[str, int] = {}
+    for root in roots:
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = os.path.join(folder, name)
+                try:
+                    sizes[path] = os.stat(path).st_size
+                except FileNotFoundError:  # dropped while we walked
+                    pass
+    return sizes
+
+
+def _written(before: dict[str, int], after: dict[str, int]) -> int:
+    """Bytes of the files that are new in ``after`` or changed size (a step writes new datasets)."""
+    return sum(size for path, size in after.items() if before.get(path) != size)
 
 
 def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tuple[str, int]:
@@ -264,14 +272,20 @@ def _estimate(
     options = ray_options(parse_resources("ngram.resources", spec.resources))
 
     peak_disk = [0]
+    steps: list[dict[str, Any]] = []  # per map step: its tasks, seconds and bytes written (the scaling figures)
 
     def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
+        before = _file_sizes(work, tmp_dir / "counts")
+        started = time.perf_counter()
         if local:
             out = map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
         else:
             out = map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
+        seconds = time.perf_counter() - started
+        after = _file_sizes(work, tmp_dir / "counts")
         # a step's outputs exist before its inputs are dropped: the peak is after a step
-        peak_disk[0] = max(peak_disk[0], _tree_bytes(work) + _tree_bytes(tmp_dir / "counts"))
+        peak_disk[0] = max(peak_disk[0], sum(after.values()))
+        steps.append({"step": desc, "tasks": len(calls), "seconds": round(seconds, 3), "bytes_written": _written(before, after)})
         return out
 
     n = spec.order
@@ -321,6 +335,7 @@ def _estimate(
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
         "peak_work_bytes": peak_disk[0],  # spills and kept counts, after every step (the ARPA not included)
+        "steps": steps,
         "raw_ngrams": ngram_counts,
         "ngrams": model.ngrams,
         "vocab_size_uniform": model.vocab_size,
