@@ -73,6 +73,11 @@ from lmpipe.cluster.process import WorkersRecord, process_info
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+class WorkerLostError(RuntimeError):
+    """A Ray Train worker's process died (killed, out of memory, its node lost) mid-run; the other workers'
+    errors are only its echo (a gloo peer reset).  The stage's checkpoints stay: a rerun resumes."""
+
+
 class StopAfterEpoch(RuntimeError):
     """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
     (each training stage reads ``LMPIPE_<STAGE>_STOP_AFTER_EPOCH`` in the driver)."""
@@ -482,6 +487,14 @@ def fit(
             result = trainer.fit()
     except WorkerGroupError as exc:
         failures = exc.worker_failures
+        lost = {rank: err for rank, err in failures.items() if _died(err)}
+        if lost:  # the cause; the survivors' errors (a collective's peer gone) are its consequence
+            rank = min(lost)
+            reason = str(getattr(lost[rank], "health_check_failure", lost[rank])).strip().splitlines()
+            raise WorkerLostError(
+                f"{name}: Ray Train worker rank {rank} of {workers} died ({reason[0][:200] if reason else 'no reason given'}); "
+                "the epochs checkpointed so far are kept: rerun to resume from the last one"
+            ) from exc
         if failures:
             raise failures[min(failures)] from exc
         raise
@@ -489,6 +502,13 @@ def fit(
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
         _remove_if_empty(Path(storage))
     return result.return_value
+
+
+def _died(error: BaseException) -> bool:
+    """Whether a Ray Train worker failure is its process dying (Ray's health check lost the actor)."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(error, RayActorError) or isinstance(getattr(error, "health_check_failure", None), RayActorError)
 
 
 @contextlib.contextmanager
