@@ -73,6 +73,7 @@ from lmpipe.cluster.process import WorkersRecord, process_info
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 class WorkerLostError(RuntimeError):
     """A Ray Train worker's process died (killed, out of memory, its node lost) mid-run; the other workers'
     errors are only its echo (a gloo peer reset).  The stage's checkpoints stay: a rerun resumes."""
@@ -460,7 +461,8 @@ def fit(
 
     ``name`` must be fresh for each call (Ray Train V2 would auto-restore a reused name); Ray's own run
     folder ``storage/name`` is removed afterwards, since the stage's checkpoints are the resume source.  A
-    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper.
+    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper;
+    a worker whose process died is a :class:`WorkerLostError` naming its rank (not its peers' echo of it).
 
     One worker without a GPU runs ``train_loop`` in this process (:func:`fit_in_process`): the degree-1 case
     of the same loop, without Ray Train's controller and worker actors, whose start-up and reporting cost
