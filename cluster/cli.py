@@ -1,6 +1,7 @@
 """``lmpipe submit`` and ``lmpipe jobs``: pipelines as Ray jobs on a cluster.
 
     lmpipe submit SPEC [--address http://HEAD:8265] [--run-dir DIR] [--wait] [--set k=v ...] [--pip] [--env K=V]
+                  [--python PATH]
     lmpipe jobs list|status|logs|stop [JOB] [--address http://HEAD:8265]
 
 ``--address`` defaults to ``LMPIPE_ADDRESS``, then ``RAY_ADDRESS``.  Exit status: 0 on success; 2 when the
@@ -58,7 +59,7 @@ def submit_spec(args: argparse.Namespace, spec: ShippedSpec, *, version: str) ->
     client = jobs_client(args.address)  # unreachable: exit 2 before anything is staged
     plan = plan_job(
         spec, version=version, run_dir=args.run_dir, stages=args.stages, force=args.force,
-        pip=args.pip, env_vars=args.env, excludes=args.exclude,
+        pip=args.pip, env_vars=args.env, excludes=args.exclude, python=args.python,
     )  # fmt: skip
     for line in describe(plan):
         print(line)
@@ -147,6 +148,10 @@ def add_cluster_commands(sub: argparse._SubParsersAction, *, submit_command: Cal
     pip.add_argument("--no-pip", dest="pip", action="store_false", help="use the cluster image's packages (default)")
     submit.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable for the job")
     submit.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="file or folder names not to ship")
+    submit.add_argument(
+        "--python", metavar="PATH", help="the head's interpreter for the job's driver (default: the first of this "
+        "process's interpreter, python3 and python on the head that imports ray and finds lmpipe)",
+    )  # fmt: skip
     submit.set_defaults(func=submit_command, pip=False)
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs")

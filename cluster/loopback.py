@@ -115,6 +115,9 @@ class LoopbackCluster:
     start_timeout: float = 120.0
     token: str = field(default_factory=lambda: secrets.token_hex(24))
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    #: False: ``bin_dir`` is left off the nodes' PATH (``ray start`` still runs from it), as on a head started
+    #: from a virtualenv that is not activated; a job's entrypoint must then find its interpreter itself.
+    bin_dir_on_path: bool = True
     dashboard_url: str = ""
     gcs_address: str = ""
     _procs: list[subprocess.Popen] = field(default_factory=list)
@@ -126,16 +129,17 @@ class LoopbackCluster:
 
     # ------------------------------------------------------------------ environments
     def env(self) -> dict[str, str]:
-        """The environment of this cluster's processes: its token, its binaries first on PATH, no
-        inherited cluster address or token file."""
+        """The environment of this cluster's processes: its token, its binaries first on PATH (unless
+        ``bin_dir_on_path`` is False: then not on it at all), no inherited cluster address or token file."""
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "LMPIPE_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+        path = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != self.bin_dir]
         env.update(
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN=self.token,
             RAY_USAGE_STATS_ENABLED="0",
             # SIGTERM would otherwise drain the node for up to 30 s (Ray >= 2.5x) waiting for leases to end.
             RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-            PATH=f"{self.bin_dir}{os.pathsep}{env.get('PATH', '')}",
+            PATH=os.pathsep.join([str(self.bin_dir), *path] if self.bin_dir_on_path else path),
         )
         return env
 

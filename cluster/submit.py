@@ -10,8 +10,12 @@ What travels with the job (the ``runtime_env``):
   (pyproject's ``[tool.setuptools.package-dir]``: ``pipelines/api`` is ``lmpipe``, ``pipelines/`` is
   ``lmpipe.pipelines``, ...).  Ray puts it first on ``PYTHONPATH`` of the driver and of every worker, ahead
   of any lmpipe installed on the cluster, so the code that runs is the code submitted, on top of the
-  dependencies of the cluster image (``cluster/image/Dockerfile``).  The driver is started as
-  ``python -m lmpipe.pipelines.cli run``: the cluster's interpreter, no console script needed on its PATH.
+  dependencies of the cluster image (``cluster/image/Dockerfile``).
+* the driver: ``PYTHON -m lmpipe.pipelines.cli run ...``, no console script needed on the head's PATH (see
+  :func:`entrypoint`).  ``--python`` names the head's interpreter; without it the entrypoint picks, on the
+  head, the first of this process's interpreter (same path: a head started from the same virtualenv or
+  image, activated or not), ``python3`` and ``python`` that imports ``ray`` and finds ``lmpipe``, and
+  fails with a line naming ``--python`` when none does.
 * ``working_dir``: a copy of the checkout (the specs and their small data) without ``.git``, ``.venv``,
   ``runs/``, caches and build folders (:data:`EXCLUDES`, plus ``--exclude``); Ray unpacks it on every node
   and makes it the driver's working directory.  Without a checkout (lmpipe installed from a wheel) only
@@ -58,7 +62,47 @@ EXCLUDES: tuple[str, ...] = (
 MAX_WORKING_DIR_MB = 100
 JOB_DIR = ".lmpipe-job"
 #: The driver: the cluster's interpreter runs the CLI module (``lmpipe`` may not be on the cluster's PATH).
-DRIVER = ("python", "-m", "lmpipe.pipelines.cli", "run")
+DRIVER = ("-m", "lmpipe.pipelines.cli", "run")
+#: Interpreters the entrypoint tries after this process's own when ``--python`` is not given (head's PATH).
+PATH_PYTHONS = ("python3", "python")
+#: What a candidate interpreter must do to run the driver: import the cluster's Ray, find lmpipe (shipped
+#: on PYTHONPATH as py_modules, or installed in the image).  Cheap: lmpipe itself is not imported.
+PROBE = "import importlib.util, ray; assert importlib.util.find_spec('lmpipe')"
+#: The entrypoint's exit status when no candidate can run the driver (a shell's "command not found").
+NO_PYTHON_STATUS = 127
+
+
+def candidate_pythons(local_python: str | None = None) -> list[str]:
+    """The interpreters the entrypoint tries without ``--python``: this process's (or ``local_python``), then
+    :data:`PATH_PYTHONS`."""
+    import sys
+
+    return [local_python or sys.executable, *PATH_PYTHONS]
+
+
+def entrypoint(args: Sequence[str], *, python: str | None = None, local_python: str | None = None) -> str:
+    """The job's entrypoint: a shell command (Ray runs it with ``/bin/sh -c`` on the head) starting the driver
+    ``<interpreter> -m lmpipe.pipelines.cli run ARGS``.
+
+    ``python`` (``lmpipe submit --python``) is used as given.  Otherwise the interpreter is chosen on the head
+    when the job starts, since the client cannot see the head's file system: the first candidate of
+    ``local_python`` (default ``sys.executable``: right wherever the head was started from the same
+    virtualenv or image, activated or not) and :data:`PATH_PYTHONS` for which :data:`PROBE` succeeds.  A
+    head with none of them exits :data:`NO_PYTHON_STATUS` with one line naming ``--python``."""
+    driver = shlex.join([*DRIVER, *args])
+    if python:
+        return f"{shlex.quote(python)} {driver}"
+    candidates = candidate_pythons(local_python)
+    tried = ", ".join(candidates)
+    fail = (
+        f"lmpipe submit: no Python on this node imports ray and finds lmpipe (tried {tried}); "
+        "submit again with --python PATH, the interpreter the cluster's Ray runs on"
+    )
+    return (
+        f"for py in {' '.join(map(shlex.quote, candidates))}; do "
+        f"if \"$py\" -c {shlex.quote(PROBE)} >/dev/null 2>&1; then exec \"$py\" {driver}; fi; done; "
+        f"echo {shlex.quote(fail)} >&2; exit {NO_PYTHON_STATUS}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +122,14 @@ class JobPlan:
     ``working_dir/`` (the ``working_dir``) and the package tree of ``py_modules`` (``lmpipe/``)."""
 
     submission_id: str
-    entrypoint: str
+    entrypoint: str  # the shell command Ray runs (:func:`entrypoint`)
     runtime_env: dict[str, Any]
     metadata: dict[str, str]
     staged: Path
     run_dir: str
     notes: tuple[str, ...] = field(default=())
+    argv: tuple[str, ...] = field(default=())  # the driver's arguments: ``-m lmpipe.pipelines.cli run ...``
+    python: str | None = None  # ``--python``; None: chosen on the head (:func:`entrypoint`)
 
 
 def source_root() -> Path | None:
@@ -180,9 +226,11 @@ def plan_job(
     excludes: Sequence[str] = (),
     root: Path | None = None,
     workdir: Path | None = None,
+    python: str | None = None,
 ) -> JobPlan:
     """Stage the working directory and the package, and build the job; raises SubmitError/StorageError.
-    ``version`` is the submitting lmpipe's, recorded in the job's metadata."""
+    ``version`` is the submitting lmpipe's, recorded in the job's metadata; ``python`` the head's interpreter
+    (``--python``; default: chosen on the head, :func:`entrypoint`)."""
     root = source_root() if root is None else root
     run = resolve_run_dir(run_dir) if run_dir else Path("runs") / spec.name
     run = run.expanduser().absolute()  # the job's working directory is a temporary copy: never relative
@@ -229,7 +277,8 @@ def plan_job(
     submission_id = f"lmpipe-{re.sub(r'[^A-Za-z0-9_-]', '-', spec.name)}-{stamp}-{uuid.uuid4().hex[:6]}"
     metadata = {"lmpipe_spec": spec.name, "lmpipe_run_dir": str(run), "lmpipe_version": version}
     messages = tuple(f"{p}: a local path; every node of the cluster must see it at this path" for p in notes)
-    return JobPlan(submission_id, shlex.join(args), runtime_env, metadata, staged, str(run), messages)
+    command = entrypoint(args[len(DRIVER) :], python=python)
+    return JobPlan(submission_id, command, runtime_env, metadata, staged, str(run), messages, tuple(args), python)
 
 
 #: What the Job API answers (HTTP 500) while a fresh head's job agent is not up yet.
@@ -284,7 +333,11 @@ def submit(
 
 def describe(plan: JobPlan) -> list[str]:
     """Lines for the terminal: what is about to run where."""
-    lines = [f"job {plan.submission_id}", f"  entrypoint: {plan.entrypoint}", f"  run directory: {plan.run_dir}"]
+    python = plan.python or "the first that works on the head of " + ", ".join(candidate_pythons())
+    lines = [
+        f"job {plan.submission_id}", f"  driver: {shlex.join(plan.argv)}", f"  python: {python}",
+        f"  run directory: {plan.run_dir}",
+    ]  # fmt: skip
     if "pip" in plan.runtime_env:
         lines.append(f"  pip: {' '.join(plan.runtime_env['pip']['packages'])}")
     for key in sorted(plan.runtime_env.get("env_vars", {})):

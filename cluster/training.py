@@ -73,6 +73,12 @@ from lmpipe.cluster.process import WorkersRecord, process_info
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+class WorkerLostError(RuntimeError):
+    """A Ray Train worker's process died (killed, out of memory, its node lost) mid-run; the other workers'
+    errors are only its echo (a gloo peer reset).  The stage's checkpoints stay: a rerun resumes."""
+
+
 class StopAfterEpoch(RuntimeError):
     """Raised on every rank right after ``stop_after_epoch``'s checkpoint: a deliberate kill, for resume tests
     (each training stage reads ``LMPIPE_<STAGE>_STOP_AFTER_EPOCH`` in the driver)."""
@@ -456,7 +462,8 @@ def fit(
 
     ``name`` must be fresh for each call (Ray Train V2 would auto-restore a reused name); Ray's own run
     folder ``storage/name`` is removed afterwards, since the stage's checkpoints are the resume source.  A
-    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper.
+    worker's exception is re-raised as itself (a ValueError stays a ValueError), not as Ray's wrapper;
+    a worker whose process died is a :class:`WorkerLostError` naming its rank (not its peers' echo of it).
 
     One worker without a GPU runs ``train_loop`` in this process (:func:`fit_in_process`): the degree-1 case
     of the same loop, without Ray Train's controller and worker actors, whose start-up and reporting cost
@@ -486,6 +493,14 @@ def fit(
             result = trainer.fit()
     except WorkerGroupError as exc:
         failures = exc.worker_failures
+        lost = {rank: err for rank, err in failures.items() if _died(err)}
+        if lost:  # the cause; the survivors' errors (a collective's peer gone) are its consequence
+            rank = min(lost)
+            reason = str(getattr(lost[rank], "health_check_failure", lost[rank])).strip().splitlines()
+            raise WorkerLostError(
+                f"{name}: Ray Train worker rank {rank} of {workers} died ({reason[0][:200] if reason else 'no reason given'}); "
+                "the epochs checkpointed so far are kept: rerun to resume from the last one"
+            ) from exc
         if failures:
             raise failures[min(failures)] from exc
         raise
@@ -493,6 +508,13 @@ def fit(
         shutil.rmtree(Path(storage) / name, ignore_errors=True)
         _remove_if_empty(Path(storage))
     return result.return_value
+
+
+def _died(error: BaseException) -> bool:
+    """Whether a Ray Train worker failure is its process dying (Ray's health check lost the actor)."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(error, RayActorError) or isinstance(getattr(error, "health_check_failure", None), RayActorError)
 
 
 @contextlib.contextmanager

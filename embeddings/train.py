@@ -69,6 +69,7 @@ from lmpipe.cluster.training import (
 from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sentences_from_arrow
 from lmpipe.embeddings.sync import merge_deltas
 from lmpipe.embeddings.vectors import Vectors
+from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
 from lmpipe.pipelines.core.shards import shard_batches
@@ -353,12 +354,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         parts: Iterable[Iterable[np.ndarray]] = (
             [sentences] if merger is None else split_parts(sentences, share, syncs)
         )
-        for part in parts:
+        for i, part in enumerate(parts):
             model.epoch = epoch  # train_epoch counts calls; all parts belong to this epoch
             stats = model.train_epoch(part, threads=job.threads)
             words, pairs, loss = words + stats.words, pairs + stats.pairs, loss + stats.loss * stats.pairs
             if merger is not None:
                 merger.step()
+                if i + 1 < syncs:
+                    inject("sgns.mid_epoch")  # the fault-injection suite's worker kill between two merges
         sync_seconds = 0.0
         if merger is not None:
             merger.flush()

@@ -38,16 +38,19 @@ STAGES = ("sgns", "glove")
 def cmd_export(args: argparse.Namespace) -> int:
     from lmpipe.embeddings.formats import check_text_tokens, export_vectors
     from lmpipe.pipelines.ingest import InputError
+    from lmpipe.pipelines.runlock import RunLock
     from lmpipe.pipelines.vector_source import stage_vectors
 
-    vectors = stage_vectors(args.run, args.stage)
-    fmt = FORMATS[args.format]
-    if fmt in ("word2vec", "word2vec-bin", "glove"):
-        try:
-            check_text_tokens(vectors, args.format)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-    export_vectors(vectors, args.out, fmt)
+    # a reader: a run that would replace the stage's vectors (and vocabulary) is refused until it is written
+    with RunLock(Path(args.run), shared=True):
+        vectors = stage_vectors(args.run, args.stage)
+        fmt = FORMATS[args.format]
+        if fmt in ("word2vec", "word2vec-bin", "glove"):
+            try:
+                check_text_tokens(vectors, args.format)
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
+        export_vectors(vectors, args.out, fmt)
     print(f"{args.out}: {len(vectors):,} x {vectors.dim} vectors ({args.format})")
     return 0
 

@@ -11,6 +11,7 @@ settings, ``core.text`` is the normaliser ingest used, and the run's ``vocab.tsv
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import yaml
@@ -20,6 +21,7 @@ from lmpipe.lm.train import load_model
 from lmpipe.pipelines.core.errors import MissingError
 from lmpipe.pipelines.core.text import normalize_line
 from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.runlock import RunLock
 from lmpipe.pipelines.spec import RunSpec, SpecError, parse_spec
 from lmpipe.pipelines.tokenizers import make_tokenizer
 
@@ -47,6 +49,14 @@ def generate(
         raise SpecError(f"--max-tokens: bad value {max_tokens}; allowed: 0 or more")
     if temperature < 0:
         raise SpecError(f"--temperature: bad value {temperature}; allowed: 0 (greedy) or more")
+    with RunLock(run_dir, shared=True):  # the run's files read together, not while a run replaces them
+        spec, vocab, net, ids = _load(run_dir, model, prompt)
+    out = sample(net, ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
+    return render(vocab.tokens.to_pylist(), ids + out, spec.tokenizer.kind)
+
+
+def _load(run_dir: Path, model: str | None, prompt: str) -> tuple[RunSpec, Vocab, Any, list[int]]:
+    """The run's spec, vocabulary and model, and the prompt's ids."""
     spec_path = run_dir / "spec.yaml"
     if not spec_path.is_file():
         raise MissingError(
@@ -59,6 +69,4 @@ def generate(
         raise MissingError(f"{model_dir}: no trained model {name!r}; run the lm stage (`--stages lm`)")
     vocab = Vocab.load(run_dir / "tokenize" / "vocab.tsv")
     net = load_model(model_dir, vocab.counts)
-    ids = prompt_ids(run_dir, spec, vocab, prompt)
-    out = sample(net, ids, max_tokens=max_tokens, temperature=temperature, seed=seed)
-    return render(vocab.tokens.to_pylist(), ids + out, spec.tokenizer.kind)
+    return spec, vocab, net, prompt_ids(run_dir, spec, vocab, prompt)

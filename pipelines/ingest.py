@@ -29,7 +29,6 @@ import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +130,12 @@ def _relative(path: str, root: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+def _hidden_below(path: str, root: str) -> bool:
+    """A listed folder skips hidden entries (``.git/``, ``.DS_Store``) below it; the folders above it are the
+    user's to name (``/home/u/.data/corpus`` is a corpus like any other)."""
+    return any(part.startswith(".") for part in _relative(path, root).split("/"))
+
+
 def _fixed_part(path: str) -> str:
     """The folder a glob pattern's matches lie under: its components before the first wildcard."""
     parts = path.split("/")
@@ -169,9 +174,7 @@ def _expand(ref: str, mirror: str | None) -> list[tuple[pafs.FileSystem, str, st
         raise InputError(f"{ref}: no such file or directory")
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        paths = sorted(
-            i.path for i in infos if i.type == pafs.FileType.File and not any(p.startswith(".") for p in Path(i.path).parts)
-        )
+        paths = sorted(i.path for i in infos if i.type == pafs.FileType.File and not _hidden_below(i.path, path))
         if not paths:
             raise InputError(f"{ref}: directory holds no files")
         return [(fs, p, prefix + p if is_uri else p, _relative(p, path)) for p in paths]

@@ -118,6 +118,19 @@ def test_missing_paths_globs_and_directories(tmp_path):
     assert [s.index for s in found["train"] + found["valid"]] == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("uri", [False, True])
+def test_a_hidden_folder_above_a_listed_corpus_folder_keeps_its_files(tmp_path, uri):
+    """Only hidden entries below the listed folder are skipped, never because a folder above it is hidden."""
+    root = tmp_path / ".data" / "corpus"
+    (root / ".git").mkdir(parents=True)
+    (root / "sub").mkdir()
+    for name in ("a.txt", "sub/b.txt", ".hidden", ".git/config", "sub/.c.txt"):
+        (root / name).write_text("x\n")
+    ref = f"file://{root}" if uri else str(root)
+    found = find_sources(CorpusSpec(train=(ref,)))["train"]
+    assert [s.name for s in found] == ["train/0/a.txt", "train/0/sub/b.txt"]
+
+
 def test_unreadable_file_is_named(tmp_path, monkeypatch):
     """Permissions are not enforced for root (CI), so the access check itself is made to say no."""
     import lmpipe.pipelines.ingest as ingest

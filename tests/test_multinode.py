@@ -33,7 +33,11 @@ pytestmark = pytest.mark.multinode
 @pytest.fixture(scope="module")
 def cluster():
     root = Path(tempfile.mkdtemp(prefix="lmp-", dir="/tmp"))
-    loopback = LoopbackCluster(root, head_cpus=1, worker_cpus=1, worker_resources={"second_node": 1.0})
+    # the virtualenv off the nodes' PATH: a head started without activating it (issue 18.10); lmpipe's own
+    # subprocesses here run by absolute path, so only the job's entrypoint is affected
+    loopback = LoopbackCluster(
+        root, head_cpus=1, worker_cpus=1, worker_resources={"second_node": 1.0}, bin_dir_on_path=False
+    )
     try:
         loopback.start()
         yield loopback

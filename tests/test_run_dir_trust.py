@@ -25,11 +25,14 @@ from lmpipe.pipelines.spec import load_spec
 
 from .conftest import SPECS
 
-HOLD = "import sys, time; from lmpipe.pipelines.runlock import RunLock\nwith RunLock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)\n"
+HOLD = (
+    "import sys, time; from lmpipe.pipelines.runlock import RunLock\n"
+    "with RunLock(sys.argv[1], shared=sys.argv[2] == 'shared'):\n print('held', flush=True); time.sleep(60)\n"
+)
 
 
-def _holder(run_dir: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
+def _holder(run_dir: Path, mode: str = "exclusive") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir), mode], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 
@@ -56,6 +59,74 @@ def test_a_second_run_on_a_locked_directory_is_refused_naming_the_holder(tmp_pat
         with RunLock(run_dir):  # re-entrant in one process
             pass
     assert json.loads((run_dir / ".lmpipe-lock").read_text() or "{}") == {}
+
+
+def test_readers_share_the_lock_and_keep_a_run_out(tmp_path):
+    """A reader (export, generate) holds the lock shared: other readers go on, a run is refused while it reads,
+    and a reader is refused, naming the run, while a run holds it.  A reader never creates a run directory."""
+    run_dir = tmp_path / "run"
+    with RunLock(tmp_path / "missing", shared=True):
+        pass
+    assert not (tmp_path / "missing").exists()
+    run_dir.mkdir()
+    reader = _holder(run_dir, "shared")
+    try:
+        with RunLock(run_dir, shared=True):  # a second reader
+            pass
+        with pytest.raises(RunLockedError, match="one reading it"):
+            run_pipeline(load_spec(SPECS / "tiny.yaml"), run_dir=run_dir, stages=["tokenize"])
+        assert not (run_dir / "spec.yaml").exists()
+    finally:
+        reader.send_signal(signal.SIGKILL)
+        reader.wait()
+    writer = _holder(run_dir)
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {writer.pid} on host") as err:
+            with RunLock(run_dir, shared=True):
+                pass
+        assert "--run-dir" not in str(err.value)  # a reader cannot choose another run directory
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    with RunLock(run_dir):
+        with RunLock(run_dir, shared=True):  # a reader nested in this process's run: already satisfied
+            pass
+
+
+def _sgns_run(run_dir: Path) -> None:
+    """A run directory with a finished sgns stage (three words), enough for ``embeddings export``."""
+    import numpy as np
+
+    from lmpipe.embeddings.vectors import Vectors
+
+    vectors = Vectors(["a", "b", "c"], np.eye(3, dtype=np.float32), np.array([3, 2, 1]), source="sgns")
+    vectors.save(run_dir / "sgns" / "vectors")
+    (run_dir / "sgns" / "manifest.json").write_text(json.dumps({"status": "complete"}))
+
+
+@pytest.mark.parametrize("command", ["export", "generate"])
+def test_export_and_generate_are_refused_while_a_run_writes(tmp_path, capsys, command):
+    """Before: both read the stage's files while a run replaced them (a vocabulary of one run, vectors of the
+    next).  Now one line, exit 2, naming the run that holds the directory; afterwards export works."""
+    from lmpipe.pipelines.cli import main
+
+    run_dir = tmp_path / "run"
+    _sgns_run(run_dir)
+    argv = {
+        "export": ["embeddings", "export", str(run_dir), "--format", "glove", "--out", str(tmp_path / "v.txt")],
+        "generate": ["generate", str(run_dir), "--max-tokens", "3"],
+    }[command]
+    writer = _holder(run_dir)
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"in use by lmpipe pid {writer.pid}" in err and err.count("\n") == 1
+        assert not (tmp_path / "v.txt").exists()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    if command == "export":
+        assert main(argv) == 0 and (tmp_path / "v.txt").read_text().split("\n")[0] == "a 1 0 0"
 
 
 def test_lock_holder_details_are_recorded_while_held(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,15 @@ import yaml
 from lmpipe.cluster.jobs import SubmitError, auth_headers, auth_token, resolve_address
 from lmpipe.cluster.process import Placement, ray_options
 from lmpipe.cluster.storage import StorageError, resolve_run_dir
-from lmpipe.cluster.submit import DRIVER, JOB_DIR, pip_requirements, plan_job, stage_working_dir
+from lmpipe.cluster.submit import (
+    DRIVER,
+    JOB_DIR,
+    NO_PYTHON_STATUS,
+    entrypoint,
+    pip_requirements,
+    plan_job,
+    stage_working_dir,
+)
 from lmpipe.pipelines.cli import main
 from lmpipe.pipelines.spec import SpecError, load_spec, parse_resources
 from lmpipe.pipelines.submission import local_input_paths, shipped_spec
@@ -102,8 +111,8 @@ def test_a_spec_in_the_checkout_runs_from_the_shipped_copy(tmp_path):
         stages="tokenize,ngram", workdir=tmp_path,
     )  # fmt: skip
     try:
-        argv = shlex.split(plan.entrypoint)
-        assert argv[:5] == ["python", "-m", "lmpipe.pipelines.cli", "run", "pipelines/specs/tiny.yaml"]
+        argv = list(plan.argv)
+        assert argv[:4] == ["-m", "lmpipe.pipelines.cli", "run", "pipelines/specs/tiny.yaml"]
         assert argv[argv.index("--set") + 1] == "ngram.order=2"
         assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "run")
         assert argv[argv.index("--stages") + 1] == "tokenize,ngram"
@@ -135,7 +144,7 @@ def test_the_checkouts_code_travels_as_the_lmpipe_package(tmp_path):
         assert not (package / "pipelines" / "api").exists(), "pipelines/api is lmpipe itself, not lmpipe.pipelines.api"
         assert (package / "pipelines" / "specs" / "tiny" / "train.txt").is_file()  # package data travels too
         assert (package / "cluster" / "configs" / "rayjob.yaml").is_file()
-        assert list(DRIVER[:3]) == ["python", "-m", "lmpipe.pipelines.cli"] and shlex.split(plan.entrypoint)[:4] == list(DRIVER)
+        assert DRIVER == ("-m", "lmpipe.pipelines.cli", "run") and plan.argv[:3] == DRIVER
     finally:
         shutil.rmtree(plan.staged)
 
@@ -151,8 +160,8 @@ def test_a_spec_from_elsewhere_is_resolved_and_shipped(tmp_path, monkeypatch):
         workdir=tmp_path,
     )  # fmt: skip
     try:
-        argv = shlex.split(plan.entrypoint)
-        assert argv[:5] == [*DRIVER, f"{JOB_DIR}/spec.yaml"] and "--set" not in argv
+        argv = list(plan.argv)
+        assert argv[:4] == [*DRIVER, f"{JOB_DIR}/spec.yaml"] and "--set" not in argv
         assert argv[argv.index("--run-dir") + 1] == str(tmp_path / "runs" / "mine")  # absolute: the job's cwd is a copy
         shipped = load_spec(Path(plan.runtime_env["working_dir"]) / JOB_DIR / "spec.yaml")
         assert shipped.vocab.min_count == 2 and shipped.corpus.train == (str(data),)
@@ -173,7 +182,7 @@ def test_a_spec_in_an_excluded_folder_of_the_checkout_is_resolved_and_shipped(tm
     plan = plan_job(shipped_spec(root / "runs" / "s.yaml"), version="0", run_dir=str(tmp_path / "run"), root=root, workdir=tmp_path)
     try:
         working_dir = Path(plan.runtime_env["working_dir"])
-        assert shlex.split(plan.entrypoint)[4] == f"{JOB_DIR}/spec.yaml"
+        assert plan.argv[3] == f"{JOB_DIR}/spec.yaml"
         assert not (working_dir / "runs").exists() and (working_dir / "corpus.txt").is_file()
         assert plan.runtime_env["py_modules"] == [str(plan.staged / "lmpipe")]
         assert (plan.staged / "lmpipe" / "__init__.py").read_text() == "MARK = 1\n"  # the mapping is pyproject's
@@ -194,9 +203,72 @@ def test_without_a_checkout_only_the_spec_travels(tmp_path, monkeypatch):
         working_dir = Path(plan.runtime_env["working_dir"])
         assert "py_modules" not in plan.runtime_env
         assert [p.relative_to(working_dir).as_posix() for p in working_dir.rglob("*") if p.is_file()] == [f"{JOB_DIR}/spec.yaml"]
-        assert shlex.split(plan.entrypoint)[:5] == [*DRIVER, f"{JOB_DIR}/spec.yaml"]
+        assert list(plan.argv[:4]) == [*DRIVER, f"{JOB_DIR}/spec.yaml"]
         assert load_spec(working_dir / JOB_DIR / "spec.yaml").ngram.order == 2
         assert len(plan.notes) == 3 and all(str(SPECS / "tiny") in n for n in plan.notes)  # train, valid, test
+    finally:
+        shutil.rmtree(plan.staged)
+
+
+# ------------------------------------------------------------------------------------------ the driver's interpreter
+def _fake_python(folder: Path, name: str, *, probe_ok: bool) -> Path:
+    """A stand-in interpreter: answers the probe (``-c ...``) with ``probe_ok``, else records its arguments."""
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -c ]; then exit {0 if probe_ok else 1}; fi\n'
+        f'for a in "$@"; do printf "%s\\n" "$a"; done > {shlex.quote(str(folder / (name + ".argv")))}\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
+def _as_ray_runs_it(command: str, path: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Ray's JobSupervisor: ``Popen(entrypoint, shell=True)`` with the head's environment (here: only PATH)."""
+    return subprocess.run(command, shell=True, cwd=cwd, env={"PATH": path}, capture_output=True, text=True, timeout=120)  # noqa: S602
+
+
+def test_the_entrypoint_needs_no_python_on_the_heads_path(tmp_path):
+    """Issue 18.10: a head started from a virtualenv that is not activated has neither ``lmpipe`` nor the right
+    ``python`` on PATH; the entrypoint still starts the driver with the interpreter that runs this process."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    args = ["--help"]
+    done = _as_ray_runs_it(entrypoint(args), str(empty), REPO)
+    assert done.returncode == 0, done.stderr
+    assert "usage: lmpipe run" in done.stdout
+    old = _as_ray_runs_it(shlex.join(["python", *DRIVER, *args]), str(empty), REPO)  # what main submitted before
+    assert old.returncode == 127 and "not found" in old.stderr
+
+
+def test_the_entrypoint_tries_the_candidates_in_order_and_names_python_when_none_works(tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_python(bin_dir, "python3", probe_ok=False)  # e.g. a system Python without Ray
+    _fake_python(bin_dir, "python", probe_ok=True)
+    args = ["pipelines/specs/tiny.yaml", "--run-dir", "/mnt/runs/a b", "--set", "name=x y"]
+    missing = str(tmp_path / "no-such-venv" / "bin" / "python")
+    done = _as_ray_runs_it(entrypoint(args, local_python=missing), str(bin_dir), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (bin_dir / "python.argv").read_text().splitlines() == [*DRIVER, *args]  # quoting survives the shell
+    assert not (bin_dir / "python3.argv").exists()
+    (bin_dir / "python").unlink()
+    done = _as_ray_runs_it(entrypoint(args, local_python=missing), str(bin_dir), tmp_path)
+    assert done.returncode == NO_PYTHON_STATUS
+    assert done.stderr.count("\n") == 1 and "--python PATH" in done.stderr and missing in done.stderr
+
+
+def test_python_given_is_used_as_is(tmp_path):
+    """``lmpipe submit --python PATH``: no search, the path itself (quoted) runs the driver."""
+    fake = _fake_python(tmp_path / "my env", "py", probe_ok=False)  # the probe is not run for a given path
+    plan = plan_job(
+        shipped_spec(SPECS / "tiny.yaml"), version="0", run_dir=str(tmp_path / "run"), workdir=tmp_path, python=str(fake)
+    )
+    try:
+        assert plan.entrypoint == shlex.join([str(fake), *plan.argv]) and plan.python == str(fake)
+        done = _as_ray_runs_it(plan.entrypoint, "/nonexistent", tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "my env" / "py.argv").read_text().splitlines() == list(plan.argv)
     finally:
         shutil.rmtree(plan.staged)
 
