@@ -6,7 +6,8 @@
 Text: ``corpora.generated_corpus`` -- the KN5 model is trained (tokenize + ngram stages, probing binary) on
 seed 1, the scored text is seed 2, so the model has not seen it (25M tokens: about 0.98M lines).  PTB's
 literal ``<unk>`` in the generated text is written ``[unk]`` in the scored copy, so ``query`` and lmpipe read
-the same words.
+the same words, and blank lines are dropped (``query`` scores one as a lone ``</s>``; lmpipe, like the
+tokenize stage, rejects it and gives it ``tokens`` 0), so both score the same tokens.
 
 * KN5: ``query -v summary model.binary < text`` vs ``lmpipe score --workers 1`` (in-process) and ``--workers 2``
   (a Ray actor pool), on the same binary, alternating, ``--rounds`` times.  Whole wall time (lmpipe: model
@@ -101,7 +102,8 @@ def scored_text(work: Path, mirror: Path, tokens: int) -> Path:
     if not out.exists() or out.stat().st_mtime < raw.stat().st_mtime:
         with open(raw, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
             for line in src:
-                dst.write(line.replace("<unk>", "[unk]"))
+                if line.strip():  # a blank line: query scores it as one </s>, lmpipe rejects it (tokens 0)
+                    dst.write(line.replace("<unk>", "[unk]"))
     return out
 
 

@@ -5,10 +5,14 @@ A line is read, normalised and tokenized by the code of the tokenize stage (``in
 gets the ids the tokenize stage gave it, and then scored with KenLM's accounting (``lm.perplexity``): one
 ``</s>`` per sentence predicted, OOV words scored as ``<unk>`` and counted.  Three kinds of model:
 
-    ngram   the ngram stage's model through ``kenlm.Model`` (``model.binary`` mmapped when it exists), the
-            sentence text rebuilt from the vocabulary as ``pipelines.evaluate`` does
-    lm      an lm stage model (RNN/LSTM/GRU/NPLM), the state reset at every line (KenLM's reset at ``<s>``):
-            equal to the lm stage's figures when its ``eval_state`` is ``reset``
+    ngram   the ngram stage's model through ``kenlm.Model`` (``model.binary`` mmapped when it exists): each
+            line read by KenLM's own loop (``Model.score``), the float32 sentence totals ``query`` prints, and
+            only each OOV word's probability fetched token-wise, from a window of ``order - 1`` words
+            (:class:`NgramScorer`); ``lmpipe eval`` adds the same float32 terms in float64, so the two agree
+            to float32 rounding (about 1e-7 relative) and ``lmpipe score`` agrees with ``query`` exactly
+    lm      an lm stage model (RNN/LSTM/GRU/NPLM), the state reset at every line (KenLM's reset at ``<s>``),
+            lines batched by length (``lm.neural_eval.reset_scores``): equal to the lm stage's figures when its
+            ``eval_state`` is ``reset``
     mix     a mix stage mixture: its components scored as above, combined with its fitted weights
 
 ``pipelines.ray_stages.ScoreActor`` wraps :class:`ChunkScorer` (model loaded once per actor); ``pipelines.score``
