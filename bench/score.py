@@ -1,18 +1,24 @@
 """Benchmark ``lmpipe score`` (KN5 and an LSTM) against KenLM's ``query`` and a plain PyTorch loop, in one run.
 
-    python bench/score.py [--mirror DIR] [--train-tokens 2e6] [--test-tokens 5e6] [--rounds 2] [--lstm-lines 2000]
+    python bench/score.py [--mirror DIR] [--work DIR] [--train-tokens 2e6] [--test-tokens 25e6] [--rounds 2]
+                          [--lstm-lines 500]
 
 Text: ``corpora.generated_corpus`` -- the KN5 model is trained (tokenize + ngram stages, probing binary) on
-seed 1, the scored text is seed 2, so the model has not seen it.  PTB's literal ``<unk>`` in the generated text
-is written ``[unk]`` in the scored copy, so ``query`` and lmpipe read the same words.
+seed 1, the scored text is seed 2, so the model has not seen it (25M tokens: about 0.98M lines).  PTB's
+literal ``<unk>`` in the generated text is written ``[unk]`` in the scored copy, so ``query`` and lmpipe read
+the same words, and blank lines are dropped (``query`` scores one as a lone ``</s>``; lmpipe, like the
+tokenize stage, rejects it and gives it ``tokens`` 0), so both score the same tokens.
 
 * KN5: ``query -v summary model.binary < text`` vs ``lmpipe score --workers 1`` (in-process) and ``--workers 2``
-  (a Ray actor pool), on the same binary, alternating, ``--rounds`` times; tokens/s (scored tokens, ``</s>``
-  included) from the wall time; the perplexities must agree; peak RSS per process (the driver for one worker,
-  each Ray actor for two).
+  (a Ray actor pool), on the same binary, alternating, ``--rounds`` times.  Whole wall time (lmpipe: model
+  load, Ray start for 2 workers, Parquet records written; query: its summary only) and CPU seconds (query and
+  the 1-worker process: user + sys), so a loaded shared machine still gives per-core figures; the steady
+  state is ``ChunkScorer`` over the chunks in this process, CPU seconds, the model already loaded.  Tokens are
+  scored tokens, ``</s>`` included; the perplexities must agree; peak RSS per process (query, the driver for
+  one worker, each Ray actor for two).
 * LSTM (2x200, full softmax, untrained: speed does not depend on the weights): ``pipelines.scoring.NeuralScorer``
-  vs a plain PyTorch loop (embedding, nn.LSTM, linear, log_softmax over padded batches of 64 sentences) on the
-  same sentences, CPU.
+  vs a plain PyTorch loop (embedding, nn.LSTM, linear, log_softmax over padded batches of 64 sentences,
+  longest first) on the same sentences, CPU, alternating, best of ``--rounds``.
 
 Prints a Markdown section for bench/RESULTS.md.
 """
@@ -29,6 +35,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -94,37 +102,62 @@ def scored_text(work: Path, mirror: Path, tokens: int) -> Path:
     if not out.exists() or out.stat().st_mtime < raw.stat().st_mtime:
         with open(raw, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
             for line in src:
-                dst.write(line.replace("<unk>", "[unk]"))
+                if line.strip():  # a blank line: query scores it as one </s>, lmpipe rejects it (tokens 0)
+                    dst.write(line.replace("<unk>", "[unk]"))
     return out
 
 
-def time_query(binary: Path, text: Path) -> tuple[float, float, int]:
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_query(binary: Path, text: Path) -> tuple[float, float, float, int, PeakPerProcess]:
+    """Wall s, CPU s, perplexity and tokens of ``query -v summary`` on ``text``."""
     from lmpipe.lm.kenlm_tools import find_kenlm_binary
 
-    started = time.perf_counter()
-    with open(text, "rb") as stdin:
+    cpu = _children_cpu()
+    with PeakPerProcess() as peaks, open(text, "rb") as stdin:
+        started = time.perf_counter()
         proc = subprocess.run(
             [str(find_kenlm_binary("query")), "-v", "summary", str(binary)], stdin=stdin, capture_output=True, check=True
         )
-    seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started
     out = proc.stdout.decode()
     ppl = float(re.search(r"Perplexity including OOVs:\s*([\d.]+)", out).group(1))
     tokens = int(re.search(r"Tokens:\s*(\d+)", out).group(1))
-    return seconds, ppl, tokens
+    return seconds, _children_cpu() - cpu, ppl, tokens, peaks
 
 
-def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) -> tuple[float, dict, PeakPerProcess]:
+def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) -> tuple[float, float, dict, PeakPerProcess]:
+    """Wall s, CPU s of this process (all the work for one worker; the driver's share for two), summary."""
     from lmpipe.pipelines.score import score_files
 
     with PeakPerProcess() as peaks:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         summary = score_files(run, "kn5", [text], out=out, workers=workers, chunk_mb=chunk_mb)
-        seconds = time.perf_counter() - started
-    return seconds, summary, peaks
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return seconds, cpu, summary, peaks
 
 
-def lstm_figures(run: Path, text: Path, lines: int) -> dict[str, float]:
-    import numpy as np
+def steady_state(run: Path, text: Path, chunk_mb: float) -> tuple[float, int]:
+    """CPU s and tokens of ``ChunkScorer`` over every chunk, the model loaded and warm (no output written)."""
+    from lmpipe.pipelines.ingest import find_sources, plan_chunks
+    from lmpipe.pipelines.scoring import ChunkScorer, ScoreJob
+    from lmpipe.pipelines.spec import CorpusSpec
+
+    scorer = ChunkScorer(ScoreJob.for_run(run, "kn5"))
+    chunks = plan_chunks(find_sources(CorpusSpec(train=(str(text),)))["train"], int(chunk_mb * (1 << 20)))
+    scorer(chunks[0])  # warm: first-touch of the mmapped model
+    cpu, tokens = time.process_time(), 0
+    for chunk in chunks:
+        tokens += int(np.sum(scorer(chunk).column("tokens")))
+    return time.process_time() - cpu, tokens
+
+
+def lstm_figures(run: Path, text: Path, lines: int, rounds: int) -> dict[str, float]:
     import pyarrow as pa
     import torch
 
@@ -145,44 +178,51 @@ def lstm_figures(run: Path, text: Path, lines: int) -> dict[str, float]:
     sentences = [np.asarray(vocab.lookup(pa.array(w, pa.string())), np.int64) for w in words if w]
     tokens = sum(len(s) + 1 for s in sentences)
     scorer = NeuralScorer(model_dir, vocab.counts)
-    started = time.perf_counter()
-    mine = scorer.score(sentences).log10_prob.sum()
-    lmpipe_s = time.perf_counter() - started
-
     # A plain PyTorch loop: the same sizes, padded batches of 64 sentences, longest first.
     emb, rnn = torch.nn.Embedding(len(vocab), 200), torch.nn.LSTM(200, 200, 2)
     lin = torch.nn.Linear(200, len(vocab))
     order = sorted(sentences, key=len, reverse=True)
-    started = time.perf_counter()
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(order), 64):
-            batch = order[i : i + 64]
-            n = max(len(s) for s in batch) + 1
-            x = torch.full((n, len(batch)), 2, dtype=torch.int64)  # </s> as <s>
-            y = torch.full((n, len(batch)), 2, dtype=torch.int64)
-            mask = torch.zeros((n, len(batch)), dtype=torch.bool)
-            for j, s in enumerate(batch):
-                t = torch.as_tensor(s)
-                x[1 : len(s) + 1, j], y[: len(s), j], mask[: len(s) + 1, j] = t, t, True
-            lp = torch.log_softmax(lin(rnn(emb(x))[0]), -1).gather(2, y.unsqueeze(2)).squeeze(2)
-            total += float(lp[mask].sum())
-    plain_s = time.perf_counter() - started
+
+    def plain() -> float:
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(order), 64):
+                batch = order[i : i + 64]
+                n = max(len(s) for s in batch) + 1
+                x = torch.full((n, len(batch)), 2, dtype=torch.int64)  # </s> as <s>
+                y = torch.full((n, len(batch)), 2, dtype=torch.int64)
+                mask = torch.zeros((n, len(batch)), dtype=torch.bool)
+                for j, s in enumerate(batch):
+                    t = torch.as_tensor(s)
+                    x[1 : len(s) + 1, j], y[: len(s), j], mask[: len(s) + 1, j] = t, t, True
+                lp = torch.log_softmax(lin(rnn(emb(x))[0]), -1).gather(2, y.unsqueeze(2)).squeeze(2)
+                total += float(lp[mask].sum())
+        return total
+
+    times: dict[str, list[float]] = {"lmpipe": [], "plain": []}
+    finite = True
+    for _ in range(rounds):
+        for name, fn in (("lmpipe", lambda: float(scorer.score(sentences).log10_prob.sum())), ("plain", plain)):
+            started = time.perf_counter()
+            finite &= bool(np.isfinite(fn()))
+            times[name].append(time.perf_counter() - started)
+    lmpipe_s, plain_s = min(times["lmpipe"]), min(times["plain"])
     return {
-        "tokens": tokens, "lmpipe_tps": tokens / lmpipe_s, "plain_tps": tokens / plain_s,
-        "ratio": plain_s / lmpipe_s, "finite": bool(np.isfinite(mine) and np.isfinite(total)),
+        "tokens": tokens, "lines": len(sentences), "lmpipe_tps": tokens / lmpipe_s, "plain_tps": tokens / plain_s,
+        "ratio": plain_s / lmpipe_s, "finite": finite, "times": times, "load": os.getloadavg(),
     }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mirror", type=Path, default=HERE.parent.parent / "shared" / "data")
+    default_mirror = os.environ.get("LMPIPE_DATA_MIRROR") or HERE.parent.parent / "shared" / "data"
+    parser.add_argument("--mirror", type=Path, default=default_mirror)
     parser.add_argument("--work", type=Path, default=HERE / "work" / "score")
     parser.add_argument("--train-tokens", type=float, default=2e6)
-    parser.add_argument("--test-tokens", type=float, default=5e6)
+    parser.add_argument("--test-tokens", type=float, default=25e6)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--lstm-lines", type=int, default=2000)
-    parser.add_argument("--chunk-mb", type=float, default=2.0, help="input chunk size (several chunks per worker)")
+    parser.add_argument("--lstm-lines", type=int, default=500)
+    parser.add_argument("--chunk-mb", type=float, default=8.0, help="input chunk size (several chunks per worker)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     run = build_model(args.work, args.mirror, int(args.train_tokens))
@@ -190,47 +230,69 @@ def main() -> None:
     binary = run / "ngram" / "model.binary"
     with open(text, "rb") as f:
         lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b""))
-    rows: dict[str, list[float]] = {"query": [], "lmpipe 1 worker": [], "lmpipe 2 workers": []}
+    names = ("query", "lmpipe 1 worker", "lmpipe 2 workers")
+    wall: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     memory: dict[str, float] = {}
     ppl: dict[str, float] = {}
+    loads: list[float] = []
     tokens = 0
     for _ in range(args.rounds):
-        seconds, ppl["query"], tokens = time_query(binary, text)
-        rows["query"].append(seconds)
-        print(f"query: {seconds:.2f} s, ppl {ppl['query']:.4f}", flush=True)
+        seconds, cpu_s, ppl["query"], tokens, peaks = time_query(binary, text)
+        wall["query"].append(seconds)
+        cpu["query"].append(cpu_s)
+        memory["query"] = peaks.mb(r"^\S*query ")
+        print(f"query: {seconds:.2f} s, {cpu_s:.2f} CPU s, ppl {ppl['query']:.10f}, load {os.getloadavg()[0]:.1f}", flush=True)
         for workers in (1, 2):
             name = f"lmpipe {workers} worker" + ("s" if workers > 1 else "")
             try:
-                seconds, summary, peaks = time_score(
+                seconds, cpu_s, summary, peaks = time_score(
                     run, text, workers, args.work / f"scores-{workers}.parquet", args.chunk_mb
                 )
             except Exception as exc:  # Ray may not start on an overloaded machine: say so, keep the rest
                 print(f"{name}: failed ({str(exc).splitlines()[0][:120]})", flush=True)
                 continue
-            print(f"{name}: {seconds:.2f} s, ppl {summary['perplexity']:.4f}", flush=True)
-            rows[name].append(seconds)
+            print(f"{name}: {seconds:.2f} s, {cpu_s:.2f} CPU s (this process), ppl {summary['perplexity']:.10f}, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+            wall[name].append(seconds)
+            cpu[name].append(cpu_s)
             ppl[name] = summary["perplexity"]
             memory[name] = peaks.mb("score.py") if workers == 1 else peaks.mb("ScoreActor|MapWorker")
+        loads.append(os.getloadavg()[0])
+    same = (args.work / "scores-1.parquet").read_bytes() == (args.work / "scores-2.parquet").read_bytes()
+    steady_cpu, steady_tokens = steady_state(run, text, args.chunk_mb)
+    loads.append(os.getloadavg()[0])
     load = os.getloadavg()
-    lstm = lstm_figures(run, text, args.lstm_lines)
-    print(f"\n### `lmpipe score` vs KenLM `query` ({time.strftime('%Y-%m-%d')})\n")
-    print(f"{machine()}; {versions()}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) after "
-          "the KN5 rounds -- a shared, loaded machine: the figures are noisy and below an idle machine's.\n")  # fmt: skip
+    lstm = lstm_figures(run, text, args.lstm_lines, args.rounds)
+    q_cpu = min(cpu["query"])
+    print(f"\n### `lmpipe score` vs KenLM `query` ({time.strftime('%Y-%m-%d %H:%M')})\n")
+    print(f"{machine()}; {versions()}; load average (1 min) after each round "
+          f"{' / '.join(f'{x:.1f}' for x in loads)}, {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the "
+          "end -- a shared machine loaded far past its 2 cores by other work: wall times are mostly waiting for a "
+          "core, so the per-core comparison is made on CPU seconds.\n")  # fmt: skip
     print(f"KN5 (probing binary) on {lines:,} generated lines the model was not trained on ({tokens:,} tokens, "
-          f"`</s>` included), {args.chunk_mb:g} MB chunks; {args.rounds} alternating rounds, best wall time; "
-          "lmpipe writes Parquet records, query only its summary.\n")  # fmt: skip
-    print("| scorer | best s | tokens/s | vs query | perplexity | peak RSS per process |\n|---|---|---|---|---|---|")
-    best_q = min(rows["query"])
-    for name, times in rows.items():
-        if not times:
-            print(f"| {name} | - | - | - | - | - (did not run: Ray did not start on the loaded machine) |")
+          f"`</s>` included), {args.chunk_mb:g} MB chunks; {args.rounds} alternating rounds, best of each; "
+          f"lmpipe writes Parquet records, query only its summary. Records of 1 and 2 workers byte-identical: {same}.\n")  # fmt: skip
+    print("| scorer | whole wall s | tokens/s (wall) | vs query (wall) | CPU s | tokens per CPU s | vs query per core | "
+          "perplexity | peak RSS per process |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    best_q = min(wall["query"])
+    for name in names:
+        if not wall[name]:
+            print(f"| {name} | - | - | - | - | - | - | - | - (did not run: Ray did not start on the loaded machine) |")
             continue
-        best = min(times)
-        mem = f"{memory[name]:.0f} MB" if name in memory else "-"
-        print(f"| {name} | {best:.2f} | {tokens / best:,.0f} | {best_q / best:.2f}x | {ppl[name]:.4f} | {mem} |")
-    print(f"\nLSTM 2x200, full softmax, CPU, {lstm['tokens']:,} tokens of {args.lstm_lines:,} "
-          f"lines: lmpipe NeuralScorer {lstm['lmpipe_tps']:,.0f} tokens/s, plain PyTorch loop {lstm['plain_tps']:,.0f} "
-          f"tokens/s ({lstm['ratio']:.2f}x of the plain loop's speed).")  # fmt: skip
+        best, best_cpu = min(wall[name]), min(cpu[name])
+        per_core = f"{tokens / best_cpu:,.0f} | {q_cpu / best_cpu:.2f}x" if name != "lmpipe 2 workers" else "- (in the actors) | -"
+        cpu_cell = f"{best_cpu:.2f}" if name != "lmpipe 2 workers" else f"{best_cpu:.2f} (driver)"
+        print(f"| {name} | {best:.2f} | {tokens / best:,.0f} | {best_q / best:.2f}x | {cpu_cell} | {per_core} | "
+              f"{ppl[name]:.10f} | {memory.get(name, 0):.0f} MB |")  # fmt: skip
+    print(f"| lmpipe steady state (ChunkScorer, model loaded, no output) | - | - | - | {steady_cpu:.2f} | "
+          f"{steady_tokens / steady_cpu:,.0f} | {q_cpu / steady_cpu:.2f}x | - | - |")  # fmt: skip
+    print("\nPer-round seconds: " + "; ".join(f"{n} wall {[round(x, 2) for x in wall[n]]} CPU {[round(x, 2) for x in cpu[n]]}" for n in names))
+    print(f"\nLSTM 2x200, full softmax over {len(run.joinpath('tokenize', 'vocab.tsv').read_text().splitlines()) - 1:,} "
+          f"words, CPU, {lstm['tokens']:,} tokens of {lstm['lines']:,} lines, best of {args.rounds} alternating: "
+          f"lmpipe NeuralScorer {lstm['lmpipe_tps']:,.0f} tokens/s, plain PyTorch loop {lstm['plain_tps']:,.0f} "
+          f"tokens/s (**{lstm['ratio']:.2f}x** the plain loop's speed; seconds {lstm['times']}; load "
+          f"{lstm['load'][0]:.1f}).")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -89,6 +89,68 @@ def column_scores(
     }
 
 
+@torch.inference_mode()
+def reset_scores(
+    model: RNNModel,
+    sentences: Sequence[np.ndarray],
+    *,
+    device: torch.device | str = "cpu",
+    batch_lines: int = 64,
+    max_logits: int = 1 << 27,
+) -> TokenScores:
+    """Every sentence scored from a zero state (KenLM's reset at ``<s>``), as :class:`TokenScores` in sentence
+    order -- the ``reset`` policy's figures, one forward pass per batch of sentences.
+
+    Sentences are sorted longest first and cut into batches of ``batch_lines``; a batch is padded only to its
+    own longest sentence (``.`` below: padding, never scored), so sorting leaves almost no padding::
+
+        sorted     inputs (T, B)      targets (T, B)
+        [a b c]    </s> </s>          a    d
+        [d e]      a    d             b    e
+                   b    e             c    </s>
+                   c    .             </s> .
+
+    A batch whose logits (positions x vocabulary) would pass ``max_logits`` floats is run in windows of rows,
+    the state carried between them (the bptt loop of :func:`column_scores`)."""
+    n = len(sentences)
+    lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=n) + 1  # predicted: words + </s>
+    ends = np.cumsum(lengths)
+    token = np.full(int(ends[-1]) if n else 0, EOS_ID, dtype=np.int64)  # each sentence's words, then </s>
+    if n:
+        words = np.concatenate(sentences).astype(np.int64)
+        is_word = np.ones(len(token), dtype=bool)
+        is_word[ends - 1] = False
+        token[is_word] = words
+    ln_p = np.empty(len(token), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    vocab = model.cfg.vocab_size
+    longest_first = np.argsort(-lengths, kind="stable")
+    for first in range(0, n, batch_lines):
+        idx = longest_first[first : first + batch_lines]
+        size, rows = lengths[idx], int(lengths[idx].max())
+        b = len(idx)
+        col = np.repeat(np.arange(b), size)  # the batch's targets, sentence after sentence
+        row = np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size)
+        src = np.repeat(ends[idx] - size, size) + row  # where each target sits in ``token``
+        targets = np.full((rows, b), EOS_ID, dtype=np.int64)
+        targets[row, col] = token[src]
+        inputs = np.full((rows, b), EOS_ID, dtype=np.int64)  # </s> before the first word plays <s>
+        inputs[1:] = targets[:-1]
+        x, y = torch.from_numpy(inputs).to(device), torch.from_numpy(targets).to(device)
+        window = max(1, max_logits // max(1, b * vocab))
+        hidden = model.init_hidden(b)
+        parts = []
+        for top in range(0, rows, window):
+            lp, hidden = model(x[top : top + window], hidden, y[top : top + window])
+            parts.append(lp)
+        lp_all = torch.cat(parts).double().cpu().numpy()  # (rows, b) ln p
+        ln_p[src] = lp_all[row, col]
+    model.train(was_training)
+    sentence = np.repeat(np.arange(n, dtype=np.uint32), lengths)
+    return TokenScores(sentence, token.astype(np.uint32), ln_p / LN10, token == UNK_ID)
+
+
 def assemble(per_column: dict[int, tuple[np.ndarray, np.ndarray]]) -> TokenScores:
     """The columns' targets concatenated column after column (in the dict's order): sentence ids from the
     ``</s>`` ends, log10 p, OOV flags."""

@@ -125,6 +125,47 @@ def score_sentences_kenlm(model, sentences: Iterable[str]) -> CorpusScore:
     return score
 
 
+def kenlm_sentence_totals(model, sentences: Iterable[bytes], count: int) -> np.ndarray:
+    """Each sentence's ``log10 p(w1 .. wn </s> | <s>)`` from KenLM's own C++ loop (``Model.score``: split on
+    ASCII whitespace, one virtual call per word, no Python per token).
+
+    The per-token float32 probabilities are added in a float32, as ``query`` adds a sentence before it adds
+    the sentence to its double corpus total; :func:`kenlm_sentence_details` sums the same way, so the two agree
+    bit for bit.  ``CorpusScore.add`` (``lmpipe eval``) sums the float32 terms in float64 instead: the totals
+    differ from it by float32 rounding (about 1e-7 relative per sentence).  A sentence must hold no NUL byte
+    (``Model.score`` reads a C string); such sentences go through :func:`kenlm_sentence_details`.
+    """
+    return np.fromiter(map(model.score, sentences), dtype=np.float64, count=count)
+
+
+def kenlm_sentence_details(model, sentence: str | bytes) -> tuple[float, int, float]:
+    """``(log10 total as Model.score adds it, OOV count, log10 sum of the OOV tokens)`` of one sentence via
+    ``full_scores`` (Python per token: for the rare sentence ``Model.score`` cannot read, one with a NUL byte)."""
+    total = np.float32(0.0)
+    oov, oov_sum = 0, 0.0
+    for log10, _, is_oov in model.full_scores(sentence, bos=True, eos=True):
+        total = np.float32(total + np.float32(log10))
+        if is_oov:
+            oov += 1
+            oov_sum += log10
+    return float(total), oov, oov_sum
+
+
+def kenlm_last_word_scores(model, windows: Sequence[bytes], bos: np.ndarray) -> np.ndarray:
+    """log10 p of each window's last word given the words before it (after ``<s>`` where ``bos``).
+
+    Why a window is enough: KenLM's state holds at most ``order - 1`` words -- the longest suffix of the
+    history that is a context in the model -- so ``p(w | history)`` is a function of the ``order - 1`` words
+    before ``w`` (with ``<s>`` when the sentence starts inside them).  A window of those words gives the
+    float32 ``full_scores`` gives on the whole sentence, bit for bit (tests/test_perplexity.py), at ``order``
+    tokens of Python work per OOV word instead of the whole sentence's."""
+    out = np.empty(len(windows), np.float64)
+    for j, (window, after_bos) in enumerate(zip(windows, np.asarray(bos, bool).tolist(), strict=True)):
+        *_, last = model.full_scores(window, bos=after_bos, eos=False)
+        out[j] = last[0]
+    return out
+
+
 def load_kenlm(path: Path):
     """Open an ARPA or KenLM binary file with the ``kenlm`` module (named error if it is missing)."""
     try:

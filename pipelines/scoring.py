@@ -5,10 +5,14 @@ A line is read, normalised and tokenized by the code of the tokenize stage (``in
 gets the ids the tokenize stage gave it, and then scored with KenLM's accounting (``lm.perplexity``): one
 ``</s>`` per sentence predicted, OOV words scored as ``<unk>`` and counted.  Three kinds of model:
 
-    ngram   the ngram stage's model through ``kenlm.Model`` (``model.binary`` mmapped when it exists), the
-            sentence text rebuilt from the vocabulary as ``pipelines.evaluate`` does
-    lm      an lm stage model (RNN/LSTM/GRU/NPLM), the state reset at every line (KenLM's reset at ``<s>``):
-            equal to the lm stage's figures when its ``eval_state`` is ``reset``
+    ngram   the ngram stage's model through ``kenlm.Model`` (``model.binary`` mmapped when it exists): each
+            line read by KenLM's own loop (``Model.score``), the float32 sentence totals ``query`` prints, and
+            only each OOV word's probability fetched token-wise, from a window of ``order - 1`` words
+            (:class:`NgramScorer`); ``lmpipe eval`` adds the same float32 terms in float64, so the two agree
+            to float32 rounding (about 1e-7 relative) and ``lmpipe score`` agrees with ``query`` exactly
+    lm      an lm stage model (RNN/LSTM/GRU/NPLM), the state reset at every line (KenLM's reset at ``<s>``),
+            lines batched by length (``lm.neural_eval.reset_scores``): equal to the lm stage's figures when its
+            ``eval_state`` is ``reset``
     mix     a mix stage mixture: its components scored as above, combined with its fitted weights
 
 ``pipelines.ray_stages.ScoreActor`` wraps :class:`ChunkScorer` (model loaded once per actor); ``pipelines.score``
@@ -52,10 +56,55 @@ CHUNK_SCORES = pa.schema(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """A batch of tokenized lines, none empty: flat vocabulary ids, their offsets, and (when the scorer reads
+    text, and the tokenizer made words) each line's tokens joined by single spaces, which KenLM reads as it is.
+
+    ::
+
+        text     b"the cat"  b"a dog runs"   list[bytes], or None
+        ids      4 9 7 12 30                 uint32, OOV = UNK_ID
+        offsets  0 2 5                       int64, line i is ids[offsets[i]:offsets[i + 1]]
+    """
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    text: list[bytes] | None
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def sentences(self) -> list[np.ndarray]:
+        return np.split(self.ids.astype(np.int64), self.offsets[1:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class LineSums:
+    """Per line: log10 p of its tokens (``</s>`` included), OOV count, log10 p of the OOV tokens."""
+
+    log10_prob: np.ndarray  # float64
+    oov: np.ndarray  # int64
+    oov_log10_prob: np.ndarray  # float64
+
+    @classmethod
+    def of_tokens(cls, scored: TokenScores, lines: int) -> LineSums:
+        """Per-token scores summed per sentence (in token order, float64, as ``CorpusScore.add`` sums)."""
+        by = scored.sentence
+        return cls(
+            np.bincount(by, weights=scored.log10_prob, minlength=lines),
+            np.bincount(by, weights=scored.oov, minlength=lines).astype(np.int64),
+            np.bincount(by, weights=np.where(scored.oov, scored.log10_prob, 0.0), minlength=lines),
+        )
+
+
 class Scorer(Protocol):
-    """A loaded model: sentences of ids (no ``</s>``) -> every predicted token's log10 p, ``</s>`` included."""
+    """A loaded model: sentences of ids (no ``</s>``) -> every predicted token's log10 p, ``</s>`` included
+    (what a mixture combines), and the per-line sums ``lmpipe score`` writes (a scorer may get them faster)."""
 
     def score(self, sentences: list[np.ndarray]) -> TokenScores: ...
+
+    def line_sums(self, lines: Lines) -> LineSums: ...
 
 
 def _targets(sentences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +114,32 @@ def _targets(sentences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return token.astype(np.uint32), np.repeat(np.arange(len(sentences), dtype=np.uint32), lengths)
 
 
+def _line_bytes(tokens: pa.ListArray) -> list[bytes]:
+    """Each line's tokens joined by one space, as UTF-8 bytes (what ``kenlm.Model.score`` reads without a copy):
+    one Arrow join, newlines put between the lines by numpy, one ``bytes.split`` -- no Python per token."""
+    joined = pc.binary_join(tokens, " ")
+    if joined.buffers()[2] is None:
+        return [b""] * len(joined)
+    absolute = np.frombuffer(joined.buffers()[1], np.int32)[joined.offset : joined.offset + len(joined) + 1].astype(np.int64)
+    data = np.frombuffer(joined.buffers()[2], dtype=np.uint8)[absolute[0] : absolute[-1]]
+    offsets = absolute - absolute[0]
+    pieces = np.insert(data, offsets[1:-1], 10).tobytes().split(b"\n")
+    if len(pieces) != len(joined):  # a token held a newline (never from ingest's lines): cut by the offsets
+        raw = data.tobytes()
+        pieces = [raw[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)]
+    return pieces
+
+
 class NgramScorer:
-    """``kenlm.Model`` on the sentence's words, as ``pipelines.evaluate.evaluate_ngram`` scores a split."""
+    """``kenlm.Model`` on the sentence's words, as ``pipelines.evaluate.evaluate_ngram`` scores a split.
+
+    Per line (:meth:`line_sums`, ``lmpipe score``), a line whose every id is a word KenLM knows is read by KenLM's
+    own loop (``lm.perplexity.kenlm_sentence_totals``) from the tokens' own text -- the vocabulary's words, so
+    the same string ``evaluate`` rebuilds from the ids.  A line with an OOV (a vocabulary id whose word the model
+    lacks: ``<unk>`` and tokens outside the vocabulary) is rebuilt from the ids as ``evaluate`` does (``<unk>``
+    for an unknown word) and scored token by token for the OOV accounting.  Totals are float32 sums, as
+    ``query`` prints them (see ``kenlm_sentence_totals``).
+    """
 
     def __init__(self, path: Path, words: list[str]) -> None:
         from lmpipe.lm.perplexity import load_kenlm
@@ -74,8 +147,12 @@ class NgramScorer:
         self.path = Path(path)
         self.model = load_kenlm(self.path)
         self.words = np.asarray(words, dtype=object)
+        self.vocab = pa.array(words, pa.string())
+        # ids KenLM maps to its <unk> (index 0): <unk> itself, and any vocabulary word the model lacks
+        self.unknown = np.fromiter((w not in self.model for w in words), dtype=bool, count=len(words))
 
     def score(self, sentences: list[np.ndarray]) -> TokenScores:
+        """Every token's float32 log10 p (``full_scores``, Python per token): what a mixture combines."""
         token, sentence = _targets(sentences)
         log10 = np.empty(len(token))
         oov = np.empty(len(token), dtype=bool)
@@ -87,30 +164,65 @@ class NgramScorer:
                 k += 1
         return TokenScores(sentence, token, log10, oov)
 
+    def _words(self, ids: np.ndarray, offsets: np.ndarray) -> pa.ListArray:
+        """Lines of ids -> lines of the vocabulary's words (``<unk>`` for UNK_ID), as ``evaluate`` rebuilds them."""
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), self.vocab.take(pa.array(ids)))
+
+    def line_sums(self, lines: Lines) -> LineSums:
+        from lmpipe.lm.perplexity import kenlm_last_word_scores, kenlm_sentence_details, kenlm_sentence_totals
+
+        n, ids, offsets = len(lines), lines.ids, lines.offsets
+        oov_at = np.flatnonzero(self.unknown[ids])  # flat positions of the OOV tokens
+        oov_line = np.searchsorted(offsets, oov_at, side="right") - 1
+        text = list(lines.text) if lines.text is not None else _line_bytes(self._words(ids, offsets))
+        if len(oov_at):  # a line with an OOV is rebuilt from its ids (its unknown words read <unk>)
+            rows = np.unique(oov_line)
+            rebuilt = _line_bytes(self._words(*_ragged(ids, offsets[rows], offsets[rows + 1] - offsets[rows])))
+            for i, line in zip(rows.tolist(), rebuilt, strict=True):
+                text[i] = line
+        log10 = kenlm_sentence_totals(self.model, text, n)
+        # each OOV token's log10 p from a window of the order - 1 words before it (``<s>`` too, if they
+        # reach the line's start): kenlm_last_word_scores says why that equals the whole sentence's figure
+        first = np.maximum(oov_at - (self.model.order - 1), offsets[oov_line])
+        windows = _line_bytes(self._words(*_ragged(ids, first, oov_at - first + 1)))
+        oov_scores = kenlm_last_word_scores(self.model, windows, first == offsets[oov_line])
+        oov = np.bincount(oov_line, minlength=n)
+        oov_log10 = np.bincount(oov_line, weights=oov_scores, minlength=n)
+        if any(b"\0" in line for line in text):  # Model.score reads a C string, which a NUL byte cuts short
+            for i in (i for i, line in enumerate(text) if b"\0" in line):
+                log10[i], oov[i], oov_log10[i] = kenlm_sentence_details(self.model, text[i])
+        return LineSums(log10, oov.astype(np.int64), oov_log10)
+
+
+def _ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concat(range(starts[i], starts[i] + lengths[i]))`` without a Python loop."""
+    return np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(int(lengths.sum()))
+
+
+def _ragged(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values[starts[i] : starts[i] + lengths[i]]`` for every i, as flat values and offsets (no Python loop)."""
+    return values[_ragged_index(starts, lengths)], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
 
 class NeuralScorer:
-    """An lm stage model, one sentence per column (state zero at each line): ``lm.neural_eval`` sums."""
+    """An lm stage model, the state zero at each line (KenLM's reset at ``<s>``): ``lm.neural_eval`` sums.
 
-    def __init__(self, model_dir: Path, counts: np.ndarray, device: str = "cpu", batch_columns: int = 64) -> None:
+    Lines are sorted by length and cut into batches of ``batch_lines``, each padded only to its own longest
+    line and run in one forward pass (``lm.neural_eval.reset_scores``)."""
+
+    def __init__(self, model_dir: Path, counts: np.ndarray, device: str = "cpu", batch_lines: int = 64) -> None:
         from lmpipe.lm.train import load_model
 
         self.model = load_model(model_dir, counts, device)
-        self.device, self.batch_columns = device, batch_columns
+        self.device, self.batch_lines = device, batch_lines
 
     def score(self, sentences: list[np.ndarray]) -> TokenScores:
-        from lmpipe.lm.batching import eval_columns
-        from lmpipe.lm.neural_eval import assemble, column_scores
+        from lmpipe.lm.neural_eval import reset_scores
 
-        if not sentences:
-            return TokenScores(*(np.zeros(0, t) for t in (np.uint32, np.uint32, np.float64, bool)))
-        # Longest first: a batch of columns is padded to its longest sentence.
-        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
-        cols = eval_columns([np.asarray(sentences[i], np.int64) for i in order], 1, reset=True)
-        per_column = column_scores(
-            self.model, cols, bptt=256, device=self.device, batch_columns=self.batch_columns
-        )
-        back = {i: per_column[j] for j, i in enumerate(order)}
-        return assemble({i: back[i] for i in range(len(sentences))})
+        return reset_scores(self.model, sentences, device=self.device, batch_lines=self.batch_lines)
+
+    def line_sums(self, lines: Lines) -> LineSums:
+        return LineSums.of_tokens(self.score(lines.sentences()), len(lines))
 
 
 class MixScorer:
@@ -127,6 +239,9 @@ class MixScorer:
         first = next(iter(parts.values()))
         prev = self.counts[first.previous_tokens(BOS_ID)] if self.weights.bins else None
         return apply(parts, self.weights, prev)
+
+    def line_sums(self, lines: Lines) -> LineSums:
+        return LineSums.of_tokens(self.score(lines.sentences()), len(lines))
 
 
 # ------------------------------------------------------------------------------------------ the run's models
@@ -156,15 +271,15 @@ def model_stages(run_dir: Path) -> dict[str, str]:
     return found
 
 
-def load_scorer(run_dir: Path, model: str, device: str = "cpu") -> Scorer:
-    """The named model of the run, loaded (a mixture loads its components)."""
+def load_scorer(run_dir: Path, model: str, device: str = "cpu", vocab: Vocab | None = None) -> Scorer:
+    """The named model of the run, loaded (a mixture loads its components); ``vocab``: the run's, if read."""
     from lmpipe.pipelines.evaluate import model_path
 
     run_dir = Path(run_dir)
     stages = model_stages(run_dir)
     if model not in stages:
         raise UserError(f"--model {model}: the run {run_dir} has no such model; scorable models: {sorted(stages) or 'none'}")
-    vocab = Vocab.load(run_dir / "tokenize" / "vocab.tsv")
+    vocab = vocab if vocab is not None else Vocab.load(run_dir / "tokenize" / "vocab.tsv")
     stage = stages[model]
     if stage == "ngram":
         return NgramScorer(model_path(run_dir), vocab.tokens.to_pylist())
@@ -174,7 +289,7 @@ def load_scorer(run_dir: Path, model: str, device: str = "cpu") -> Scorer:
 
     w = read_manifest(run_dir, "mix")["mixtures"][model]["weights"]
     weights = MixtureWeights(tuple(w["models"]), np.asarray(w["weights"], np.float64), tuple(w["bins"]))
-    return MixScorer({m: load_scorer(run_dir, m, device) for m in weights.models}, weights, vocab.counts)
+    return MixScorer({m: load_scorer(run_dir, m, device, vocab) for m in weights.models}, weights, vocab.counts)
 
 
 # ------------------------------------------------------------------------------------------ per chunk
@@ -201,23 +316,30 @@ class ChunkScorer:
     def __init__(self, job: ScoreJob) -> None:
         run_dir = Path(job.run_dir)
         self.job = job
-        self.scorer = load_scorer(run_dir, job.model, job.device)
+        vocab = Vocab.load(run_dir / "tokenize" / "vocab.tsv")
+        self.scorer = load_scorer(run_dir, job.model, job.device, vocab)
         proto = None
         if job.tokenizer.kind == "sentencepiece":
             proto = (run_dir / "tokenize" / "tokenizer.model").read_bytes()
         self.tokenizer = make_tokenizer(job.tokenizer, proto)
-        self.vocab_tokens = Vocab.load(run_dir / "tokenize" / "vocab.tsv").tokens
+        self.vocab_tokens = vocab.tokens
+        self.wants_text = isinstance(self.scorer, NgramScorer)  # KenLM reads the tokens' own text
 
-    def ids(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> pa.ListArray:
-        """Normalised lines -> vocabulary ids per line (``<unk>`` = 0 for unknown words)."""
+    def lines(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[Lines, np.ndarray]:
+        """Normalised lines -> the non-empty ones tokenized by the tokenize stage's code (:class:`Lines`,
+        ``<unk>`` = 0 for unknown words) and the positions of those lines."""
         tokens, _, bad = tokenize_text(text, self.tokenizer, self.job.normalize.literal_specials)
         if bad is not None:
             raise _special_error(chunk, int(positions[bad]))
-        if self.job.tokenizer.kind == "sentencepiece":
-            return tokens
+        lengths = np.asarray(pc.list_value_length(tokens), dtype=np.int64)
+        if not lengths.all():  # lines empty after tokenization stay unscored
+            keep = lengths > 0
+            tokens, positions = tokens.filter(pa.array(keep)), positions[keep]
         flat, offsets = list_parts(tokens)
-        ids = pc.index_in(flat, value_set=self.vocab_tokens).fill_null(UNK_ID).cast(pa.uint32())
-        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), ids)
+        if self.job.tokenizer.kind == "sentencepiece":
+            return Lines(np.asarray(flat, dtype=np.uint32), offsets, None), positions
+        ids = np.asarray(pc.index_in(flat, value_set=self.vocab_tokens).fill_null(UNK_ID), dtype=np.uint32)
+        return Lines(ids, offsets, _line_bytes(tokens) if self.wants_text else None), positions
 
     def __call__(self, chunk: Chunk) -> pa.Table:
         starts = line_starts(chunk, self.job.normalize)
@@ -225,18 +347,17 @@ class ChunkScorer:
         sums = {k: np.zeros(n, np.float64) for k in ("log10_prob", "oov_log10_prob")}
         counts = {k: np.zeros(n, np.int64) for k in ("tokens", "oov", "sentences")}
         for batch in read_chunk(chunk, self.job.normalize, self.job.text_field):
-            ids = self.ids(batch.text, chunk, batch.positions)
-            flat, offsets = list_parts(ids)
-            flat = np.asarray(flat, dtype=np.int64)
-            keep = np.flatnonzero(np.diff(offsets) > 0)  # lines empty after tokenization stay unscored
-            sentences = [flat[offsets[i] : offsets[i + 1]] for i in keep]
-            scored = self.scorer.score(sentences)
-            record = np.searchsorted(starts, batch.positions[keep])[scored.sentence]
-            np.add.at(sums["log10_prob"], record, scored.log10_prob)
-            np.add.at(sums["oov_log10_prob"], record, np.where(scored.oov, scored.log10_prob, 0.0))
-            np.add.at(counts["tokens"], record, 1)
-            np.add.at(counts["oov"], record, scored.oov.astype(np.int64))
-            np.add.at(counts["sentences"], np.searchsorted(starts, batch.positions[keep]), 1)
+            lines, positions = self.lines(batch.text, chunk, batch.positions)
+            if not len(lines):
+                continue
+            scored = self.scorer.line_sums(lines)
+            # a record (JSONL/Parquet) may hold several lines: its sums add theirs, in line order
+            record = np.searchsorted(starts, positions)
+            for name, values in (("log10_prob", scored.log10_prob), ("oov_log10_prob", scored.oov_log10_prob)):
+                sums[name] += np.bincount(record, weights=values, minlength=n)
+            per_line = {"tokens": np.diff(lines.offsets) + 1, "oov": scored.oov, "sentences": np.ones(len(lines), np.int64)}
+            for name, values in per_line.items():
+                counts[name] += np.bincount(record, weights=values, minlength=n).astype(np.int64)
         return pa.table(
             {
                 "chunk": np.full(n, chunk.index, np.int64),

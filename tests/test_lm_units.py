@@ -250,3 +250,31 @@ def test_embedding_init_aligns_by_token_and_counts_missing():
     assert projected.output.weight is projected.embedding.weight
     assert init_embedding(projected, aligned, found).vectors_dim == 4
     assert UNK_ID == 0
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "nplm"])
+def test_reset_scores_equal_each_sentence_scored_alone(kind):
+    """``lmpipe score``'s batched neural path (sorted by length, padded per batch, windows of rows when the
+    logits cap bites) equals the brute force: each sentence alone from a zero state, ``</s>`` as ``<s>``."""
+    from lmpipe.lm.models import build_network
+    from lmpipe.lm.neural_eval import reset_scores
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind=kind, vocab_size=V, emb_dim=6, hidden=5, layers=2, softmax="full")
+    model = build_network(cfg, counts=COUNTS).eval()
+    rng = np.random.default_rng(1)
+    sentences = [rng.integers(3, V, size=rng.integers(1, 9)) for _ in range(11)]
+    sentences[4][0] = UNK_ID
+    want_lp, want_tok = [], []
+    with torch.no_grad():
+        for s in sentences:
+            x = torch.as_tensor(np.concatenate([[EOS_ID], s]), dtype=torch.int64)[:, None]
+            y = torch.as_tensor(np.concatenate([s, [EOS_ID]]), dtype=torch.int64)[:, None]
+            want_lp.append(model(x, model.init_hidden(1), y)[0][:, 0].double().numpy() / math.log(10))
+            want_tok.append(y[:, 0].numpy())
+    for batch_lines, max_logits in ((64, 1 << 27), (3, 1 << 27), (4, 1)):
+        got = reset_scores(model, sentences, batch_lines=batch_lines, max_logits=max_logits)
+        assert got.token.tolist() == np.concatenate(want_tok).tolist()
+        assert got.sentence.tolist() == np.repeat(np.arange(11), [len(s) + 1 for s in sentences]).tolist()
+        assert got.oov.tolist() == (got.token == UNK_ID).tolist() and got.oov.sum() == 1
+        np.testing.assert_allclose(got.log10_prob, np.concatenate(want_lp), rtol=1e-5, atol=1e-6)

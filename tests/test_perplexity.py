@@ -58,3 +58,37 @@ def test_equals_kenlm_query_on_an_oov_heavy_test_set(tmp_path, kenlm_bin):
     assert ours.oov == ref["oov"] == 5  # zebra + the four words of the second sentence
     assert ours.perplexity() == pytest.approx(ref["ppl"], rel=1e-5)
     assert ours.perplexity_excluding_oov() == pytest.approx(ref["ppl_excl"], rel=1e-5)
+
+
+@pytest.mark.kenlm
+def test_sentence_totals_and_word_windows_are_full_scores_bit_for_bit(tmp_path, kenlm_bin):
+    """``Model.score`` is the float32 running sum of ``full_scores``; a word's log10 p from a window of the
+    order - 1 words before it (``<s>`` when the window reaches the start) is its ``full_scores`` value."""
+    from lmpipe.lm.perplexity import kenlm_last_word_scores, kenlm_sentence_details, kenlm_sentence_totals
+
+    rng = np.random.default_rng(0)
+    words = "the cat sat on mat dog log a and is".split()
+    train = [" ".join(rng.choice(words, size=rng.integers(3, 12))) for _ in range(300)]
+    (tmp_path / "train.txt").write_text("\n".join(train) + "\n")
+    arpa = tmp_path / "m.arpa"
+    subprocess.run(
+        [str(kenlm_bin / "lmplz"), "-o", "4", "--discount_fallback", "-S", "100M", "-T", str(tmp_path), "--arpa", str(arpa)],
+        stdin=open(tmp_path / "train.txt"), capture_output=True, check=True,
+    )  # fmt: skip
+    model = load_kenlm(arpa)
+    test = [list(rng.choice(words + ["zebra", "<unk>"], size=rng.integers(1, 15))) for _ in range(200)]
+    totals = kenlm_sentence_totals(model, [" ".join(s).encode() for s in test], len(test))
+    windows, bos, want = [], [], []
+    for sentence, total in zip(test, totals, strict=True):
+        full = list(model.full_scores(" ".join(sentence), bos=True, eos=True))
+        acc = np.float32(0.0)
+        for lp, _, _ in full:
+            acc = np.float32(acc + np.float32(lp))
+        assert total == float(acc)
+        assert kenlm_sentence_details(model, " ".join(sentence)) == (float(acc), sum(f[2] for f in full), sum(f[0] for f in full if f[2]))
+        for k in range(len(sentence)):
+            first = max(0, k - (model.order - 1))
+            windows.append(" ".join(sentence[first : k + 1]).encode())
+            bos.append(first == 0)
+            want.append(full[k][0])
+    assert kenlm_last_word_scores(model, windows, np.array(bos)).tolist() == want
