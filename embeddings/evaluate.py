@@ -27,6 +27,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -276,12 +277,21 @@ def _scorer(
     words, inverse = np.unique(q, return_inverse=True)
     inverse = inverse.reshape(q.shape)
     word_units = unit[words]  # (W, d)
+    spare = np.empty(_TILE + len(q), dtype=matrix.dtype)  # one reused temporary: no fresh pages per tile
+    chunk = max(1, _TILE // max(len(words), 1))  # the words' shifted cosines, this many rows at a time
+    cache: dict[str, Any] = {"start": -1, "stop": -1, "shifted": None}
 
     def cosmul(j0: int, j1: int) -> np.ndarray:
-        shifted = (1 + (word_units @ matrix[j0:j1].T) / norms[j0:j1]) / 2  # (W, cols)
-        tile = shifted[inverse[:, 1]] * shifted[inverse[:, 2]]
-        tile /= shifted[inverse[:, 0]] + 1e-6
-        return tile
+        if not cache["start"] <= j0 < j1 <= cache["stop"]:  # one product per chunk of rows, not per tile
+            stop = min(len(matrix), max(j1, j0 + chunk))
+            shifted = (1 + (word_units @ matrix[j0:stop].T) / norms[j0:stop]) / 2  # (W, rows)
+            cache.update(start=j0, stop=stop, shifted=shifted)
+        shifted = cache["shifted"][:, j0 - cache["start"] : j1 - cache["start"]]
+        tile = np.take(shifted, inverse[:, 1], axis=0)  # b
+        other = spare[: tile.size].reshape(tile.shape)
+        np.multiply(tile, np.take(shifted, inverse[:, 2], axis=0, out=other, mode="clip"), out=tile)  # b * c
+        np.add(np.take(shifted, inverse[:, 0], axis=0, out=other, mode="clip"), 1e-6, out=other)  # a + eps
+        return np.divide(tile, other, out=tile)
 
     return cosmul
 
