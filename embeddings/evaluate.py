@@ -13,7 +13,10 @@ a number here is comparable with a number gensim prints for the same vectors:
   counted as OOV (or scored wrong with ``dummy4unknown``).
 
 3CosMul (Levy & Goldberg 2014, cosines shifted to [0, 1], eps 1e-6, as gensim's ``most_similar_cosmul``)
-is offered beside 3CosAdd.  Questions are answered in batches, one matmul per batch.
+is offered beside 3CosAdd.  Questions are answered all sections together, by a top-1 search over tiles of
+about ``_TILE`` scores (one matrix product per tile; 3CosMul's cosines once per distinct question word),
+so memory does not grow with the vocabulary and the rule is gensim's top-5 rule exactly (float32 near-ties
+aside: see :func:`evaluate_analogies`).
 
 >>> res = evaluate_analogies(vecs, "questions-words.txt")                   # doctest: +SKIP
 >>> res.total.accuracy, res.semantic.accuracy, res.oov                       # doctest: +SKIP
