@@ -263,7 +263,7 @@ def _scorer(
 
     3CosAdd: the mean of the unit vectors (+b, +c, -a), re-normalised in float64 and cast to float32, against
     the raw rows divided by their norms (gensim's ``dot(vectors, mean) / norms``).  3CosMul: each question
-    word's shifted cosines ``(1 + cos) / 2`` are computed once per tile for the distinct words of the block
+    word's shifted cosines ``(1 + cos) / 2`` are computed once per chunk of rows for the distinct words of the block
     (a few hundred words answer thousands of questions), then ``b * c / (a + 1e-6)`` per question."""
     if method == "3cosadd":
         a, b, c = unit[q[:, 0]], unit[q[:, 1]], unit[q[:, 2]]
@@ -280,7 +280,7 @@ def _scorer(
     words, inverse = np.unique(q, return_inverse=True)
     inverse = inverse.reshape(q.shape)
     word_units = unit[words]  # (W, d)
-    spare = np.empty(_TILE + len(q), dtype=matrix.dtype)  # one reused temporary: no fresh pages per tile
+    spare = np.empty(_TILE + len(q), dtype=matrix.dtype)  # one temporary reused by every tile
     chunk = max(1, _TILE // max(len(words), 1))  # the words' shifted cosines, this many rows at a time
     cache: dict[str, Any] = {"start": -1, "stop": -1, "shifted": None}
 
