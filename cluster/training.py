@@ -52,6 +52,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -96,12 +97,16 @@ class WorkerGroup:
     @classmethod
     def current(cls, use_gpu: bool) -> WorkerGroup:
         in_ray = False
+        # A Ray Train worker has imported ray.train before it runs the loop; a plain process (the in-process
+        # degree-1 case, tests, torchrun) has not, and importing it only to be told so costs ~120 MB of
+        # resident memory (pandas and Ray Train's modules) and seconds of start-up.
+        ray_train = sys.modules.get("ray.train")
         try:
-            import ray.train
-
-            ctx = ray.train.get_context()
+            if ray_train is None:
+                raise RuntimeError("not in a Ray Train worker")
+            ctx = ray_train.get_context()
             rank, world, in_ray = ctx.get_world_rank(), ctx.get_world_size(), True
-        except (ImportError, RuntimeError):  # a plain process or torchrun
+        except RuntimeError:  # a plain process or torchrun
             rank = dist.get_rank() if dist.is_initialized() else 0
             world = dist.get_world_size() if dist.is_initialized() else 1
         device = torch.device("cpu")
@@ -341,11 +346,17 @@ def end_epoch(
     hint: str = "",
     detail: str = "",
     stop_after_epoch: int | None = None,
+    checkpoint_last: bool = True,
 ) -> None:
     """After 1-based ``epoch`` of ``epochs``, on every rank: stop all ranks together if ``figure`` (name, value)
     is not finite on some rank (this epoch is not checkpointed; the message names the last good one and
     ``hint``); checkpoint; report ``metrics`` to Ray Train; rank 0 logs ``log``; raise
-    :class:`StopAfterEpoch` when ``stop_after_epoch`` is this epoch (and it is not the last)."""
+    :class:`StopAfterEpoch` when ``stop_after_epoch`` is this epoch (and it is not the last).
+
+    ``checkpoint_last=False`` skips the last epoch's checkpoint, for a loop that writes its output right
+    after the last epoch: the stage removes its checkpoints as soon as that output exists, so the last one
+    would be written only to be deleted (the whole matrices, seconds on a loaded disk); a crash in that
+    window repeats one epoch from the previous checkpoint."""
     group = checkpoints.group
     name, value = figure
     if not group.all_finite(value):
@@ -353,7 +364,8 @@ def end_epoch(
             f"{checkpoints.kind}: the {name} became {value} in epoch {epoch}{detail}; "
             f"{checkpoints.kept(epoch - 1)}; {hint} and rerun"
         )
-    written = checkpoints.save(epoch, shared, rank_state or {}, meta or {})
+    skip = epoch >= epochs and not checkpoint_last
+    written = None if skip else checkpoints.save(epoch, shared, rank_state or {}, meta or {})
     report(group, metrics, written)
     if group.rank == 0:
         logger.info("%s", log)
@@ -617,7 +629,6 @@ class StageTraining:
 def start_training(stage: str, run_dir: Path, fingerprint: str, section: Any) -> StageTraining:
     """Check that the cluster can place the workers of ``section`` (the stage's settings: its ``workers``,
     ``threads`` and ``use_gpu``; else a ResourceError naming them) and return the stage's :class:`StageTraining`."""
-    import sys
 
     ray = sys.modules.get("ray")
     if section.workers > 1 or section.use_gpu or (ray is not None and ray.is_initialized()):

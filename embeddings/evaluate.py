@@ -13,7 +13,10 @@ a number here is comparable with a number gensim prints for the same vectors:
   counted as OOV (or scored wrong with ``dummy4unknown``).
 
 3CosMul (Levy & Goldberg 2014, cosines shifted to [0, 1], eps 1e-6, as gensim's ``most_similar_cosmul``)
-is offered beside 3CosAdd.  Questions are answered in batches, one matmul per batch.
+is offered beside 3CosAdd.  Questions are answered all sections together, by a top-1 search over tiles of
+about ``_TILE`` scores (one matrix product per tile; 3CosMul's cosines once per distinct question word),
+so memory does not grow with the vocabulary and the rule is gensim's top-5 rule exactly (float32 near-ties
+aside: see :func:`evaluate_analogies`).
 
 >>> res = evaluate_analogies(vecs, "questions-words.txt")                   # doctest: +SKIP
 >>> res.total.accuracy, res.semantic.accuracy, res.oov                       # doctest: +SKIP
@@ -24,8 +27,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -243,30 +248,101 @@ def read_analogies(path: str | os.PathLike) -> tuple[list[tuple[str, list[list[s
     return sections, invalid
 
 
-def _answer(
+#: Scores held at once while answering analogies: one (questions x candidate rows) tile of about this many
+#: numbers (4 MB in float32) whatever the vocabulary.  A whole-vocabulary score matrix per batch of 1024
+#: questions was 137 MB at 33.5k words (five of them alive for 3CosMul) and 1.2 GB at 300k.
+_TILE = 1 << 20
+_QUESTIONS = 4096  # questions per tile (all sections together); 3CosMul's per-word products amortise over them
+
+
+def _scorer(
     matrix: np.ndarray, unit: np.ndarray, norms: np.ndarray, q: np.ndarray, method: str
-) -> np.ndarray:
-    """Top-``_TOPN`` candidate rows for questions ``q`` (Q x 3 rows of a, b, c); -1 pads excluded rows."""
-    a, b, c = unit[q[:, 0]], unit[q[:, 1]], unit[q[:, 2]]
+) -> Callable[[int, int], np.ndarray]:
+    """``score(j0, j1)``: the (Q, j1 - j0) scores of candidate rows ``j0..j1`` for questions ``q`` (Q x 3 rows
+    of a, b, c), a fresh array the caller may overwrite.  The arithmetic is gensim's, element by element.
+
+    3CosAdd: the mean of the unit vectors (+b, +c, -a), re-normalised in float64 and cast to float32, against
+    the raw rows divided by their norms (gensim's ``dot(vectors, mean) / norms``).  3CosMul: each question
+    word's shifted cosines ``(1 + cos) / 2`` are computed once per chunk of rows for the distinct words of the block
+    (a few hundred words answer thousands of questions), then ``b * c / (a + 1e-6)`` per question."""
     if method == "3cosadd":
-        # gensim: mean of the unit vectors (+b, +c, -a), re-normalised and cast to float32
+        a, b, c = unit[q[:, 0]], unit[q[:, 1]], unit[q[:, 2]]
         mean = ((b + c) - a).astype(np.float64) / 3.0
         mean /= np.linalg.norm(mean, axis=1, keepdims=True)
-        scores = (mean.astype(np.float32).astype(matrix.dtype) @ matrix.T) / norms  # (Q, n), C order
-    else:
+        mean32 = mean.astype(np.float32).astype(matrix.dtype)
 
-        def shifted(v: np.ndarray) -> np.ndarray:
-            return (1 + (v @ matrix.T) / norms) / 2
+        def cosadd(j0: int, j1: int) -> np.ndarray:
+            tile = mean32 @ matrix[j0:j1].T  # (Q, cols)
+            tile /= norms[j0:j1]
+            return tile
 
-        scores = shifted(b) * shifted(c) / (shifted(a) + 1e-6)
-    rows = np.arange(len(q))
-    scores[rows[:, None], q] = -np.inf
-    top = np.full((len(q), _TOPN), -1, dtype=np.int64)
-    for j in range(min(_TOPN, scores.shape[1])):  # 5 argmax passes: ~20x faster than argpartition here
-        best = scores.argmax(axis=1)
-        top[:, j] = np.where(np.isneginf(scores[rows, best]), -1, best)
-        scores[rows, best] = -np.inf
-    return top
+        return cosadd
+    words, inverse = np.unique(q, return_inverse=True)
+    inverse = inverse.reshape(q.shape)
+    word_units = unit[words]  # (W, d)
+    spare = np.empty(_TILE + len(q), dtype=matrix.dtype)  # one temporary reused by every tile
+    chunk = max(1, _TILE // max(len(words), 1))  # the words' shifted cosines, this many rows at a time
+    cache: dict[str, Any] = {"start": -1, "stop": -1, "shifted": None}
+
+    def cosmul(j0: int, j1: int) -> np.ndarray:
+        if not cache["start"] <= j0 < j1 <= cache["stop"]:  # one product per chunk of rows, not per tile
+            stop = min(len(matrix), max(j1, j0 + chunk))
+            shifted = (1 + (word_units @ matrix[j0:stop].T) / norms[j0:stop]) / 2  # (W, rows)
+            cache.update(start=j0, stop=stop, shifted=shifted)
+        shifted = cache["shifted"][:, j0 - cache["start"] : j1 - cache["start"]]
+        tile = np.take(shifted, inverse[:, 1], axis=0)  # b
+        other = spare[: tile.size].reshape(tile.shape)
+        np.multiply(tile, np.take(shifted, inverse[:, 2], axis=0, out=other, mode="clip"), out=tile)  # b * c
+        np.add(np.take(shifted, inverse[:, 0], axis=0, out=other, mode="clip"), 1e-6, out=other)  # a + eps
+        return np.divide(tile, other, out=tile)
+
+    return cosmul
+
+
+def _best_rows(
+    score: Callable[[int, int], np.ndarray], questions: int, n: int, excluded: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-1 search in column tiles: each question's best row outside its ``excluded`` (question, row) pairs
+    (the first row on ties, as ``argmax``), that row's score (-1 and -inf when none is left), and the scores
+    of the excluded pairs, in the order of ``excluded``::
+
+        candidate rows  0 ........ cols | cols ....... 2 cols | ... | n     one tile per column block:
+        question 0      [ score  tile   ] [ score  tile      ]            mask its excluded pairs, argmax,
+        ...             [               ] [                  ]            keep the best so far (strictly
+        question Q-1    [               ] [                  ]            greater: earlier rows win ties)
+    """
+    eq, er = excluded
+    order = np.argsort(er, kind="stable")
+    eq, er = eq[order], er[order]
+    best = np.full(questions, -1, dtype=np.int64)
+    top = np.full(questions, -np.inf)
+    seen = np.empty(len(er))
+    index = np.arange(questions)
+    cols = max(1, _TILE // max(questions, 1))
+    for j0 in range(0, n, cols):
+        j1 = min(n, j0 + cols)
+        tile = score(j0, j1)
+        lo, hi = np.searchsorted(er, (j0, j1))
+        qi, col = eq[lo:hi], er[lo:hi] - j0
+        seen[order[lo:hi]] = tile[qi, col]
+        tile[qi, col] = -np.inf
+        arg = tile.argmax(axis=1)
+        val = tile[index, arg]
+        better = val > top
+        best[better] = arg[better] + j0
+        top[better] = val[better]
+    return best, top, seen
+
+
+def _predict(best: int, top: float, variants: list[tuple[float, int]], key_of: Callable[[int], str]) -> str | None:
+    """gensim's answer: the first of the top ``_TOPN`` candidates (the rows of a, b, c excluded) whose key is
+    none of a, b, c, else the last of them.  ``variants`` are the (score, row) of the other rows whose key is
+    one of a, b, c (case variants): they only matter when ``_TOPN`` of them outrank ``best``."""
+    # candidates rank by score, then by row (repeated argmax); -inf is no candidate
+    above = sorted((-s, r) for s, r in variants if s != -np.inf and (s > top or (s == top and r < best)))
+    if len(above) < _TOPN and best >= 0:
+        return key_of(best)
+    return key_of(above[:_TOPN][-1][1]) if above else None
 
 
 def evaluate_analogies(
@@ -278,44 +354,63 @@ def evaluate_analogies(
     case_insensitive: bool = True,
     dummy4unknown: bool = False,
     dtype: type = np.float32,
-    batch_size: int = 1024,
+    batch_size: int = _QUESTIONS,
 ) -> AnalogyResult:
     """Accuracy per section on an analogy file (3CosAdd or 3CosMul), gensim's protocol.
 
-    ``dtype=np.float64`` scores in double precision: slower, but the answers then do not depend on the BLAS
-    build's float32 rounding when two candidates are within ~1e-7 (the parity tests use it).
+    All sections' in-vocabulary questions are answered together, ``batch_size`` at a time, by a top-1 search
+    over column tiles (:func:`_best_rows`, memory bounded by ``_TILE``) instead of gensim's per-question
+    top-5 sort; rows whose key is one of a, b, c are excluded from the search and put back by
+    :func:`_predict`, so the answer is gensim's rule exactly.  Float32 scores are sums in BLAS order, which
+    depends on the matrix shapes: two candidates within ~1e-7 may swap between block sizes or BLAS builds.
+    ``dtype=np.float64`` scores in double precision, where that does not happen (the parity tests use it).
     """
     if method not in METHODS:
         raise ValueError(f"unknown analogy method {method!r}; options are {list(METHODS)}")
     ok = _ok_vocab(vectors, restrict_vocab, case_insensitive)
     n = min(restrict_vocab, len(vectors))
+    keys = [tok.upper() if case_insensitive else tok for tok in vectors.tokens[:n]]
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(i)
     matrix = np.asarray(vectors.matrix[:n], dtype=dtype)
     norms = np.linalg.norm(matrix, axis=1)
     norms[norms == 0] = 1.0  # gensim divides by zero here; an all-zero row then simply scores 0
     unit = matrix / norms[:, None]
     raw_sections, invalid = read_analogies(path)
-    results: list[SectionResult] = []
     questions = oov = 0
-    for name, quads in raw_sections:
-        keys = [[w.upper() for w in qd] if case_insensitive else qd for qd in quads]
-        known = [k for k in keys if all(w in ok for w in k)]
-        questions += len(keys)
-        oov += len(keys) - len(known)
-        correct = 0
-        for start in range(0, len(known), batch_size):
-            batch = known[start : start + batch_size]
-            q = np.array([[ok[w] for w in k[:3]] for k in batch], dtype=np.int64).reshape(-1, 3)
-            top = _answer(matrix, unit, norms, q, method)
-            for k, cands in zip(batch, top, strict=True):
-                predicted = None
-                for row in cands[cands >= 0]:
-                    tok = vectors.tokens[row]
-                    predicted = tok.upper() if case_insensitive else tok
-                    if predicted not in k[:3]:
-                        break
-                correct += predicted == k[3]
-        incorrect = len(known) - correct + (len(keys) - len(known) if dummy4unknown else 0)
-        results.append(SectionResult(name, correct, incorrect))
+    known: list[list[str]] = []  # every section's in-vocabulary questions, in file order
+    section_of: list[int] = []
+    for s, (_, quads) in enumerate(raw_sections):
+        for qd in quads:
+            k = [w.upper() for w in qd] if case_insensitive else qd
+            questions += 1
+            if all(w in ok for w in k):
+                known.append(k)
+                section_of.append(s)
+            else:
+                oov += 1
+    correct = np.zeros(len(raw_sections), dtype=np.int64)
+    for start in range(0, len(known), batch_size):
+        batch = known[start : start + batch_size]
+        q = np.array([[ok[w] for w in k[:3]] for k in batch], dtype=np.int64).reshape(-1, 3)
+        # excluded (question, row) pairs: every row whose key is a, b or c (usually exactly their 3 rows)
+        excluded = [(i, r) for i, k in enumerate(batch) for r in sorted({r for w in set(k[:3]) for r in rows_of[w]})]
+        eq, er = np.array(excluded, dtype=np.int64).reshape(-1, 2).T
+        best, top, seen = _best_rows(_scorer(matrix, unit, norms, q, method), len(batch), n, (eq, er))
+        variants: dict[int, list[tuple[float, int]]] = {}
+        for j in np.flatnonzero(er != q[eq, 0]):  # excluded rows other than a, b, c themselves
+            i, r = int(eq[j]), int(er[j])
+            if r != q[i, 1] and r != q[i, 2]:
+                variants.setdefault(i, []).append((float(seen[j]), r))
+        for i, k in enumerate(batch):
+            predicted = _predict(int(best[i]), float(top[i]), variants.get(i, []), keys.__getitem__)
+            correct[section_of[start + i]] += predicted == k[3]
+    results: list[SectionResult] = []
+    for s, (name, quads) in enumerate(raw_sections):
+        answered = sum(1 for x in section_of if x == s)
+        incorrect = answered - int(correct[s]) + (len(quads) - answered if dummy4unknown else 0)
+        results.append(SectionResult(name, int(correct[s]), incorrect))
     result = AnalogyResult(str(path), method, tuple(results), questions, oov, invalid)
     logger.info(
         "%s (%s, restrict_vocab %d): semantic %.4f syntactic %.4f total %.4f; %d/%d questions OOV",

@@ -33,7 +33,8 @@ first); then exchange row-sparse deltas instead: all-gather the touched row ids 
 union's rows (the merge formulas are unchanged on those rows), which pays off once V is much larger than
 the rows a part touches (vocabularies of millions).
 
-Checkpoints: after every epoch rank 0 writes ``<checkpoint_dir>/epoch-NNN/`` (both matrices, every rank's
+Checkpoints: after every epoch but the last (its vectors are written right after, and the stage then drops
+its checkpoints) rank 0 writes ``<checkpoint_dir>/epoch-NNN/`` (both matrices, every rank's
 random streams and ``words_done``, ``meta.json`` last, then an atomic rename) outside the stage's
 temporary folder, and every rank calls ``ray.train.report`` (rank 0 attaching a pointer checkpoint).  On
 start the latest complete epoch is loaded, so a killed run rerun with the same settings continues there
@@ -394,6 +395,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             f"{summary['words_per_second']:.0f} words/s, loss {summary['loss']:.4f}, sync {sync_seconds:.2f} s",
             detail=f" (after {model.words_done:,} words on rank {group.rank})",
             hint="lower sgns.alpha or sgns.batch_pairs", stop_after_epoch=job.stop_after_epoch,
+            checkpoint_last=False,  # the vectors are written next and the stage then drops its checkpoints
         )  # fmt: skip
     processes = placement(group)  # where every rank ran and its peak memory, for the manifest
     if group.rank != 0:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from lmpipe.embeddings.evaluate import (
+    METHODS,
     SIMILARITY_SETS,
     cosine_rows,
     evaluate_all,
@@ -209,3 +210,103 @@ def test_evaluate_all_reports_every_set(planted, eval_dir):
     out = evaluate_all(planted, eval_dir)
     assert set(out) == set(SIMILARITY_SETS) | {"analogy_3cosadd", "analogy_3cosmul"}
     assert out["analogy_3cosadd"]["questions"] == 19544
+
+
+def _reference_3cosadd(vectors: Vectors, path: Path, restrict_vocab: int = 300_000) -> list[tuple[str, int, int]]:
+    """gensim's rule question by question, brute force: the whole score row of each question (float32, as
+    gensim's ``dot(vectors, mean) / norms``), its 5 best rows by repeated argmax (a, b, c excluded), the first
+    whose upper-cased token is none of a, b, c, else the fifth."""
+    n = min(restrict_vocab, len(vectors))
+    m = np.asarray(vectors.matrix[:n], dtype=np.float32)
+    norms = np.linalg.norm(m, axis=1)
+    norms[norms == 0] = 1.0
+    unit = m / norms[:, None]
+    ok: dict[str, int] = {}
+    for i, t in enumerate(vectors.tokens[:n]):
+        ok.setdefault(t.upper(), i)
+    out, section = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith(": "):
+            section = [line[2:].strip(), 0, 0]
+            out.append(section)
+            continue
+        k = [w.upper() for w in line.split()]
+        if len(k) != 4 or not all(w in ok for w in k):
+            continue
+        a, b, c = (unit[ok[w]] for w in k[:3])
+        mean = ((b + c) - a).astype(np.float64) / 3.0
+        scores = (m @ (mean / np.linalg.norm(mean)).astype(np.float32)) / norms
+        scores[[ok[w] for w in k[:3]]] = -np.inf
+        predicted = None
+        for _ in range(5):
+            row = int(scores.argmax())
+            if np.isneginf(scores[row]):
+                break
+            scores[row] = -np.inf
+            predicted = vectors.tokens[row].upper()
+            if predicted not in k[:3]:
+                break
+        section[1 if predicted == k[3] else 2] += 1
+    return [tuple(s) for s in out]
+
+
+def test_float32_analogies_equal_the_brute_force_rule_and_gensim(planted, eval_dir):
+    """Default (float32, tiled top-1 search): the same counts as gensim's rule applied question by question
+    with whole score rows, and as gensim's own float32 evaluate_word_analogies."""
+    path = eval_dir / "questions-words.txt"
+    ours = evaluate_analogies(planted, path)
+    assert [(s.name, s.correct, s.incorrect) for s in ours.sections] == _reference_3cosadd(planted, path)
+    _, g_sections = _gensim(planted, np.float32).evaluate_word_analogies(str(path))
+    assert _ours_counts(ours) == _section_counts(g_sections)
+
+
+def test_tile_and_batch_sizes_do_not_change_the_answers(planted, eval_dir, monkeypatch):
+    """Small tiles and question batches (many column tiles, ties across tile edges) give the same counts."""
+    import lmpipe.embeddings.evaluate as ev
+
+    path = eval_dir / "questions-words.txt"
+    for method in METHODS:
+        whole = evaluate_analogies(planted, path, method=method, dtype=np.float64)
+        monkeypatch.setattr(ev, "_TILE", 997)
+        tiled = evaluate_analogies(planted, path, method=method, dtype=np.float64, batch_size=333)
+        monkeypatch.undo()
+        assert _ours_counts(tiled) == _ours_counts(whole)
+
+
+@pytest.mark.parametrize("variants", [3, 6])
+def test_case_variants_outranking_the_answer_follow_gensim(tmp_path, variants):
+    """Rows whose upper-cased token is one of a, b, c are skipped among gensim's top 5: with 3 such variants
+    above the answer it is still found, with 6 the fifth candidate (a variant) is the wrong answer."""
+    rng = np.random.default_rng(3)
+    base = {w: rng.normal(size=16) for w in ("man", "woman", "king", "paris", "france", "rome", "italy")}
+    base["queen"] = base["king"] - base["man"] + base["woman"] + rng.normal(size=16) * 0.3
+    base["rome"] = base["paris"] - base["france"] + base["italy"] + rng.normal(size=16) * 0.3
+    mean = base["king"] - base["man"] + base["woman"]
+    tokens, rows = list(base), list(base.values())
+    for i in range(variants):  # near-copies of the query direction, cased variants of "king"
+        tokens.append("".join(ch.upper() if (i + 1) >> j & 1 else ch for j, ch in enumerate("king")))
+        rows.append(mean + rng.normal(size=16) * 0.01)
+    vectors = Vectors(tokens, np.stack(rows).astype(np.float32), source="hand-made")
+    path = tmp_path / "q.txt"
+    path.write_text(": s\nman king woman queen\nfrance paris italy rome\n")
+    ours = evaluate_analogies(vectors, path, dtype=np.float64)
+    _, g_sections = _gensim(vectors).evaluate_word_analogies(str(path))
+    assert _ours_counts(ours) == _section_counts(g_sections)
+    assert ours.sections[0].correct == (2 if variants < 5 else 1)
+
+
+def test_analogy_memory_is_bounded_by_the_tile_not_the_vocabulary(eval_dir):
+    """Answering ~19k questions over 60k candidate rows never allocates a (batch x vocabulary) score matrix:
+    numpy's allocations (traced by tracemalloc) stay far below one 1024 x 60k float32 block (246 MB)."""
+    import tracemalloc
+
+    words, _ = _eval_words(eval_dir)
+    n = 60_000
+    tokens = words + [f"filler{i}" for i in range(n - len(words))]
+    vectors = Vectors(tokens, np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32), source="random")
+    for method in METHODS:
+        tracemalloc.start()
+        evaluate_analogies(vectors, eval_dir / "questions-words.txt", method=method)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 * 2**20, f"{method}: peak {peak / 2**20:.0f} MB"

@@ -150,3 +150,15 @@ def test_workers_record_is_one_type_and_reads_older_manifests():
     assert WorkersRecord.from_json(2) == WorkersRecord(2)  # sgns/glove/lm manifests before the record
     assert WorkersRecord.from_json(rows + rows).count == 2  # the tagger's list of process_info rows
     assert dataclasses.asdict(record)["count"] == 1
+
+
+def test_end_epoch_can_skip_the_last_epochs_checkpoint(tmp_path):
+    """checkpoint_last=False writes every epoch but the last (whose output the loop writes right after)."""
+    checkpoints = Checkpoints(tmp_path, "sgns", ONE, seed=1)
+    for epoch in (1, 2):
+        _end(checkpoints, epoch, 0.5, checkpoint_last=False)
+        assert latest_checkpoint(tmp_path).name == f"epoch-{epoch:03d}"
+    _end(checkpoints, 3, 0.5, checkpoint_last=False)
+    assert latest_checkpoint(tmp_path).name == "epoch-002"
+    _end(checkpoints, 3, 0.5)
+    assert latest_checkpoint(tmp_path).name == "epoch-003"

@@ -6,8 +6,10 @@ order, i.e. by descending count) and ``manifest.json`` with words/s per epoch, t
 trained, the sync scheme and the evaluations.
 
     === 1/3 train ===     TorchTrainer(embeddings.train.train_loop), ScalingConfig(num_workers=workers)
-                          checkpoints per epoch in RUN/.checkpoints/sgns-<fingerprint>/ (resumed on rerun)
-    === 2/3 evaluate ===  analogies (3CosAdd, restrict_vocab 300k) and WS353 / SimLex / MEN / RW Spearman
+                          checkpoints after every epoch but the last in RUN/.checkpoints/sgns-<fingerprint>/
+                          (resumed on rerun; the last epoch's vectors are the output, written at once)
+    === 2/3 evaluate ===  analogies (3CosAdd and 3CosMul, restrict_vocab 300k, scores in bounded tiles) and
+                          WS353 / SimLex / MEN / RW Spearman
                           when data:embedding-eval resolves (mirror or cache), else skipped with the reason
     === 3/3 manifest ===
 
