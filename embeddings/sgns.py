@@ -237,7 +237,7 @@ class SGNS:
         self._step = torch.compile(sgns_step, dynamic=False) if config.compile else sgns_step
         self.backend = _resolve_backend(config, self.w_in.device)
         self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
-        self.modes = None if config.sgns else ModeTables.build(config, trainable, self.noise, self.w_in.device)
+        self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise, self.w_in.device)
         logger.info(
             "SGNS: %s + %s, vocab %d, dim %d, %d trainable tokens, %d words/epoch, device %s",
             config.model,

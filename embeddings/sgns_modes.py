@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +34,8 @@ import torch
 from lmpipe.embeddings.huffman import HuffmanTree, huffman_tree
 from lmpipe.embeddings.sampling import NoiseSampler, skipgram_pairs, windowed_tokens
 
-if TYPE_CHECKING:
-    from lmpipe.embeddings.sgns import SGNS, SGNSConfig
+#: The trainer these functions drive: an ``embeddings.sgns.SGNS`` (not imported: sgns imports this module).
+SGNS = Any
 
 
 def w2v_step(
@@ -101,9 +101,9 @@ class ModeTables:
 
     @classmethod
     def build(
-        cls, config: SGNSConfig, trainable: np.ndarray, noise: NoiseSampler, device: torch.device
+        cls, loss: str, trainable: np.ndarray, noise: NoiseSampler, device: torch.device
     ) -> ModeTables:
-        tree = huffman_tree(trainable) if config.loss == "hierarchical" else None
+        tree = huffman_tree(trainable) if loss == "hierarchical" else None
         on = (lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)) if tree is not None else None
         return cls(
             tree, noise.accept.cpu().numpy(), noise.alias.cpu().numpy(),
