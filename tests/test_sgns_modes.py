@@ -363,8 +363,9 @@ def test_stage_runs_every_mode_and_gensim_loads_the_vectors(tokenized, tmp_path,
     shutil.copytree(tokenized / "tokenize", tmp_path / "tokenize")
     spec = load_spec(SPECS / "tiny.yaml", overrides=[f"sgns.model={model}", f"sgns.loss={loss}"])
     manifest = run_pipeline(spec, run_dir=tmp_path, stages=["sgns"])["sgns"]
-    settings = manifest["settings"]  # a New field at its default (model skipgram) is left out, as in fingerprints
-    assert (settings.get("model", "skipgram"), settings["loss"]) == (model, loss)
+    settings = manifest["settings"]  # a New field at its default is left out, as in fingerprints
+    assert (settings.get("model", "skipgram"), settings.get("loss", "negative")) == (model, loss)
+    assert {"model", "loss"} & set(settings)  # a non-default mode is recorded
     assert manifest["settings"]["alpha"] == (0.05 if model == "cbow" else 0.025)
     vectors = Vectors.load(tmp_path / "sgns" / "vectors")
     assert np.isfinite(vectors.matrix).all() and np.abs(vectors.matrix).max() > 0
