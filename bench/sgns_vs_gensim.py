@@ -65,7 +65,8 @@ def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files)
     from lmpipe.pipelines.stages.embedding_eval import evaluate
 
     model = Word2Vec(
-        vector_size=args.dim, window=args.window, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
+        vector_size=args.dim, window=args.window, min_count=args.min_count, sg=int(args.model == "skipgram"),
+        hs=int(args.loss == "hierarchical"), negative=args.negative, cbow_mean=1,
         sample=args.sample, alpha=args.alpha, min_alpha=args.alpha * 1e-4, epochs=args.epochs,
         workers=args.gensim_workers, seed=1,
     )  # fmt: skip
@@ -78,7 +79,8 @@ def gensim_run(sentences: list[list[str]], args: argparse.Namespace, eval_files)
     wv = model.wv
     vectors = Vectors(list(wv.index_to_key), wv.vectors.astype(np.float32), source="gensim")
     return {
-        "system": f"gensim Word2Vec workers={args.gensim_workers}", "train_s": seconds, "wall_s": seconds,
+        "system": f"gensim Word2Vec {args.model}+{args.loss} workers={args.gensim_workers}", "train_s": seconds,
+        "wall_s": seconds,
         "words_per_s": words * args.epochs / seconds, "vocab": set(wv.index_to_key),
         "eval": evaluate(vectors, eval_files), "peak_mb": rss.peak / 2**20,
     }  # fmt: skip
@@ -91,10 +93,11 @@ def sgns_run(
     from lmpipe.pipelines.run import run_pipeline
     from lmpipe.pipelines.spec import parse_spec
 
-    run = work / f"{base['name']}-{workers}x{threads}-{sync}"
+    run = work / f"{base['name']}-{args.model}-{args.loss}-{workers}x{threads}-{sync}"
     shutil.rmtree(run, ignore_errors=True)
     shutil.copytree(tokenized / "tokenize", run / "tokenize")
     sgns = {
+        "model": args.model, "loss": args.loss,
         "dim": args.dim, "window": args.window, "negative": args.negative, "sample": args.sample, "alpha": args.alpha,
         "min_count": args.min_count, "epochs": args.epochs, "workers": workers, "threads": threads,
         "syncs_per_epoch": args.syncs_per_epoch, "sync": sync, "shared_negatives": args.shared_negatives,
@@ -107,12 +110,18 @@ def sgns_run(
     train_s = sum(e["seconds"] for e in tr["epochs"])
     words = sum(e["words"] for e in tr["epochs"])
     return {
-        "system": f"lmpipe sgns {workers} worker(s) x {threads} thread(s)" + (f", sync {sync}" if workers > 1 else ""), "train_s": train_s, "wall_s": wall,
+        "system": f"lmpipe sgns {args.model}+{args.loss} {workers} worker(s) x {threads} thread(s)" + (f", sync {sync}" if workers > 1 else ""), "train_s": train_s, "wall_s": wall,
         "fit_s": tr["seconds"], "words_per_s": words / train_s, "vocab": set(Vectors.load(run / "sgns" / "vectors").tokens),
         "eval": manifest["evaluation"], "share_words": tr["share_words"],
         "sync_s": sum(e["sync_seconds"] for e in tr["epochs"]), "syncs": tr["syncs_per_epoch"],
         "peak_mb": max(w["peak_rss_mb"] for w in tr["workers"]["processes"]),
     }  # fmt: skip
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median words/s (its quality figures too), with every run's words/s attached."""
+    ranked = sorted(runs, key=lambda r: r["words_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "all_words_per_s": [r["words_per_s"] for r in runs]}
 
 
 def _pct(x: float) -> str:
@@ -144,9 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gensim-workers", type=int, default=2)
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--window", type=int, default=5)
-    p.add_argument("--negative", type=int, default=5)
+    p.add_argument("--model", choices=("skipgram", "cbow"), default="skipgram", help="word2vec -cbow 0|1")
+    p.add_argument("--loss", choices=("negative", "hierarchical"), default="negative", help="-hs 0|1")
+    p.add_argument("--negative", type=int, default=None, help="default: 5 with --loss negative, 0 with hierarchical")
     p.add_argument("--sample", type=float, default=1e-3)
-    p.add_argument("--alpha", type=float, default=0.025)
+    p.add_argument("--alpha", type=float, default=None, help="default: word2vec's, 0.025 skip-gram, 0.05 cbow")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each system; the table shows the median words/s")
     p.add_argument("--min-count", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--syncs-per-epoch", type=int, default=None, help="default: the stage's (auto)")
@@ -157,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md")
     p.add_argument("--no-append", action="store_true", help="print the section, do not append it")
     args = p.parse_args(argv)
+    from lmpipe.embeddings.word2vec_defaults import mode_defaults
+
+    for name, value in mode_defaults(args.model, args.loss, alpha=args.alpha, negative=args.negative).items():
+        setattr(args, name, value)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -185,14 +201,23 @@ def main(argv: list[str] | None = None) -> None:
         sentences = [[tokens[i] for i in s.tolist()] for s in read_ids(tokenized / "tokenize", "train")]
         words = sum(len(s) for s in sentences)
         print(f"{corpus}: {len(sentences):,} sentences, {words:,} words, tokenize {tokenize_s:.1f} s", flush=True)
-        rows = [gensim_run(sentences, args, eval_files)]
-        print(rows[-1]["system"], f"{rows[-1]['words_per_s']:.0f} words/s", flush=True)
+        runs: list[list[dict[str, Any]]] = [[] for _ in range(1 + len(args.configs))]
+        for _ in range(args.repeats):  # alternating systems, so a change in the machine's load hits both
+            runs[0].append(gensim_run(sentences, args, eval_files))
+            print(runs[0][-1]["system"], f"{runs[0][-1]['words_per_s']:.0f} words/s", flush=True)
+            for i, config in enumerate(args.configs, 1):
+                shape, _, sync = config.partition(":")
+                workers, threads = (int(x) for x in shape.split("x"))
+                runs[i].append(sgns_run(base, tokenized, args.work, workers, threads, sync or args.sync, args))
+                print(runs[i][-1]["system"], f"{runs[i][-1]['words_per_s']:.0f} words/s", flush=True)
         del sentences
-        for config in args.configs:
-            shape, _, sync = config.partition(":")
-            workers, threads = (int(x) for x in shape.split("x"))
-            rows.append(sgns_run(base, tokenized, args.work, workers, threads, sync or args.sync, args))
-            print(rows[-1]["system"], f"{rows[-1]['words_per_s']:.0f} words/s", flush=True)
+        rows = [_median_run(r) for r in runs]
+        for r in rows[1:]:
+            notes.append(
+                f"{corpus}, {r['system']}: words/s {r['words_per_s'] / rows[0]['words_per_s']:.2f}x gensim's "
+                f"(median of {args.repeats}; each run: " + ", ".join(f"{x:.0f}" for x in r["all_words_per_s"])
+                + "; gensim: " + ", ".join(f"{x:.0f}" for x in rows[0]["all_words_per_s"]) + ")"
+            )
         same = all(r["vocab"] == rows[0]["vocab"] for r in rows)
         notes.append(f"{corpus}: vocabulary {len(rows[0]['vocab']):,} words, identical in all systems: {same}")
         for r in rows[1:]:
@@ -207,11 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     command = "LMPIPE_DATA_MIRROR=../shared/data .venv/bin/python bench/sgns_vs_gensim.py " + " ".join(argv or sys.argv[1:])
     section = [
         "",
-        f"## sgns stage vs gensim Word2Vec skip-gram ({datetime.date.today().isoformat()})",
+        f"## sgns stage vs gensim Word2Vec, {args.model} + {args.loss} ({datetime.date.today().isoformat()})",
         "",
         f"Command: `{command.strip()}`  ",
         f"Machine: {machine()}; {versions('ray', 'torch', 'gensim', 'numpy', 'pyarrow', 'numba')}.  ",
-        f"Settings (both systems): sg, dim {args.dim}, window {args.window}, negative {args.negative}, sample "
+        f"Settings (both systems): {args.model}, {args.loss}, dim {args.dim}, window {args.window}, negative {args.negative}, sample "
         f"{args.sample:g}, alpha {args.alpha} -> {args.alpha * 1e-4:g}, min_count {args.min_count}, {args.epochs} epochs; "
         f"gensim workers={args.gensim_workers}; sgns syncs/epoch {args.syncs_per_epoch or 'auto'} (scheme `{args.sync}` unless named), "
         f"shared_negatives {args.shared_negatives}, one CPU per thread.  ",

@@ -52,7 +52,10 @@ import numpy as np
 import torch
 
 from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs, windowed_tokens
+from lmpipe.embeddings.sgns_modes import ModeTables
+from lmpipe.embeddings.sgns_modes import train_block as train_mode_block
 from lmpipe.embeddings.vectors import Vectors
+from lmpipe.embeddings.word2vec_defaults import LOSSES, MODELS, mode_defaults
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
 
 logger = logging.getLogger(__name__)
@@ -109,11 +112,16 @@ def sgns_step(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SGNSConfig:
+    #: word2vec's architecture and output layer (``embeddings.sgns_modes``): ``skipgram``/``cbow`` (word2vec.c
+    #: ``-cbow 0|1``; CBOW averages the context window's input rows, ``cbow_mean=1``), ``negative`` sampling
+    #: or ``hierarchical`` softmax over word2vec.c's Huffman tree (``-hs 1 -negative 0``).
+    model: str = "skipgram"
+    loss: str = "negative"
     dim: int = 100
     window: int = 5  # maximum distance; the effective window is uniform in 1..window
-    negative: int = 5  # noise words per pair
+    negative: int | None = None  # noise words per pair; None = word2vec's: 5 with negative sampling, 0 with HS
     sample: float = 1e-3  # subsampling threshold s; 0 disables
-    alpha: float = 0.025  # initial learning rate (word2vec.c -alpha for skip-gram)
+    alpha: float | None = None  # initial learning rate; None = word2vec.c's -alpha: 0.025 skip-gram, 0.05 CBOW
     min_alpha: float | None = None  # final learning rate; None = alpha * 1e-4 (word2vec.c's floor)
     ns_exponent: float = 0.75  # noise distribution counts**ns_exponent
     epochs: int = 5
@@ -131,10 +139,20 @@ class SGNSConfig:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        positive = ("dim", "window", "negative", "epochs", "batch_pairs", "block_words", "shared_negatives")
+        if self.model not in MODELS or self.loss not in LOSSES:
+            raise ValueError(f"model must be one of {MODELS} and loss one of {LOSSES}, got {self.model!r}, {self.loss!r}")
+        for name, value in mode_defaults(self.model, self.loss, alpha=self.alpha, negative=self.negative).items():
+            object.__setattr__(self, name, value)  # frozen: the per-model default is filled in once, here
+        positive = ("dim", "window", "epochs", "batch_pairs", "block_words", "shared_negatives")
         bad = {name: getattr(self, name) for name in positive if getattr(self, name) < 1}
+        if self.loss == "negative" and self.negative < 1:
+            bad["negative"] = self.negative
         if bad:
             raise ValueError(f"SGNSConfig fields must be >= 1, got {bad}")
+        if self.loss == "hierarchical" and self.negative != 0:
+            raise ValueError(f"hierarchical softmax draws no noise words: negative must be 0 (or None), got {self.negative}")
+        if (self.model, self.loss) != ("skipgram", "negative") and (self.shared_negatives > 1 or self.compile):
+            raise ValueError("shared_negatives > 1 and compile apply to skip-gram with negative sampling only")
         if self.backend not in ("auto", "torch", "numba"):
             raise ValueError(f"backend must be auto, torch or numba, got {self.backend!r}")
         if self.backend == "numba" and (self.shared_negatives > 1 or self.compile):
@@ -143,6 +161,12 @@ class SGNSConfig:
             raise ValueError(
                 f"need 0 < alpha and 0 <= min_alpha <= alpha, got {self.alpha}, {self.min_alpha}"
             )
+
+    @property
+    def sgns(self) -> bool:
+        """Skip-gram with negative sampling: ``sgns_step`` and ``sgns_kernel.train_pairs``; the other modes
+        train through ``embeddings.sgns_modes``."""
+        return self.model == "skipgram" and self.loss == "negative"
 
     @property
     def final_alpha(self) -> float:
@@ -213,8 +237,11 @@ class SGNS:
         self._step = torch.compile(sgns_step, dynamic=False) if config.compile else sgns_step
         self.backend = _resolve_backend(config, self.w_in.device)
         self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
+        self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise, self.w_in.device)
         logger.info(
-            "SGNS: vocab %d, dim %d, %d trainable tokens, %d words/epoch, device %s",
+            "SGNS: %s + %s, vocab %d, dim %d, %d trainable tokens, %d words/epoch, device %s",
+            config.model,
+            config.loss,
             vocab,
             config.dim,
             int(trainable.sum()),
@@ -235,6 +262,14 @@ class SGNS:
         """Train on one block of sentences with ``stream``'s randomness; returns (pairs, summed loss)."""
         c, st = self.config, stream or self._stream
         words, words_done = int(sum(len(s) for s in sentences)), self.words_done
+        if not c.sgns:  # skip-gram HS, CBOW: embeddings.sgns_modes
+            n, loss_sum = train_mode_block(
+                self, sentences, st.rng, st.generator, self.learning_rate(words_done),
+                self.learning_rate(words_done + words),
+            )  # fmt: skip
+            with self._lock:
+                self.words_done += words
+            return n, loss_sum
         if self.backend == "numba":  # word2vec's order, centre by centre: no shuffle (see window_pairs)
             from lmpipe.embeddings.sgns_kernel import train_pairs, window_pairs
 

@@ -110,3 +110,155 @@ def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.
                 context[p] = ids[j]
                 p += 1
     return centre, context
+
+
+# ------------------------------------------------------------------ hierarchical softmax and CBOW
+@numba.njit(cache=True, nogil=True, fastmath=True, inline="always")
+def _train_target(
+    w_in_row: np.ndarray, w_out: np.ndarray, t: int, label: np.float32, lr: np.float32, grad: np.ndarray
+) -> float:
+    """One binary decision of word2vec: ``g = (label - sigmoid(h . w_out[t])) * lr``; ``grad += g w_out[t]``,
+    ``w_out[t] += g h``.  Returns its loss ``-log sigmoid(+-f)`` (softplus of the margin, no overflow)."""
+    dim = w_out.shape[1]
+    f = np.float32(0.0)
+    for x in range(dim):
+        f += w_in_row[x] * w_out[t, x]
+    e = math.exp(-abs(f))
+    margin = f if label > 0 else -f
+    sig = 1.0 / (1.0 + e) if f >= 0 else e / (1.0 + e)
+    g = (label - np.float32(sig)) * lr
+    for x in range(dim):
+        grad[x] += g * w_out[t, x]
+        w_out[t, x] += g * w_in_row[x]
+    return math.log1p(e) + max(-margin, 0.0)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def train_pairs_hs(
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+    centre: np.ndarray,
+    context: np.ndarray,
+    codes: np.ndarray,
+    points: np.ndarray,
+    lengths: np.ndarray,
+    lr_start: float,
+    lr_end: float,
+    slices: int,
+) -> float:
+    """Skip-gram with hierarchical softmax (word2vec.c ``-cbow 0 -hs 1 -negative 0``): the context word's input
+    row trains against the inner nodes on the centre's Huffman path (``embeddings.huffman``), node j towards
+    ``1 - codes[centre, j]``; the input row is updated after the whole path.  Same slices and learning-rate
+    ramp as :func:`train_pairs`; returns the summed loss before each pair's update."""
+    n = centre.shape[0]
+    dim = w_in.shape[1]
+    per = (n + slices - 1) // slices
+    losses = np.zeros(slices)
+    for s in numba.prange(slices):
+        grad_in = np.empty(dim, dtype=np.float32)
+        loss = 0.0
+        for i in range(s * per, min(n, (s + 1) * per)):
+            lr = np.float32(lr_start + (lr_end - lr_start) * (i / n))
+            u, c = context[i], centre[i]
+            grad_in[:] = 0.0
+            for j in range(lengths[c]):
+                label = np.float32(1.0) - np.float32(codes[c, j])
+                loss += _train_target(w_in[u], w_out, points[c, j], label, lr, grad_in)
+            for x in range(dim):
+                w_in[u, x] += grad_in[x]
+        losses[s] = loss
+    return losses.sum()
+
+
+_LCG_A = np.uint64(25214903917)  # word2vec.c's next_random = next_random * 25214903917 + 11
+_LCG_C = np.uint64(11)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True, parallel=True)
+def train_cbow(
+    w_in: np.ndarray,
+    w_out: np.ndarray,
+    ids: np.ndarray,
+    seg: np.ndarray,
+    eff: np.ndarray,
+    codes: np.ndarray,
+    points: np.ndarray,
+    lengths: np.ndarray,
+    accept: np.ndarray,
+    alias: np.ndarray,
+    negative: int,
+    seed: int,
+    lr_start: float,
+    lr_end: float,
+    slices: int,
+) -> tuple[float, int]:
+    """CBOW (word2vec.c ``-cbow 1``, gensim ``cbow_mean=1``) over the kept tokens ``ids`` (sentence ``seg``,
+    effective window ``eff``, as :func:`embeddings.sampling.windowed_tokens` draws them).
+
+    For each centre i: ``h`` = the mean of the input rows of its context (the tokens of its sentence within
+    ``eff[i]``, the centre excluded); ``h`` trains against the centre's targets, either ``negative`` > 0:
+    the centre (label 1) and ``negative`` noise words (label 0, one equal to the centre skipped), or
+    ``negative`` == 0: the inner nodes of the centre's Huffman path (``codes``, ``points``, ``lengths``).
+    Then the error ``neu1e`` (the sum over targets of ``g w_out[t]``) is added, undivided, to every context
+    row, as word2vec.c and gensim do: the step on each context row is ``cw`` times the gradient of the loss
+    with respect to that row (``cw`` = context words), i.e. ``-lr`` times the gradient with respect to ``h``.
+
+    Noise words are drawn here, not materialised: word2vec.c's LCG (one stream per slice, seeded
+    ``seed + slice``) picks a slot and a coin of the alias table (``accept``, ``alias``: the unigram^0.75
+    distribution of ``embeddings.sampling.NoiseSampler``).  Returns (summed loss before each update,
+    centres trained); centres without a context word are skipped, as in word2vec.c.
+    """
+    n = ids.shape[0]
+    dim = w_in.shape[1]
+    vocab = np.uint64(accept.shape[0])
+    per = (n + slices - 1) // slices
+    losses = np.zeros(slices)
+    trained = np.zeros(slices, dtype=np.int64)
+    for s in numba.prange(slices):
+        h = np.empty(dim, dtype=np.float32)
+        grad = np.empty(dim, dtype=np.float32)
+        rnd = np.uint64(seed) + np.uint64(s)
+        loss = 0.0
+        count = 0
+        for i in range(s * per, min(n, (s + 1) * per)):
+            lo, hi = max(0, i - eff[i]), min(n - 1, i + eff[i])
+            h[:] = 0.0
+            cw = 0
+            for j in range(lo, hi + 1):
+                if j != i and seg[j] == seg[i]:
+                    for x in range(dim):
+                        h[x] += w_in[ids[j], x]
+                    cw += 1
+            if cw == 0:
+                continue
+            lr = np.float32(lr_start + (lr_end - lr_start) * (i / n))
+            inv = np.float32(1.0 / cw)
+            for x in range(dim):
+                h[x] *= inv
+            grad[:] = 0.0
+            c = ids[i]
+            if negative == 0:
+                for j in range(lengths[c]):
+                    label = np.float32(1.0) - np.float32(codes[c, j])
+                    loss += _train_target(h, w_out, points[c, j], label, lr, grad)
+            else:
+                loss += _train_target(h, w_out, c, np.float32(1.0), lr, grad)
+                for _ in range(negative):
+                    rnd = rnd * _LCG_A + _LCG_C
+                    slot = (rnd >> np.uint64(16)) % vocab
+                    rnd = rnd * _LCG_A + _LCG_C
+                    coin = np.float32((rnd >> np.uint64(40)) & np.uint64(0xFFFFFF)) * np.float32(
+                        1.0 / 16777216.0
+                    )
+                    t = np.int64(slot) if coin < accept[slot] else alias[slot]
+                    if t == c:
+                        continue
+                    loss += _train_target(h, w_out, t, np.float32(0.0), lr, grad)
+            for j in range(lo, hi + 1):
+                if j != i and seg[j] == seg[i]:
+                    for x in range(dim):
+                        w_in[ids[j], x] += grad[x]
+            count += 1
+        losses[s] = loss
+        trained[s] = count
+    return losses.sum(), trained.sum()

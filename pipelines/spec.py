@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from lmpipe.embeddings.word2vec_defaults import mode_defaults
 from lmpipe.pipelines.memory_size import MemoryMB, memory_mb
 from lmpipe.pipelines.spec_parser import (
     LocalPath,
@@ -270,19 +271,29 @@ class NgramSpec:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SgnsSpec:
-    """The sgns stage: skip-gram with negative sampling (word2vec ``-cbow 0``) trained with Ray Train.
+    """The sgns stage: word2vec (skip-gram or CBOW, negative sampling or hierarchical softmax) trained with
+    Ray Train.
 
-    Defaults are word2vec.c's and gensim's for skip-gram.  ``workers`` data-parallel replicas each train on
+    Defaults are word2vec.c's and gensim's for skip-gram with negative sampling; ``alpha`` and ``negative``
+    left ``null`` take word2vec.c's per-model values (``embeddings.word2vec_defaults``: alpha 0.05 for CBOW,
+    0.025 for skip-gram; 5 noise words with negative sampling, none with HS), filled in when the spec is
+    read, so a skip-gram spec's fingerprint is what it was before the two modes were added.  ``workers`` data-parallel replicas each train on
     their share of the token shards and are merged ``syncs_per_epoch`` times per epoch (``sync`` scheme, see
     ``embeddings.sync``); ``threads`` are Hogwild threads inside one worker.  ``workers`` and ``threads``
     are left out of the stage fingerprint: scaling a run out or in does not invalidate it.
     """
 
+    #: ``skipgram`` (word2vec.c ``-cbow 0``) or ``cbow`` (``-cbow 1``: the mean of the context window's
+    #: vectors predicts the centre, gensim's ``cbow_mean=1``; ~3-4x faster per word).
+    model: New[Literal["skipgram", "cbow"]] = "skipgram"
+    #: ``negative`` sampling or ``hierarchical`` softmax over word2vec.c's Huffman tree of the counts
+    #: (``-hs 1 -negative 0``).
+    loss: New[Literal["negative", "hierarchical"]] = "negative"
     dim: int = 100
     window: int = 5  # maximum distance; the effective window is uniform in 1..window
-    negative: int = 5  # noise words per (centre, context) pair
+    negative: int | None = None  # noise words per example; null: 5 with loss negative, 0 with hierarchical
     sample: float = 1e-3  # subsampling threshold; 0 disables
-    alpha: float = 0.025  # initial learning rate, decayed linearly to alpha * 1e-4
+    alpha: float | None = None  # initial learning rate, decayed linearly to alpha * 1e-4; null: 0.025, cbow 0.05
     #: Words rarer than this (training counts) are removed before windowing, as word2vec does; it is applied
     #: on top of ``vocab.min_count``, so one tokenization serves embeddings of several cuts.
     min_count: int = 5
@@ -311,8 +322,16 @@ class SgnsSpec:
     evaluate: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negative", "min_count", "epochs", "workers", "batch_pairs", "threads"):
+        for name, value in mode_defaults(self.model, self.loss, alpha=self.alpha, negative=self.negative).items():
+            object.__setattr__(self, name, value)  # frozen: filled in once, so the spec holds what runs
+        for name in ("dim", "window", "min_count", "epochs", "workers", "batch_pairs", "threads"):
             check_range(f"sgns.{name}", getattr(self, name), 1, None)
+        if self.loss == "negative":
+            check_range("sgns.negative", self.negative, 1, None)
+        elif self.negative != 0:
+            fail("sgns.negative", self.negative, "0 or null with sgns.loss hierarchical (HS draws no noise words)")
+        if not (self.model == "skipgram" and self.loss == "negative") and self.shared_negatives > 1:
+            fail("sgns.shared_negatives", self.shared_negatives, "1 unless sgns.model is skipgram and sgns.loss negative")
         if self.syncs_per_epoch is not None:
             check_range("sgns.syncs_per_epoch", self.syncs_per_epoch, 1, None)
         check_range("sgns.dim", self.dim, 1, 1 << 16)

@@ -1,4 +1,5 @@
-"""The sgns stage: skip-gram word vectors (word2vec's SGNS) trained data-parallel with Ray Train.
+"""The sgns stage: word2vec vectors (skip-gram or CBOW, negative sampling or hierarchical softmax: ``sgns.model``,
+``sgns.loss``) trained data-parallel with Ray Train.
 
 Input: ``RUN/tokenize`` (train shards, ``vocab.tsv``).  Output (``RUN/sgns/``): ``vectors/`` (an
 ``embeddings.vectors.Vectors`` artifact: the words counted ``sgns.min_count`` times or more, in vocabulary id
@@ -73,8 +74,8 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
         out_dir=str(tmp_dir), config=config_from(SGNSConfig, spec),
     )  # fmt: skip
     logger.info(
-        "=== 1/3 Training SGNS: %d shard(s), %d of %d words kept (min_count %d), %d worker(s) x %d thread(s), "
-        "sync %s x%s/epoch ===", len(shards), len(keep), len(vocab), spec.min_count, spec.workers, spec.threads,
+        "=== 1/3 Training word2vec %s + %s: %d shard(s), %d of %d words kept (min_count %d), %d worker(s) x %d "
+        "thread(s), sync %s x%s/epoch ===", spec.model, spec.loss, len(shards), len(keep), len(vocab), spec.min_count, spec.workers, spec.threads,
         spec.sync, spec.syncs_per_epoch or "auto",
     )  # fmt: skip
     training = trainer.fit(train_loop, to_config(job))
