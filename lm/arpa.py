@@ -52,15 +52,28 @@ def _format_order(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bo
     """``prob \\t w0 w1 .. [\\t backoff] \\n`` for every row, as one byte buffer (``lm.arpa_kernels``)."""
     from lmpipe.lm.arpa_kernels import join_lines
 
-    zero = pa.scalar(0.0, pa.float32())  # adding +0.0 turns -0 into 0; a float32 scalar keeps float32 digits
-    prob = _string_buffers(pc.cast(pc.add(table.column("prob"), zero), pa.string()))
-    backoff = (
-        _string_buffers(pc.cast(pc.add(table.column("backoff"), zero), pa.string()))
-        if with_backoff
-        else (np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint8))
-    )
+    prob = _float_strings(table.column("prob"))
+    if with_backoff:
+        backoff = _float_strings(table.column("backoff"))
+    else:
+        backoff = (np.zeros(table.num_rows, dtype=np.int32), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.uint8))
     ids = np.stack([table.column(f"w{i}").to_numpy() for i in range(order)]) if table.num_rows else np.zeros((order, 0), np.uint32)
     return join_lines(ids, *_string_buffers(vocab), *prob, *backoff, with_backoff)
+
+
+def _float_strings(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(code per row, offsets, bytes) of a float32 column printed by Arrow's cast (shortest round-trip digits;
+    -0 prints as 0), row i's text being string ``code[i]``: a column of few distinct values is printed once
+    per value (``arpa_kernels.distinct_floats``), any other value by value."""
+    from lmpipe.lm.arpa_kernels import distinct_floats
+
+    if column.null_count:
+        raise ValueError("ARPA fields must not be null")
+    values = np.ascontiguousarray(column.to_numpy(), dtype=np.float32)
+    codes, distinct, coded = distinct_floats(values)
+    if not coded:
+        codes, distinct = np.arange(len(values), dtype=np.int32), values + np.float32(0)
+    return (codes, *_string_buffers(pc.cast(pa.array(distinct, pa.float32()), pa.string())))
 
 
 def _string_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

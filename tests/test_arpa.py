@@ -107,6 +107,27 @@ def test_compiled_line_writer_equals_arrow_joins(order, with_backoff):
     got = arpa._format_order(table, order, vocab, with_backoff).tobytes()
     assert got == _arrow_lines(table, order, vocab, with_backoff)
     assert arpa._format_order(table.slice(0, 0), order, vocab, with_backoff).tobytes() == b""
+    # few distinct values, as backoffs are (each is printed once and gathered): -0 and 0 among them
+    few = np.array([-0.0, 0.0, -0.30103, 1e-40, -99.0], np.float32)[rng.integers(0, 5, n)]
+    repeated = pa.table({**columns, "prob": pa.array(few), "backoff": pa.array(few[::-1].copy())})
+    got = arpa._format_order(repeated, order, vocab, with_backoff).tobytes()
+    assert got == _arrow_lines(repeated, order, vocab, with_backoff)
+
+
+def test_distinct_floats_codes_every_bit_pattern_once():
+    """Against numpy's unique of the bit patterns (with -0 as 0), through several table doublings."""
+    from lmpipe.lm.arpa_kernels import distinct_floats
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(0, 2, 20000), 3).astype(np.float32)
+    values[::7] = -0.0
+    codes, distinct, coded = distinct_floats(values, give_up=False)
+    assert coded
+    assert not distinct_floats(rng.normal(0, 1, 5000).astype(np.float32))[2]  # all distinct: not worth it
+    expected = (values + np.float32(0)).view(np.uint32)
+    assert np.array_equal(distinct[codes].view(np.uint32), expected)
+    assert len(distinct) == len(np.unique(expected))
+    assert np.array_equal(distinct.view(np.uint32), expected[np.sort(np.unique(expected, return_index=True)[1])])
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
