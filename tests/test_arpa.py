@@ -251,3 +251,33 @@ def test_build_binary_scores_like_the_arpa(tmp_path):
     text, binary = kenlm.Model(str(path)), kenlm.Model(str(tmp_path / "m.binary"))
     for sentence in ["the cat sat on the mat", "a zebra ran"]:
         assert binary.score(sentence) == pytest.approx(text.score(sentence), abs=1e-5)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+@pytest.mark.parametrize("name", ["model.arpa", "model.arpa.gz"])
+def test_pieces_assemble_to_the_file_write_arpa_writes(tmp_path, monkeypatch, kernel_copy, name):
+    """Pieces of every order, split at arbitrary rows, concatenate to write_arpa's bytes, whether the kernel
+    copies (os.copy_file_range) or the buffered fallback does."""
+    import gzip
+
+    if not kernel_copy:
+        def refuse(*args):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(arpa.os, "copy_file_range", refuse, raising=False)
+    model, vocab = model_of(CORPUS, 3)
+    vocab_arr = pa.array(list(vocab), pa.string())
+    pieces: dict[int, list[tuple[Path, int]]] = {}
+    for k, table in model.tables.items():
+        cuts = [0, table.num_rows // 3, table.num_rows // 3, table.num_rows]  # one empty piece too
+        for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            piece = tmp_path / f"{k}-{j}.txt"
+            with open(piece, "wb") as out:
+                rows = arpa.write_arpa_lines(table.slice(a, b - a), k, vocab_arr, k < 3, out)
+            pieces.setdefault(k, []).append((piece, rows))
+    counts = {k: t.num_rows for k, t in model.tables.items()}
+    got = arpa.write_arpa_pieces(pieces, counts, tmp_path / name)
+    want = write_arpa(model.tables, vocab, tmp_path / ("ref-" + name))
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(got, "rb") as a, opener(want, "rb") as b:
+        assert a.read() == b.read()
