@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from lmpipe.cluster.process import Placement, process_info
+from lmpipe.cluster.process import Placement, process_info, release_free_memory
 from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from lmpipe.pipelines.ingest import Chunk, InputError
@@ -98,8 +98,12 @@ class ChunkActor:
 
 
 def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
-    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``."""
-    return fn(*args), process_info()
+    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``; the
+    memory the task freed goes back to the OS (``release_free_memory``), so a reused worker does not keep it."""
+    try:
+        return fn(*args), process_info()
+    finally:
+        release_free_memory()
 
 
 def map_tasks(
@@ -160,7 +164,10 @@ def map_local(
     lock = threading.Lock()
 
     def run(args: tuple) -> Any:
-        result = fn(*args)
+        try:
+            result = fn(*args)
+        finally:
+            release_free_memory()  # the tasks' threads share this process: keep its free memory low
         if placement is not None:
             with lock:
                 placement.add(process_info())
