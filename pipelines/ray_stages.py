@@ -164,29 +164,31 @@ def map_local(
     lock = threading.Lock()
 
     def run(args: tuple) -> Any:
-        try:
-            result = fn(*args)
-        finally:
-            release_free_memory()  # the tasks' threads share this process: keep its free memory low
+        result = fn(*args)
         if placement is not None:
             with lock:
                 placement.add(process_info())
         return result
 
-    with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
-        if workers <= 1 or len(calls) <= 1:
-            results = []
-            for args in calls:
-                results.append(run(args))
-                bar.update(1)
-            return results
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmpipe-task") as pool:
-            futures = [pool.submit(run, args) for args in calls]
-            results = []
-            for future in futures:
-                results.append(future.result())
-                bar.update(1)
-            return results
+    try:
+        with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
+            if workers <= 1 or len(calls) <= 1:
+                results = []
+                for args in calls:
+                    results.append(run(args))
+                    bar.update(1)
+                return results
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmpipe-task") as pool:
+                futures = [pool.submit(run, args) for args in calls]
+                results = []
+                for future in futures:
+                    results.append(future.result())
+                    bar.update(1)
+                return results
+    finally:
+        # The tasks' threads share this process, each with its own heap arena: what a step freed is given back
+        # once the step ends (per task would re-fault every task's working set: +30% system time measured).
+        release_free_memory()
 
 
 def unwrap_error(exc: BaseException) -> BaseException:
