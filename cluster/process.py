@@ -3,6 +3,7 @@ training worker, so a run's memory high-water marks and placement can be read af
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import socket
@@ -28,6 +29,33 @@ def process_info() -> dict[str, str | int | float]:
         "pid": os.getpid(),
         "peak_rss_mb": round(peak_kb / 1024, 1),
     }
+
+
+def release_free_memory() -> None:
+    """Give memory that a finished task freed back to the OS: Arrow's pool (``release_unused``) and glibc's
+    heaps (``malloc_trim``).
+
+    Why: both allocators keep freed pages for reuse, and with tasks on threads every thread has its own glibc
+    arena, so without this a process keeps the high-water mark of every step it ran (the ngram stage's driver
+    held ~250 MB of free memory between steps, 40% of its peak).  Costs a few milliseconds a call; does
+    nothing where the C library has no ``malloc_trim`` or Arrow was never imported."""
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None:
+        pyarrow.default_memory_pool().release_unused()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
 
 
 def ray_options(resources: dict[str, float]) -> dict[str, object]:

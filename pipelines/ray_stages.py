@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from lmpipe.cluster.process import Placement, process_info
+from lmpipe.cluster.process import Placement, process_info, release_free_memory
 from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.encode import ChunkJob, encode_chunk, finalize_chunk, prepare_chunk, sample_chunk
 from lmpipe.pipelines.ingest import Chunk, InputError
@@ -98,8 +98,12 @@ class ChunkActor:
 
 
 def _traced(fn: Callable[..., Any], *args: Any) -> tuple[Any, dict[str, Any]]:
-    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``."""
-    return fn(*args), process_info()
+    """``fn(*args)`` and where it ran (``cluster.process.process_info``), for the manifest's ``workers``; the
+    memory the task freed goes back to the OS (``release_free_memory``), so a reused worker does not keep it."""
+    try:
+        return fn(*args), process_info()
+    finally:
+        release_free_memory()
 
 
 def map_tasks(
@@ -166,20 +170,25 @@ def map_local(
                 placement.add(process_info())
         return result
 
-    with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
-        if workers <= 1 or len(calls) <= 1:
-            results = []
-            for args in calls:
-                results.append(run(args))
-                bar.update(1)
-            return results
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmpipe-task") as pool:
-            futures = [pool.submit(run, args) for args in calls]
-            results = []
-            for future in futures:
-                results.append(future.result())
-                bar.update(1)
-            return results
+    try:
+        with tqdm(total=len(calls), desc=desc, unit="task", disable=None, leave=False) as bar:
+            if workers <= 1 or len(calls) <= 1:
+                results = []
+                for args in calls:
+                    results.append(run(args))
+                    bar.update(1)
+                return results
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lmpipe-task") as pool:
+                futures = [pool.submit(run, args) for args in calls]
+                results = []
+                for future in futures:
+                    results.append(future.result())
+                    bar.update(1)
+                return results
+    finally:
+        # The tasks' threads share this process, each with its own heap arena: what a step freed is given back
+        # once the step ends (per task would re-fault every task's working set: +30% system time measured).
+        release_free_memory()
 
 
 def unwrap_error(exc: BaseException) -> BaseException:

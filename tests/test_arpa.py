@@ -107,6 +107,27 @@ def test_compiled_line_writer_equals_arrow_joins(order, with_backoff):
     got = arpa._format_order(table, order, vocab, with_backoff).tobytes()
     assert got == _arrow_lines(table, order, vocab, with_backoff)
     assert arpa._format_order(table.slice(0, 0), order, vocab, with_backoff).tobytes() == b""
+    # few distinct values, as backoffs are (each is printed once and gathered): -0 and 0 among them
+    few = np.array([-0.0, 0.0, -0.30103, 1e-40, -99.0], np.float32)[rng.integers(0, 5, n)]
+    repeated = pa.table({**columns, "prob": pa.array(few), "backoff": pa.array(few[::-1].copy())})
+    got = arpa._format_order(repeated, order, vocab, with_backoff).tobytes()
+    assert got == _arrow_lines(repeated, order, vocab, with_backoff)
+
+
+def test_distinct_floats_codes_every_bit_pattern_once():
+    """Against numpy's unique of the bit patterns (with -0 as 0), through several table doublings."""
+    from lmpipe.lm.arpa_kernels import distinct_floats
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(0, 2, 20000), 3).astype(np.float32)
+    values[::7] = -0.0
+    codes, distinct, coded = distinct_floats(values, give_up=False)
+    assert coded
+    assert not distinct_floats(rng.normal(0, 1, 5000).astype(np.float32))[2]  # all distinct: not worth it
+    expected = (values + np.float32(0)).view(np.uint32)
+    assert np.array_equal(distinct[codes].view(np.uint32), expected)
+    assert len(distinct) == len(np.unique(expected))
+    assert np.array_equal(distinct.view(np.uint32), expected[np.sort(np.unique(expected, return_index=True)[1])])
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):
@@ -230,3 +251,33 @@ def test_build_binary_scores_like_the_arpa(tmp_path):
     text, binary = kenlm.Model(str(path)), kenlm.Model(str(tmp_path / "m.binary"))
     for sentence in ["the cat sat on the mat", "a zebra ran"]:
         assert binary.score(sentence) == pytest.approx(text.score(sentence), abs=1e-5)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+@pytest.mark.parametrize("name", ["model.arpa", "model.arpa.gz"])
+def test_pieces_assemble_to_the_file_write_arpa_writes(tmp_path, monkeypatch, kernel_copy, name):
+    """Pieces of every order, split at arbitrary rows, concatenate to write_arpa's bytes, whether the kernel
+    copies (os.copy_file_range) or the buffered fallback does."""
+    import gzip
+
+    if not kernel_copy:
+        def refuse(*args):
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(arpa.os, "copy_file_range", refuse, raising=False)
+    model, vocab = model_of(CORPUS, 3)
+    vocab_arr = pa.array(list(vocab), pa.string())
+    pieces: dict[int, list[tuple[Path, int]]] = {}
+    for k, table in model.tables.items():
+        cuts = [0, table.num_rows // 3, table.num_rows // 3, table.num_rows]  # one empty piece too
+        for j, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            piece = tmp_path / f"{k}-{j}.txt"
+            with open(piece, "wb") as out:
+                rows = arpa.write_arpa_lines(table.slice(a, b - a), k, vocab_arr, k < 3, out)
+            pieces.setdefault(k, []).append((piece, rows))
+    counts = {k: t.num_rows for k, t in model.tables.items()}
+    got = arpa.write_arpa_pieces(pieces, counts, tmp_path / name)
+    want = write_arpa(model.tables, vocab, tmp_path / ("ref-" + name))
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(got, "rb") as a, opener(want, "rb") as b:
+        assert a.read() == b.read()

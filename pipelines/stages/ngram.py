@@ -55,6 +55,10 @@ logger = logging.getLogger(__name__)
 #: Bytes one n-gram occupies while a task groups it (ids + count + sort/hash scratch), for memory planning.
 _BYTES_PER_NGRAM_ID = 4
 _GROUP_OVERHEAD = 3.0
+#: Count tasks per worker: enough that every worker gets work and the tail balances, and small enough that
+#: the workers' concurrent count tasks (each holds its slice's sort keys and n-grams of every order) stay
+#: below the estimation steps' peak, which is set by the partitions (so by the ARPA's byte order).
+_SLICES_PER_WORKER = 4
 
 
 # ------------------------------------------------------------------------------------------ contract
@@ -226,9 +230,10 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
 
 def _slices(tokens_per_shard: list[int], workers: int, max_tokens: int) -> list[int]:
     """Row slices per shard for the count tasks: about equal sizes so that every worker gets work even when
-    the tokenizer wrote one large shard and one small one (two slices per worker balance the tail), and no
-    slice over ``max_tokens`` (what one task's memory budget holds)."""
-    target = max(1, math.ceil(sum(tokens_per_shard) / max(1, 2 * workers)))
+    the tokenizer wrote one large shard and one small one (``_SLICES_PER_WORKER`` slices per worker balance
+    the tail and bound the memory of the concurrent tasks), and no slice over ``max_tokens`` (what one task's
+    memory budget holds).  The counts do not depend on the slicing: every order's pieces are summed."""
+    target = max(1, math.ceil(sum(tokens_per_shard) / max(1, _SLICES_PER_WORKER * workers)))
     return [
         max(1, round(tokens / target) if workers > 1 else 1, math.ceil(tokens / max_tokens)) for tokens in tokens_per_shard
     ]
