@@ -83,17 +83,24 @@ def steps(manifests: dict[str, dict]) -> dict[str, dict]:
     return rows
 
 
-def model(t1: float, t2: float) -> tuple[float, float]:
-    """Amdahl's split of a step measured at w=1 and w=2 (on one machine: no network term): (serial, parallel)."""
-    parallel = max(0.0, 2.0 * (t1 - t2))
-    return max(0.0, t1 - parallel), parallel
+def model(t1: float, t2: float) -> tuple[float, float, float]:
+    """A step measured at w=1 and w=2 (one machine: no network term) as (serial, parallel, overhead) of
+    ``T(w) = serial + parallel / w + overhead · (w - 1)``: Amdahl's split when 2 workers were faster; when they
+    were slower, no parallel part and the difference as a per-extra-worker coordination cost (start-up of a
+    worker group, replica merges), which is what makes such a step scale worse the more nodes it gets."""
+    if t2 < t1:
+        parallel = min(t1, 2.0 * (t1 - t2))
+        return t1 - parallel, parallel, 0.0
+    return t1, 0.0, t2 - t1
 
 
-def predict(serial: float, parallel: float, nbytes: int | None, w: int, scale: float, bandwidth: float) -> float:
-    """Seconds at ``w`` nodes for ``scale`` times the tokens: serial work grows with the data too (a driver
-    step that reads every partition's summary), parallel work is split, a share of the bytes crosses nodes."""
+def predict(fit: tuple[float, float, float], nbytes: int | None, w: int, scale: float, bandwidth: float) -> float:
+    """Seconds at ``w`` nodes for ``scale`` times the tokens: serial and parallel work grow with the data
+    (a driver step that reads every partition's summary grows too), parallel work is split over the nodes, the
+    coordination cost grows with them, and a share ``1 - 1/w`` of the bytes a step writes crosses the network."""
+    serial, parallel, overhead = fit
     network = (nbytes or 0) * scale * (1.0 - 1.0 / w) / bandwidth
-    return serial * scale + parallel * scale / w + network
+    return serial * scale + parallel * scale / w + overhead * (w - 1) + network
 
 
 def main() -> None:
@@ -110,28 +117,35 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb", type=float, default=1000.0)
     parser.add_argument("--work", default="/tmp/lmpipe-bench-scale")
     parser.add_argument("--no-append", action="store_true", help="print the table only (a smoke run)")
+    parser.add_argument("--report-only", action="store_true", help="report the last measurement of this size again")
     args = parser.parse_args()
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     text = work / f"generated-{args.tokens:.0e}.txt"
     generated_corpus(Path(args.mirror), int(args.tokens), text, seed=11)
-    load = os.getloadavg()
-    measured = {w: steps(run(spec_for(text, w, args), work / f"run-w{w}")) for w in (1, 2)}
-    loop = None
-    if args.loopback:
-        from lmpipe.cluster.loopback import LoopbackCluster
+    saved = work / f"measured-{args.tokens:.0e}-o{args.order}.json"
+    if args.report_only:  # the figures of the last measurement, reported again (e.g. after a model change)
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        measured, loop, load = {int(w): v for w, v in data["measured"].items()}, data["loop"], tuple(data["load"])
+    else:
+        load = os.getloadavg()
+        measured = {w: steps(run(spec_for(text, w, args), work / f"run-w{w}")) for w in (1, 2)}
+        loop = None
+        if args.loopback:
+            from lmpipe.cluster.loopback import LoopbackCluster
 
-        with LoopbackCluster(Path(tempfile.mkdtemp(prefix="lmp-", dir="/tmp"))) as cluster:
-            env = {**cluster.env(), "RAY_ADDRESS": cluster.gcs_address}
-            loop = steps(run(spec_for(text, 2, args), work / "run-loopback", env))
+            with LoopbackCluster(Path(tempfile.mkdtemp(prefix="lmp-", dir="/tmp"))) as cluster:
+                env = {**cluster.env(), "RAY_ADDRESS": cluster.gcs_address}
+                loop = steps(run(spec_for(text, 2, args), work / "run-loopback", env))
+        saved.write_text(json.dumps({"measured": measured, "loop": loop, "load": load}), encoding="utf-8")
     report(measured, loop, load, args)
 
 
 def report(measured: dict[int, dict], loop: dict | None, load: tuple, args: argparse.Namespace) -> None:
     bandwidth = args.bandwidth_mb * 2**20
     scale = args.nodes_tokens / args.tokens
-    head = ["step", "tasks", "MB written", "1 worker s", "2 workers s", "speed-up", "serial s", "parallel s",
+    head = ["step", "tasks", "MB written", "1 worker s", "2 workers s", "speed-up", "serial / parallel / overhead s",
             f"predicted s, {args.nodes} nodes, {args.nodes_tokens:.0e} tokens"]  # fmt: skip
     if loop is not None:
         head += ["loopback 2 nodes s", "predicted 2 nodes s"]
@@ -140,15 +154,15 @@ def report(measured: dict[int, dict], loop: dict | None, load: tuple, args: argp
         two = measured[2].get(name)
         if two is None:
             continue
-        serial, parallel = model(one["seconds"], two["seconds"])
+        fit = model(one["seconds"], two["seconds"])
         row = [
             name, "" if two["tasks"] is None else str(two["tasks"]),
             "" if two["bytes"] is None else f"{two['bytes'] / 2**20:,.0f}", f"{one['seconds']:.1f}", f"{two['seconds']:.1f}",
-            f"**{one['seconds'] / max(two['seconds'], 1e-9):.2f}×**", f"{serial:.1f}", f"{parallel:.1f}",
-            f"{predict(serial, parallel, two['bytes'], args.nodes, scale, bandwidth):,.0f}",
+            f"**{one['seconds'] / max(two['seconds'], 1e-9):.2f}×**", f"{fit[0]:.1f} / {fit[1]:.1f} / {fit[2]:.1f}",
+            f"{predict(fit, two['bytes'], args.nodes, scale, bandwidth):,.0f}",
         ]  # fmt: skip
         if loop is not None and name in loop:
-            row += [f"{loop[name]['seconds']:.1f}", f"{predict(serial, parallel, two['bytes'], 2, 1.0, bandwidth):.1f}"]
+            row += [f"{loop[name]['seconds']:.1f}", f"{predict(fit, two['bytes'], 2, 1.0, bandwidth):.1f}"]
         lines.append("| " + " | ".join(row) + " |")
     table = "\n".join(lines)
     print(table)
@@ -158,8 +172,8 @@ def report(measured: dict[int, dict], loop: dict | None, load: tuple, args: argp
         f"{' --loopback' if loop is not None else ''} --nodes {args.nodes} --nodes-tokens {args.nodes_tokens:.0e}`  \n"
         f"Machine: {machine()}; {versions('ray', 'numpy', 'pyarrow', 'numba', 'torch')}; load average before: "
         f"{' '.join(f'{x:.2f}' for x in load)}.  Generated text (`corpora.generated_corpus`), {args.tokens:.0e} tokens; "
-        "Model per step: `T(w) = serial + parallel / w + bytes · (1 - 1/w) / bandwidth` with serial and parallel "
-        f"solved from the two runs, bandwidth {args.bandwidth_mb:,.0f} MB/s; predictions scale work and bytes linearly "
+        "Model per step: `T(w) = serial + parallel / w + overhead · (w - 1) + bytes · (1 - 1/w) / bandwidth`, the first "
+        f"three solved from the two runs (overhead only where 2 workers were slower), bandwidth {args.bandwidth_mb:,.0f} MB/s; predictions scale work and bytes linearly "
         "with tokens.\n\n"
         f"{table}\n"
     )
