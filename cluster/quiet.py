@@ -40,7 +40,6 @@ NOISE = re.compile(
             r"Checkpoint successfully created at: ",
             r"Reporting training result \d+: ",
             r"has constructor arguments in the object store and max_restarts > 0",
-            r"Ray deduplicates logs by default",
             r"Registered dataset logger for dataset",
             r"gcs_actor_scheduler\.cc:\d+: Failed to kill actor \S+, return status",  # an actor already gone
         ]

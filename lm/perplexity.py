@@ -19,7 +19,6 @@ neural model compared with them:
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import re
@@ -187,7 +186,9 @@ def _without_kenlm_banner() -> Iterator[None]:
     """Hold back KenLM's loading banner (C++ writes it to file descriptor 2, beyond Python's logging):
     stderr goes to a temporary file while the model loads, and every other line it received is written
     back afterwards.  ``lmpipe -v`` keeps the banner."""
-    if logging.getLogger("lmpipe").getEffectiveLevel() <= logging.DEBUG:
+    from lmpipe.cluster.quiet import verbose
+
+    if verbose():
         yield
         return
     sys.stderr.flush()
