@@ -5,9 +5,15 @@
 # ships the full C++ tree (lm/builder included), so it is the one pinned, reachable source of lmplz
 # without cloning GitHub.  Debian bookworm has no kenlm package.
 #
-# Output: ${LMPIPE_CACHE:-$HOME/.cache/lmpipe}/kenlm-0.3.0/bin/{lmplz,build_binary,query}
-# (outside the checkout, so it survives `git clean` and is shared between worktrees).
-# Idempotent: exits at once when the three binaries already exist.
+# Output, under ${LMPIPE_CACHE:-$HOME/.cache/lmpipe}/kenlm-0.3.0 (outside the checkout, so it survives
+# `git clean` and is shared between worktrees):
+#   bin/{lmplz,build_binary,query}         the tools
+#   lib/libkenlm{,_util}.a, include/        KenLM's static libraries and headers (position-independent)
+#   lib/liblmpipe_kenlm-<hash>.so           lmpipe's batch scorer (lm/native/kenlm_lines.cc) linked against
+#                                           them; <hash> is the source's, so an edited source builds anew and
+#                                           lm/kenlm_native.py never loads a stale library
+# Idempotent: KenLM is built only when a tool, library or header is missing; the scorer only when its
+# hashed library is missing (a few seconds).
 #
 # Needs (installed by the caller, .ci/run, not here):
 #   cmake g++ make libboost-program-options-dev libboost-system-dev libboost-thread-dev
@@ -22,8 +28,30 @@ PREFIX="$CACHE/kenlm-$KENLM_VERSION"
 BIN="$PREFIX/bin"
 JOBS="${JOBS:-2}"
 
-if [[ -x "$BIN/lmplz" && -x "$BIN/build_binary" && -x "$BIN/query" ]]; then
-    echo "kenlm $KENLM_VERSION binaries already present in $BIN"
+LIB="$PREFIX/lib"
+INCLUDE="$PREFIX/include"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SCORER_SRC="$here/lm/native/kenlm_lines.cc"
+
+# lmpipe's scorer: compiled against the installed headers and static libraries (seconds, not minutes).
+build_scorer() {
+    local hash out
+    hash="$(sha256sum "$SCORER_SRC" | cut -c1-16)"
+    out="$LIB/liblmpipe_kenlm-$hash.so"
+    if [[ -f "$out" ]]; then
+        echo "lmpipe KenLM scorer already present: $out"
+        return 0
+    fi
+    echo "=== building lmpipe's KenLM scorer ($out) ==="
+    g++ -O3 -std=c++17 -fPIC -shared -DNDEBUG -DKENLM_MAX_ORDER=6 -I"$INCLUDE" "$SCORER_SRC" \
+        "$LIB/libkenlm.a" "$LIB/libkenlm_util.a" -lz -lbz2 -llzma -lpthread -o "$out.tmp.$$"
+    mv -f "$out.tmp.$$" "$out"
+}
+
+if [[ -x "$BIN/lmplz" && -x "$BIN/build_binary" && -x "$BIN/query" && -f "$LIB/libkenlm.a" \
+      && -f "$LIB/libkenlm_util.a" && -f "$INCLUDE/lm/model.hh" ]]; then
+    echo "kenlm $KENLM_VERSION binaries and libraries already present in $PREFIX"
+    build_scorer
     exit 0
 fi
 
@@ -32,7 +60,6 @@ for tool in cmake make g++; do
 done
 
 # Prefer the project venv's pip so the download uses the same index configuration as the install.
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-}"
 if [[ -z "$PYTHON" ]]; then
     if [[ -x "$here/.venv/bin/python" ]]; then PYTHON="$here/.venv/bin/python"; else PYTHON="$(command -v python3)"; fi
@@ -65,4 +92,14 @@ for b in lmplz build_binary query; do
     install -m 0755 "$work/build/bin/$b" "$BIN/$b.tmp.$$"
     mv -f "$BIN/$b.tmp.$$" "$BIN/$b"   # rename is atomic: a concurrent reader never sees half a binary
 done
-echo "kenlm $KENLM_VERSION built in $(( $(date +%s) - start )) s: $BIN"
+# the headers and static libraries lmpipe's scorer links against (built as the tools' dependencies)
+mkdir -p "$LIB" "$INCLUDE"
+(cd "$src" && find lm util -name '*.hh' -o -name '*.h' | grep -v '/builder/\|/interpolate/\|/filter/' \
+    | while read -r header; do install -D -m 0644 "$header" "$INCLUDE/$header"; done)
+for a in libkenlm.a libkenlm_util.a; do
+    found="$(find "$work/build" -name "$a" | head -n1)"
+    [[ -n "$found" ]] || { echo "build_kenlm: $a was not built" >&2; exit 1; }
+    install -m 0644 "$found" "$LIB/$a.tmp.$$" && mv -f "$LIB/$a.tmp.$$" "$LIB/$a"
+done
+echo "kenlm $KENLM_VERSION built in $(( $(date +%s) - start )) s: $PREFIX"
+build_scorer

@@ -5,11 +5,13 @@ A line is read, normalised and tokenized by the code of the tokenize stage (``in
 gets the ids the tokenize stage gave it, and then scored with KenLM's accounting (``lm.perplexity``): one
 ``</s>`` per sentence predicted, OOV words scored as ``<unk>`` and counted.  Three kinds of model:
 
-    ngram   the ngram stage's model through ``kenlm.Model`` (``model.binary`` mmapped when it exists): each
-            line read by KenLM's own loop (``Model.score``), the float32 sentence totals ``query`` prints, and
-            only each OOV word's probability fetched token-wise, from a window of ``order - 1`` words
-            (:class:`NgramScorer`); ``lmpipe eval`` adds the same float32 terms in float64, so the two agree
-            to float32 rounding (about 1e-7 relative) and ``lmpipe score`` agrees with ``query`` exactly
+    ngram   the ngram stage's model (``model.binary`` mmapped when it exists), read by KenLM's own loop: lmpipe's
+            C++ batch scorer (``lm.kenlm_native``: ``query``'s loop over a batch of tokenized lines, each word
+            hashed once, the float32 sentence totals ``query`` prints and the OOV counts and sums), or, where that
+            library was not built, ``kenlm.Model.score`` per line with each OOV word's probability fetched from a
+            window of ``order - 1`` words -- the same numbers, slower (:class:`NgramScorer`); ``lmpipe eval`` adds
+            the same float32 terms in float64, so the two agree to float32 rounding (about 1e-7 relative) and
+            ``lmpipe score`` agrees with ``query`` exactly
     lm      an lm stage model (RNN/LSTM/GRU/NPLM), the state reset at every line (KenLM's reset at ``<s>``),
             lines batched by length (``lm.neural_eval.reset_scores``): equal to the lm stage's figures when its
             ``eval_state`` is ``reset``
@@ -23,6 +25,7 @@ is the driver.  Rows of rejected lines (blank, too long, empty after tokenizatio
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +44,8 @@ from lmpipe.pipelines.rundir import read_manifest
 from lmpipe.pipelines.spec import STAGE_ORDER, NormalizeSpec, RunSpec, TokenizerSpec, parse_spec
 from lmpipe.pipelines.tokenizers import list_parts, make_tokenizer
 
+logger = logging.getLogger(__name__)
+
 #: Per-chunk result: one row per input line the chunk owns (``line`` local to the chunk).
 CHUNK_SCORES = pa.schema(
     [
@@ -58,19 +63,22 @@ CHUNK_SCORES = pa.schema(
 
 @dataclass(frozen=True, slots=True)
 class Lines:
-    """A batch of tokenized lines, none empty: flat vocabulary ids, their offsets, and (when the scorer reads
-    text, and the tokenizer made words) each line's tokens joined by single spaces, which KenLM reads as it is.
+    """A batch of tokenized lines, none empty, in what the scorer reads: flat vocabulary ids and their offsets
+    (None when the scorer reads words), each line's tokens joined by single spaces (``kenlm.Model.score``), or
+    the tokens themselves (the word tokenizer's ``list<string>``, for the C++ KenLM scorer).
 
     ::
 
-        text     b"the cat"  b"a dog runs"   list[bytes], or None
-        ids      4 9 7 12 30                 uint32, OOV = UNK_ID
-        offsets  0 2 5                       int64, line i is ids[offsets[i]:offsets[i + 1]]
+        words    ["the","cat"] ["a","dog","runs"]   pa.ListArray, or None
+        text     b"the cat"  b"a dog runs"          list[bytes], or None
+        ids      4 9 7 12 30                        uint32, OOV = UNK_ID; or None
+        offsets  0 2 5                              int64, line i is ids[offsets[i]:offsets[i + 1]]
     """
 
-    ids: np.ndarray
+    ids: np.ndarray | None
     offsets: np.ndarray
-    text: list[bytes] | None
+    text: list[bytes] | None = None
+    words: pa.ListArray | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -131,29 +139,44 @@ def _line_bytes(tokens: pa.ListArray) -> list[bytes]:
 
 
 class NgramScorer:
-    """``kenlm.Model`` on the sentence's words, as ``pipelines.evaluate.evaluate_ngram`` scores a split.
+    """The ngram stage's model on the sentences' words, as ``pipelines.evaluate.evaluate_ngram`` scores a split.
 
-    Per line (:meth:`line_sums`, ``lmpipe score``), a line whose every id is a word KenLM knows is read by KenLM's
-    own loop (``lm.perplexity.kenlm_sentence_totals``) from the tokens' own text -- the vocabulary's words, so
-    the same string ``evaluate`` rebuilds from the ids.  A line with an OOV (a vocabulary id whose word the model
-    lacks: ``<unk>`` and tokens outside the vocabulary) is rebuilt from the ids as ``evaluate`` does (``<unk>``
-    for an unknown word) and scored token by token for the OOV accounting.  Totals are float32 sums, as
-    ``query`` prints them (see ``kenlm_sentence_totals``).
+    With lmpipe's C++ scorer (``lm.kenlm_native``, built by ``make kenlm``) a batch of lines is one call: the
+    word tokenizer's tokens as they are (:attr:`reads_words`; a word the model lacks is hashed to KenLM's
+    ``<unk>`` as ``evaluate``'s rebuilt ``<unk>`` would be), or, for sentencepiece, the vocabulary's pieces.
+    Without it, ``kenlm.Model``: a line whose every id is a word KenLM knows is read by KenLM's own loop
+    (``lm.perplexity.kenlm_sentence_totals``) from the tokens' own text; a line with an OOV (``<unk>`` and
+    tokens outside the vocabulary) is rebuilt from the ids with ``<unk>`` for an unknown word, and each OOV
+    word is scored from a window for the OOV accounting.  Both give float32 totals, as ``query`` prints them,
+    and equal numbers (tests/test_kenlm_native.py).
     """
 
     def __init__(self, path: Path, words: list[str]) -> None:
-        from lmpipe.lm.perplexity import load_kenlm
+        from lmpipe.lm.kenlm_native import open_native
 
         self.path = Path(path)
-        self.model = load_kenlm(self.path)
+        self.native = open_native(self.path)
+        if self.native is None:
+            logger.info("lmpipe's C++ KenLM scorer is not built here (make kenlm): scoring with the kenlm module")
+        self.model = self.native if self.native is not None else _load_kenlm_module(self.path)
         self.words = np.asarray(words, dtype=object)
         self.vocab = pa.array(words, pa.string())
         # ids KenLM maps to its <unk> (index 0): <unk> itself, and any vocabulary word the model lacks
         self.unknown = np.fromiter((w not in self.model for w in words), dtype=bool, count=len(words))
 
+    @property
+    def reads_words(self) -> bool:
+        """True when :meth:`line_sums` takes the tokens' own words (``Lines.words``) and no vocabulary ids."""
+        return self.native is not None
+
     def score(self, sentences: list[np.ndarray]) -> TokenScores:
-        """Every token's float32 log10 p (``full_scores``, Python per token): what a mixture combines."""
+        """Every token's float32 log10 p (``full_scores``): what a mixture combines."""
         token, sentence = _targets(sentences)
+        if self.native is not None:
+            ids = np.concatenate(sentences) if sentences else np.zeros(0, np.int64)
+            offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])]).astype(np.int64)
+            log10, oov = self.native.token_scores(self._words(ids, offsets))
+            return TokenScores(sentence, token, log10, oov)
         log10 = np.empty(len(token))
         oov = np.empty(len(token), dtype=bool)
         k = 0
@@ -169,6 +192,13 @@ class NgramScorer:
         return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), self.vocab.take(pa.array(ids)))
 
     def line_sums(self, lines: Lines) -> LineSums:
+        if self.native is not None:
+            words = lines.words if lines.words is not None else self._words(lines.ids, lines.offsets)
+            return LineSums(*self.native.line_sums(words))
+        return self._module_line_sums(lines)
+
+    def _module_line_sums(self, lines: Lines) -> LineSums:
+        """:meth:`line_sums` through the ``kenlm`` module (no C++ scorer built)."""
         from lmpipe.lm.perplexity import kenlm_last_word_scores, kenlm_sentence_details, kenlm_sentence_totals
 
         n, ids, offsets = len(lines), lines.ids, lines.offsets
@@ -192,6 +222,12 @@ class NgramScorer:
             for i in (i for i, line in enumerate(text) if b"\0" in line):
                 log10[i], oov[i], oov_log10[i] = kenlm_sentence_details(self.model, text[i])
         return LineSums(log10, oov.astype(np.int64), oov_log10)
+
+
+def _load_kenlm_module(path: Path):
+    from lmpipe.lm.perplexity import load_kenlm
+
+    return load_kenlm(path)
 
 
 def _ragged_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -323,7 +359,9 @@ class ChunkScorer:
             proto = (run_dir / "tokenize" / "tokenizer.model").read_bytes()
         self.tokenizer = make_tokenizer(job.tokenizer, proto)
         self.vocab_tokens = vocab.tokens
-        self.wants_text = isinstance(self.scorer, NgramScorer)  # KenLM reads the tokens' own text
+        # what the scorer reads: KenLM's C++ scorer the tokens themselves, kenlm.Model their joined text
+        self.wants_words = getattr(self.scorer, "reads_words", False)
+        self.wants_text = isinstance(self.scorer, NgramScorer) and not self.wants_words
 
     def lines(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[Lines, np.ndarray]:
         """Normalised lines -> the non-empty ones tokenized by the tokenize stage's code (:class:`Lines`,
@@ -337,7 +375,9 @@ class ChunkScorer:
             tokens, positions = tokens.filter(pa.array(keep)), positions[keep]
         flat, offsets = list_parts(tokens)
         if self.job.tokenizer.kind == "sentencepiece":
-            return Lines(np.asarray(flat, dtype=np.uint32), offsets, None), positions
+            return Lines(np.asarray(flat, dtype=np.uint32), offsets), positions
+        if self.wants_words:  # no vocabulary lookup: KenLM hashes each word once, in C++
+            return Lines(None, offsets, words=tokens), positions
         ids = np.asarray(pc.index_in(flat, value_set=self.vocab_tokens).fill_null(UNK_ID), dtype=np.uint32)
         return Lines(ids, offsets, _line_bytes(tokens) if self.wants_text else None), positions
 

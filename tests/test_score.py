@@ -59,6 +59,22 @@ def test_score_equals_eval_for_kn_lstm_and_mixture(tiny_run, tmp_path):
     assert pq.read_table(tmp_path / "lstm.parquet").num_rows == lstm["lines"] == 80
 
 
+def test_the_cpp_scorer_and_the_kenlm_module_write_the_same_bytes(tiny_run, tmp_path, monkeypatch):
+    """lmpipe's C++ KenLM scorer (make kenlm) and the kenlm-module fallback: the same records and summaries,
+    for the n-gram model and for a mixture (per-token scores)."""
+    from lmpipe.lm.kenlm_native import library_path
+
+    if library_path() is None:
+        pytest.skip("lmpipe's KenLM scorer is not built (make kenlm)")
+    out = {}
+    for path in ("native", "module"):
+        if path == "module":
+            monkeypatch.setenv("LMPIPE_KENLM_NATIVE", "0")
+        summaries = [score_files(tiny_run, m, [TEST_FILE], out=tmp_path / f"{path}.{m}.parquet") for m in ("kn3", MIX)]
+        out[path] = summaries, [(tmp_path / f"{path}.{m}.parquet").read_bytes() for m in ("kn3", MIX)]
+    assert out["native"] == out["module"]
+
+
 def test_each_line_is_kenlm_on_the_raw_lowercased_line(tiny_run, tmp_path):
     """An independent path: kenlm on the raw text (the tiny spec lowercases; its vocabulary is the ARPA's)."""
     import kenlm
