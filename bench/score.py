@@ -9,11 +9,12 @@ literal ``<unk>`` in the generated text is written ``[unk]`` in the scored copy,
 the same words, and blank lines are dropped (``query`` scores one as a lone ``</s>``; lmpipe, like the
 tokenize stage, rejects it and gives it ``tokens`` 0), so both score the same tokens.
 
-* KN5: ``query -v summary model.binary < text`` vs ``lmpipe score --workers 1`` (in-process) and ``--workers 2``
-  (a Ray actor pool), on the same binary, alternating, ``--rounds`` times.  Whole wall time (lmpipe: model
-  load, Ray start for 2 workers, Parquet records written; query: its summary only) and CPU seconds (query and
-  the 1-worker process: user + sys), so a loaded shared machine still gives per-core figures; the steady
-  state is ``ChunkScorer`` over the chunks in this process, CPU seconds, the model already loaded.  Tokens are
+* KN5: ``query -v summary model.binary < text`` vs the command ``lmpipe score --workers 1`` (in-process) and
+  ``--workers 2`` (a Ray actor pool), on the same binary, alternating, ``--rounds`` times.  Whole wall time
+  (lmpipe: start-up, model load, Ray start for 2 workers, Parquet records written; query: its summary only)
+  and CPU seconds of every process (user + sys; lmpipe's raylet and actors sampled), so a loaded machine still
+  gives per-core figures; the steady state is ``ChunkScorer`` over the chunks in this process, CPU seconds,
+  the model already loaded.  Tokens are
   scored tokens, ``</s>`` included; the perplexities must agree; peak RSS per process (query, the driver for
   one worker, each Ray actor for two).
 * LSTM (2x200, full softmax, untrained: speed does not depend on the weights): ``pipelines.scoring.NeuralScorer``
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -46,10 +48,13 @@ from corpora import generated_corpus  # noqa: E402
 
 
 class PeakPerProcess:
-    """Peak RSS of this process and of each descendant (Ray's actors), sampled every 0.2 s."""
+    """Peak RSS and last-seen CPU seconds of this process and of each descendant (the ``lmpipe score`` process,
+    Ray's raylet and actors), sampled every 0.2 s."""
 
     def __init__(self) -> None:
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.cpu: dict[int, float] = {}
+        self._me = os.getpid()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -61,10 +66,13 @@ class PeakPerProcess:
             for proc in [me, *me.children(recursive=True)]:
                 try:
                     name, rss = " ".join(proc.cmdline())[:80], proc.memory_info().rss
+                    times = proc.cpu_times()
                 except psutil.Error:
                     continue
                 old = self.peaks.get(proc.pid, (name, 0))
                 self.peaks[proc.pid] = (name, max(old[1], rss))
+                if proc.pid != self._me:
+                    self.cpu[proc.pid] = times.user + times.system
             time.sleep(0.2)
 
     def __enter__(self) -> PeakPerProcess:
@@ -74,6 +82,10 @@ class PeakPerProcess:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the descendants as last sampled (a process's final 0.2 s may be missed)."""
+        return sum(self.cpu.values())
 
     def mb(self, pattern: str) -> float:
         found = [rss for name, rss in self.peaks.values() if re.search(pattern, name)]
@@ -132,14 +144,19 @@ def time_query(binary: Path, text: Path) -> tuple[float, float, float, int, Peak
 
 
 def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) -> tuple[float, float, dict, PeakPerProcess]:
-    """Wall s, CPU s of this process (all the work for one worker; the driver's share for two), summary."""
-    from lmpipe.pipelines.score import score_files
-
+    """Wall s and CPU s (the ``lmpipe score`` process and every process it started: raylet, actors) of the
+    command a user runs, and its summary."""
+    lmpipe = Path(sys.executable).with_name("lmpipe")
+    cmd = [str(lmpipe), "score", str(run), "--model", "kn5", "--input", str(text), "--out", str(out),
+           "--workers", str(workers), "--chunk-mb", f"{chunk_mb:g}", "-q"]  # fmt: skip
+    cpu = _children_cpu()
     with PeakPerProcess() as peaks:
-        started, cpu = time.perf_counter(), time.process_time()
-        summary = score_files(run, "kn5", [text], out=out, workers=workers, chunk_mb=chunk_mb)
-        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return seconds, cpu, summary, peaks
+        started = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - started
+    cpu_s = max(_children_cpu() - cpu, peaks.cpu_seconds())  # reaped children, or the sampled tree (Ray's actors)
+    summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+    return seconds, cpu_s, summary, peaks
 
 
 def steady_state(run: Path, text: Path, chunk_mb: float) -> tuple[float, int]:
@@ -155,6 +172,12 @@ def steady_state(run: Path, text: Path, chunk_mb: float) -> tuple[float, int]:
     for chunk in chunks:
         tokens += int(np.sum(scorer(chunk).column("tokens")))
     return time.process_time() - cpu, tokens
+
+
+def scorer_kind() -> str:
+    from lmpipe.lm.kenlm_native import library_path
+
+    return "the C++ batch scorer (lm/native/kenlm_lines.cc)" if library_path() else "the kenlm module (C++ scorer not built)"
 
 
 def lstm_figures(run: Path, text: Path, lines: int, rounds: int) -> dict[str, float]:
@@ -257,7 +280,9 @@ def main() -> None:
             wall[name].append(seconds)
             cpu[name].append(cpu_s)
             ppl[name] = summary["perplexity"]
-            memory[name] = peaks.mb("score.py") if workers == 1 else peaks.mb("ScoreActor|MapWorker")
+            memory[name] = peaks.mb(r"lmpipe score") if workers == 1 else peaks.mb("ScoreActor|MapWorker")
+            if workers > 1:
+                memory["lmpipe 2 workers driver"] = peaks.mb(r"lmpipe score")
         loads.append(os.getloadavg()[0])
     same = (args.work / "scores-1.parquet").read_bytes() == (args.work / "scores-2.parquet").read_bytes()
     steady_cpu, steady_tokens = steady_state(run, text, args.chunk_mb)
@@ -267,26 +292,30 @@ def main() -> None:
     q_cpu = min(cpu["query"])
     print(f"\n### `lmpipe score` vs KenLM `query` ({time.strftime('%Y-%m-%d %H:%M')})\n")
     print(f"{machine()}; {versions()}; load average (1 min) after each round "
-          f"{' / '.join(f'{x:.1f}' for x in loads)}, {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at the "
-          "end -- a shared machine loaded far past its 2 cores by other work: wall times are mostly waiting for a "
-          "core, so the per-core comparison is made on CPU seconds.\n")  # fmt: skip
+          f"{' / '.join(f'{x:.1f}' for x in loads)}, {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min) at "
+          "the end.\n")  # fmt: skip
     print(f"KN5 (probing binary) on {lines:,} generated lines the model was not trained on ({tokens:,} tokens, "
           f"`</s>` included), {args.chunk_mb:g} MB chunks; {args.rounds} alternating rounds, best of each; "
-          f"lmpipe writes Parquet records, query only its summary. Records of 1 and 2 workers byte-identical: {same}.\n")  # fmt: skip
-    print("| scorer | whole wall s | tokens/s (wall) | vs query (wall) | CPU s | tokens per CPU s | vs query per core | "
-          "perplexity | peak RSS per process |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+          "lmpipe is the `lmpipe score` command (Parquet records and its summary written, Ray started for 2 "
+          "workers), query prints its summary only; CPU s are every process's (lmpipe: the command, raylet, "
+          f"actors). Records of 1 and 2 workers byte-identical: {same}. lmpipe's KenLM scorer: {scorer_kind()}.\n")  # fmt: skip
+    print("| scorer | whole wall s | tokens/s (wall) | vs query (wall) | vs 1 worker (wall) | CPU s, all processes "
+          "| tokens per CPU s | vs query per core | perplexity | peak RSS per process |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     best_q = min(wall["query"])
+    best_1 = min(wall["lmpipe 1 worker"], default=math.nan)
     for name in names:
         if not wall[name]:
-            print(f"| {name} | - | - | - | - | - | - | - | - (did not run: Ray did not start on the loaded machine) |")
+            print(f"| {name} | - | - | - | - | - | - | - | - | - (did not run: Ray did not start) |")
             continue
         best, best_cpu = min(wall[name]), min(cpu[name])
-        per_core = f"{tokens / best_cpu:,.0f} | {q_cpu / best_cpu:.2f}x" if name != "lmpipe 2 workers" else "- (in the actors) | -"
-        cpu_cell = f"{best_cpu:.2f}" if name != "lmpipe 2 workers" else f"{best_cpu:.2f} (driver)"
-        print(f"| {name} | {best:.2f} | {tokens / best:,.0f} | {best_q / best:.2f}x | {cpu_cell} | {per_core} | "
-              f"{ppl[name]:.10f} | {memory.get(name, 0):.0f} MB |")  # fmt: skip
-    print(f"| lmpipe steady state (ChunkScorer, model loaded, no output) | - | - | - | {steady_cpu:.2f} | "
-          f"{steady_tokens / steady_cpu:,.0f} | {q_cpu / steady_cpu:.2f}x | - | - |")  # fmt: skip
+        rss = f"{memory.get(name, 0):.0f} MB" + (
+            f" per actor, {memory['lmpipe 2 workers driver']:.0f} MB driver" if name == "lmpipe 2 workers" else "")
+        print(f"| {name} | {best:.2f} | {tokens / best:,.0f} | {best_q / best:.2f}x | "
+              f"{'-' if name == 'query' else f'{best_1 / best:.2f}x'} | {best_cpu:.2f} | {tokens / best_cpu:,.0f} | "
+              f"{q_cpu / best_cpu:.2f}x | {ppl[name]:.10f} | {rss} |")  # fmt: skip
+    print(f"| lmpipe steady state (ChunkScorer in one process, model loaded, no output) | - | - | - | - | "
+          f"{steady_cpu:.2f} | {steady_tokens / steady_cpu:,.0f} | {q_cpu / steady_cpu:.2f}x | - | - |")  # fmt: skip
     print("\nPer-round seconds: " + "; ".join(f"{n} wall {[round(x, 2) for x in wall[n]]} CPU {[round(x, 2) for x in cpu[n]]}" for n in names))
     print(f"\nLSTM 2x200, full softmax over {len(run.joinpath('tokenize', 'vocab.tsv').read_text().splitlines()) - 1:,} "
           f"words, CPU, {lstm['tokens']:,} tokens of {lstm['lines']:,} lines, best of {args.rounds} alternating: "
