@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native") / "kenlm_lines.cc"
 #: Must equal ``lmpipe_kenlm_abi()`` in the source: the signatures declared in :func:`_bind`.
-ABI = 1
+ABI = 2
 _ERROR_BYTES = 4096
 
 _i64p = ctypes.POINTER(ctypes.c_int64)
@@ -84,6 +84,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     batch = [ctypes.c_void_p, ctypes.c_void_p, _i64p, _i64p, ctypes.c_int64]
     lib.lmpipe_kenlm_line_sums.restype = None
     lib.lmpipe_kenlm_line_sums.argtypes = [*batch, _f64p, _i64p, _f64p]
+    lib.lmpipe_kenlm_text_sums.restype = None
+    lib.lmpipe_kenlm_text_sums.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _i64p, ctypes.c_int64, _f64p, _i64p, _f64p, _i64p, ctypes.c_void_p]
     lib.lmpipe_kenlm_token_scores.restype = ctypes.c_int64
     lib.lmpipe_kenlm_token_scores.argtypes = [*batch, ctypes.POINTER(ctypes.c_float), ctypes.c_void_p, ctypes.c_int64]
 
@@ -151,6 +153,31 @@ class NativeKenLM:
         if batch.lines:
             self._lib.lmpipe_kenlm_line_sums(self._handle, *batch.args(), _ptr(total, _f64p), _ptr(oov), _ptr(oov_log10, _f64p))
         return total, oov, oov_log10
+
+    def text_sums(self, text: pa.StringArray) -> tuple[np.ndarray, ...]:
+        """Whole lines split on Unicode whitespace in C++, as ``pipelines.tokenizers.WhitespaceTokenizer``
+        splits them (no token arrays built): :meth:`line_sums`'s three columns, each line's word count (int64)
+        and whether it holds a literal ``<s>``, ``</s>`` or ``<unk>`` (bool; the caller applies its policy)."""
+        if isinstance(text, pa.ChunkedArray):
+            text = text.combine_chunks()
+        if not pa.types.is_large_string(text.type):
+            text = text.cast(pa.string())
+        n = len(text)
+        width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+        line_offsets = np.ascontiguousarray(
+            np.frombuffer(text.buffers()[1], dtype=width)[text.offset : text.offset + n + 1], dtype=np.int64
+        )
+        data = text.buffers()[2]
+        total, oov_log10 = np.empty(n), np.empty(n)
+        oov, words = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        special = np.empty(n, dtype=np.uint8)
+        if n:
+            address = data.address if data is not None and data.size else None
+            self._lib.lmpipe_kenlm_text_sums(
+                self._handle, ctypes.c_void_p(address), _ptr(line_offsets), n, _ptr(total, _f64p), _ptr(oov),
+                _ptr(oov_log10, _f64p), _ptr(words), special.ctypes.data,
+            )  # fmt: skip
+        return total, oov, oov_log10, words, special.astype(bool)
 
     def token_scores(self, lines: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
         """Every predicted word's float32 log10 p (``</s>`` closing each line) and its OOV flag, in order:

@@ -42,7 +42,7 @@ from lmpipe.pipelines.encode import _special_error, tokenize_text
 from lmpipe.pipelines.ingest import Chunk, line_starts, read_chunk
 from lmpipe.pipelines.rundir import read_manifest
 from lmpipe.pipelines.spec import STAGE_ORDER, NormalizeSpec, RunSpec, TokenizerSpec, parse_spec
-from lmpipe.pipelines.tokenizers import list_parts, make_tokenizer
+from lmpipe.pipelines.tokenizers import WhitespaceTokenizer, list_parts, make_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -362,17 +362,25 @@ class ChunkScorer:
         # what the scorer reads: KenLM's C++ scorer the tokens themselves, kenlm.Model their joined text
         self.wants_words = getattr(self.scorer, "reads_words", False)
         self.wants_text = isinstance(self.scorer, NgramScorer) and not self.wants_words
+        # whitespace tokens and KenLM's C++ scorer: the lines are split and scored in one C++ pass
+        self.splits_in_kenlm = self.wants_words and isinstance(self.tokenizer, WhitespaceTokenizer)
 
-    def lines(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[Lines, np.ndarray]:
-        """Normalised lines -> the non-empty ones tokenized by the tokenize stage's code (:class:`Lines`,
-        ``<unk>`` = 0 for unknown words) and the positions of those lines."""
+    def _tokens(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[pa.ListArray, np.ndarray]:
+        """Normalised lines -> the tokens of the lines not empty after tokenization (the tokenize stage's code
+        and ``literal_specials`` policy), and the mask of those lines."""
         tokens, _, bad = tokenize_text(text, self.tokenizer, self.job.normalize.literal_specials)
         if bad is not None:
             raise _special_error(chunk, int(positions[bad]))
-        lengths = np.asarray(pc.list_value_length(tokens), dtype=np.int64)
-        if not lengths.all():  # lines empty after tokenization stay unscored
-            keep = lengths > 0
-            tokens, positions = tokens.filter(pa.array(keep)), positions[keep]
+        keep = np.asarray(pc.list_value_length(tokens), dtype=np.int64) > 0
+        if not keep.all():  # lines empty after tokenization stay unscored
+            tokens = tokens.filter(pa.array(keep))
+        return tokens, keep
+
+    def lines(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[Lines, np.ndarray]:
+        """Normalised lines -> the non-empty ones tokenized (:class:`Lines`, ``<unk>`` = 0 for unknown words)
+        and the positions of those lines."""
+        tokens, keep = self._tokens(text, chunk, positions)
+        positions = positions[keep]
         flat, offsets = list_parts(tokens)
         if self.job.tokenizer.kind == "sentencepiece":
             return Lines(np.asarray(flat, dtype=np.uint32), offsets), positions
@@ -381,21 +389,50 @@ class ChunkScorer:
         ids = np.asarray(pc.index_in(flat, value_set=self.vocab_tokens).fill_null(UNK_ID), dtype=np.uint32)
         return Lines(ids, offsets, _line_bytes(tokens) if self.wants_text else None), positions
 
+    def scored_lines(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[LineSums, np.ndarray, np.ndarray]:
+        """Normalised lines -> the sums of the non-empty ones, their scored tokens (``</s>`` included) and
+        their positions."""
+        if self.splits_in_kenlm:
+            return self._split_in_kenlm(text, chunk, positions)
+        lines, positions = self.lines(text, chunk, positions)
+        if not len(lines):
+            return LineSums(np.zeros(0), np.zeros(0, np.int64), np.zeros(0)), np.zeros(0, np.int64), positions
+        return self.scorer.line_sums(lines), np.diff(lines.offsets) + 1, positions
+
+    def _split_in_kenlm(self, text: pa.StringArray, chunk: Chunk, positions: np.ndarray) -> tuple[LineSums, np.ndarray, np.ndarray]:
+        """:meth:`scored_lines` in one C++ pass (``NativeKenLM.text_sums``): the whitespace tokenizer's split and
+        KenLM's loop, no token arrays.  The rare line holding a literal ``<s>``, ``</s>`` or ``<unk>`` goes again
+        through :meth:`lines`, where the tokenize stage's ``literal_specials`` policy renames, maps, drops or
+        rejects it, so every line gets what the token path gives it (tests/test_kenlm_native.py)."""
+        native = self.scorer.native
+        total, oov, oov_log10, words, special = native.text_sums(text)
+        if special.any():
+            rows = np.flatnonzero(special)
+            tokens, keep = self._tokens(text.take(pa.array(rows)), chunk, positions[rows])
+            words[rows] = 0  # a line the policy empties stays unscored
+            at = rows[keep]
+            if len(at):
+                total[at], oov[at], oov_log10[at] = native.line_sums(tokens)
+                words[at] = np.asarray(pc.list_value_length(tokens), dtype=np.int64)
+        keep = words > 0
+        if keep.all():
+            return LineSums(total, oov, oov_log10), words + 1, positions
+        return LineSums(total[keep], oov[keep], oov_log10[keep]), words[keep] + 1, positions[keep]
+
     def __call__(self, chunk: Chunk) -> pa.Table:
         starts = line_starts(chunk, self.job.normalize)
         n = len(starts)
         sums = {k: np.zeros(n, np.float64) for k in ("log10_prob", "oov_log10_prob")}
         counts = {k: np.zeros(n, np.int64) for k in ("tokens", "oov", "sentences")}
         for batch in read_chunk(chunk, self.job.normalize, self.job.text_field):
-            lines, positions = self.lines(batch.text, chunk, batch.positions)
-            if not len(lines):
+            scored, tokens, positions = self.scored_lines(batch.text, chunk, batch.positions)
+            if not len(tokens):
                 continue
-            scored = self.scorer.line_sums(lines)
             # a record (JSONL/Parquet) may hold several lines: its sums add theirs, in line order
             record = np.searchsorted(starts, positions)
             for name, values in (("log10_prob", scored.log10_prob), ("oov_log10_prob", scored.oov_log10_prob)):
                 sums[name] += np.bincount(record, weights=values, minlength=n)
-            per_line = {"tokens": np.diff(lines.offsets) + 1, "oov": scored.oov, "sentences": np.ones(len(lines), np.int64)}
+            per_line = {"tokens": tokens, "oov": scored.oov, "sentences": np.ones(len(tokens), np.int64)}
             for name, values in per_line.items():
                 counts[name] += np.bincount(record, weights=values, minlength=n).astype(np.int64)
         return pa.table(

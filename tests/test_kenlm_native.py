@@ -109,3 +109,27 @@ def test_make_kenlm_builds_the_scorer_beside_the_tools(kenlm_bin):
 def test_the_library_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("LMPIPE_KENLM_NATIVE", "0")
     assert library_path() is None and open_native("any.arpa") is None
+
+
+@pytest.mark.kenlm
+def test_text_sums_split_every_code_point_as_the_whitespace_tokenizer(models):
+    """The C++ split of whole lines against Arrow's (``WhitespaceTokenizer``), for every Unicode code point as a
+    separator and at both ends, then the sums against the token path's, bit for bit."""
+    import pyarrow.compute as pc
+
+    from lmpipe.pipelines.tokenizers import WhitespaceTokenizer
+
+    native = open_native(models["probing"])
+    points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    lines = [f"the{chr(c)}cat" for c in points] + [f"{chr(c)}a dog{chr(c)}" for c in points]
+    lines += ["the <unk> cat", "</s> a", "<s>", "NUL\x00word is", "tab\tsep\x0bvt"]
+    text = pa.array(lines, pa.string())  # no blank line: ingest.read_chunk removes those before tokenizing
+    tokens = WhitespaceTokenizer().tokens(text)
+    total, oov, oov_log10, words, special = native.text_sums(text)
+    assert np.array_equal(words, np.asarray(pc.list_value_length(tokens)))
+    for got, expected in zip((total, oov, oov_log10), native.line_sums(tokens), strict=True):
+        assert np.array_equal(got, expected)
+    assert np.flatnonzero(special).tolist() == [len(lines) - 5, len(lines) - 4, len(lines) - 3]
+    assert native.text_sums(pa.array(["  \u3000", "\u00a0"]))[3].tolist() == [0, 0]
+    sliced = native.text_sums(text.slice(5, 100))
+    assert all(np.array_equal(a, b[5:105]) for a, b in zip(sliced, (total, oov, oov_log10, words, special), strict=True))

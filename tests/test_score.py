@@ -252,3 +252,39 @@ def test_default_binary_setting_keeps_the_ngram_fingerprint(tiny_run):
     """The ngram.binary settings at their defaults are left out of the fingerprint (the pins stay valid)."""
     settings = read_manifest(tiny_run, "ngram")["settings"]
     assert not {"binary", "binary_quantize", "binary_pointer_bits"} & set(settings)
+
+
+@pytest.mark.parametrize("policy", ["map", "rename", "error"])
+def test_the_one_pass_split_gives_the_token_paths_records(tiny_run, tmp_path, policy):
+    """Whitespace lines split and scored in one C++ pass vs the tokenize stage's token path, on lines with
+    literal specials (each policy), Unicode spaces, a NUL, and lines a policy empties."""
+    import dataclasses
+
+    from lmpipe.pipelines.ingest import InputError, find_sources, plan_chunks
+    from lmpipe.pipelines.scoring import ChunkScorer, ScoreJob
+    from lmpipe.pipelines.spec import CorpusSpec
+
+    base = ScoreJob.for_run(tiny_run, "kn3")
+    job = dataclasses.replace(base, normalize=dataclasses.replace(base.normalize, literal_specials=policy))
+    fast = ChunkScorer(job)
+    if not fast.splits_in_kenlm:
+        pytest.skip("lmpipe's KenLM scorer is not built (make kenlm)")
+    slow = ChunkScorer(job)
+    slow.splits_in_kenlm = False
+    lines = TEST_FILE.read_text(encoding="utf-8").splitlines()[:30]
+    lines += ["the <unk> cat\u00a0sat", "<s> </s>", "a\u3000b\tc", "NUL\x00word the", "</s>", "tail <s> x"]
+    path = tmp_path / "mixed.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    chunks = plan_chunks(find_sources(CorpusSpec(train=(str(path),)))["train"], 300)
+    assert len(chunks) > 2
+    errors = 0
+    for chunk in chunks:
+        try:
+            want = slow(chunk)
+        except InputError as exc:  # policy error: the same one-line message, naming the same byte offset
+            errors += 1
+            with pytest.raises(InputError, match=re.escape(str(exc))):
+                fast(chunk)
+            continue
+        assert fast(chunk).equals(want)
+    assert (errors > 0) == (policy == "error")

@@ -30,6 +30,29 @@ namespace {
 
 inline bool IsSpace(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
+// Byte length of the Unicode whitespace character at [p, end), or 0: the 29 code points Arrow's
+// utf8_split_whitespace (and Python's str.isspace) split on -- tests/test_kenlm_native.py checks every code point.
+inline std::size_t UnicodeSpace(const unsigned char *p, const unsigned char *end) {
+  const unsigned char c = *p;
+  if (c < 0x80) return (c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f)) ? 1 : 0;
+  if (c == 0xc2) return (p + 1 < end && (p[1] == 0x85 || p[1] == 0xa0)) ? 2 : 0;  // U+0085, U+00A0
+  if (p + 2 >= end) return 0;
+  if (c == 0xe1) return (p[1] == 0x9a && p[2] == 0x80) ? 3 : 0;  // U+1680
+  if (c == 0xe3) return (p[1] == 0x80 && p[2] == 0x80) ? 3 : 0;  // U+3000
+  if (c != 0xe2) return 0;
+  if (p[1] == 0x80) {  // U+2000..U+200A, U+2028, U+2029, U+202F
+    const unsigned char d = p[2];
+    return (d <= 0x8a || d == 0xa8 || d == 0xa9 || d == 0xaf) && d >= 0x80 ? 3 : 0;
+  }
+  return (p[1] == 0x81 && p[2] == 0x9f) ? 3 : 0;  // U+205F
+}
+
+// A literal special the tokenize stage's `normalize.literal_specials` policy must decide about.
+inline bool IsSpecial(const char *w, std::size_t n) {
+  return (n == 3 && !std::memcmp(w, "<s>", 3)) || (n == 4 && !std::memcmp(w, "</s>", 4)) ||
+         (n == 5 && !std::memcmp(w, "<unk>", 5));
+}
+
 // Calls `word(start, length)` for every whitespace-separated word of bytes [begin, end).
 template <class Word> inline void ForEachWord(const char *begin, const char *end, Word &&word) {
   const char *p = begin;
@@ -50,6 +73,8 @@ class Scorer {
   virtual int64_t TokenScores(const char *data, const int64_t *token_offsets, const int64_t *line_offsets,
                               int64_t lines, float *log10, uint8_t *oov, int64_t capacity) const = 0;
   virtual bool Knows(const char *word, std::size_t length) const = 0;
+  virtual void TextSums(const char *data, const int64_t *line_offsets, int64_t lines, double *total, int64_t *oov,
+                        double *oov_log10, int64_t *words, uint8_t *special) const = 0;
 };
 
 template <class Model> class ModelScorer : public Scorer {
@@ -87,6 +112,48 @@ template <class Model> class ModelScorer : public Scorer {
       total[line] = sum;
       oov[line] = unknown;
       oov_log10[line] = unknown_sum;
+    }
+  }
+
+  // Whole lines of text split on Unicode whitespace, as the whitespace tokenizer splits them (no token arrays
+  // built): per line the sums of LineSums, its word count and whether a word is a literal special.
+  void TextSums(const char *data, const int64_t *line_offsets, int64_t lines, double *total, int64_t *oov,
+                double *oov_log10, int64_t *words, uint8_t *special) const override {
+    const typename Model::Vocabulary &vocab = model_.GetVocabulary();
+    const lm::WordIndex end_sentence = vocab.EndSentence();
+    for (int64_t line = 0; line < lines; ++line) {
+      lm::ngram::State state = model_.BeginSentenceState(), next;
+      float sum = 0.0f;
+      int64_t unknown = 0, count = 0;
+      double unknown_sum = 0.0;
+      bool has_special = false;
+      const unsigned char *p = reinterpret_cast<const unsigned char *>(data + line_offsets[line]);
+      const unsigned char *end = reinterpret_cast<const unsigned char *>(data + line_offsets[line + 1]);
+      while (p < end) {
+        std::size_t space;
+        while (p < end && (space = UnicodeSpace(p, end))) p += space;
+        const unsigned char *start = p;
+        while (p < end && !UnicodeSpace(p, end)) ++p;
+        if (p == start) continue;
+        const char *w = reinterpret_cast<const char *>(start);
+        const std::size_t n = static_cast<std::size_t>(p - start);
+        has_special = has_special || IsSpecial(w, n);
+        const lm::WordIndex index = vocab.Index(StringPiece(w, n));
+        const float log10_p = model_.FullScore(state, index, next).prob;
+        state = next;
+        sum += log10_p;
+        ++count;
+        if (index == 0) {
+          ++unknown;
+          unknown_sum += log10_p;
+        }
+      }
+      sum += model_.FullScore(state, end_sentence, next).prob;
+      total[line] = sum;
+      oov[line] = unknown;
+      oov_log10[line] = unknown_sum;
+      words[line] = count;
+      special[line] = has_special;
     }
   }
 
@@ -145,7 +212,7 @@ void CopyError(const char *message, char *error, std::size_t size) {
 extern "C" {
 
 // Bumped whenever a signature below changes; lm/kenlm_native.py refuses a library of another version.
-int lmpipe_kenlm_abi(void) { return 1; }
+int lmpipe_kenlm_abi(void) { return 2; }
 
 void *lmpipe_kenlm_open(const char *path, char *error, std::size_t error_size) {
   try {
@@ -172,6 +239,11 @@ void lmpipe_kenlm_line_sums(const void *scorer, const char *data, const int64_t 
                             const int64_t *line_offsets, int64_t lines, double *total, int64_t *oov,
                             double *oov_log10) {
   static_cast<const Scorer *>(scorer)->LineSums(data, token_offsets, line_offsets, lines, total, oov, oov_log10);
+}
+
+void lmpipe_kenlm_text_sums(const void *scorer, const char *data, const int64_t *line_offsets, int64_t lines,
+                            double *total, int64_t *oov, double *oov_log10, int64_t *words, uint8_t *special) {
+  static_cast<const Scorer *>(scorer)->TextSums(data, line_offsets, lines, total, oov, oov_log10, words, special);
 }
 
 int64_t lmpipe_kenlm_token_scores(const void *scorer, const char *data, const int64_t *token_offsets,
