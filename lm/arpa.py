@@ -144,14 +144,21 @@ def write_arpa_parts(
     return _write_sections(Path(path), counts, write_order)
 
 
-def write_arpa_pieces(pieces: dict[int, Sequence[tuple[Path, int]]], counts: dict[int, int], path: Path) -> Path:
+def write_arpa_pieces(
+    pieces: dict[int, Sequence[tuple[Path, int]]], counts: dict[int, int], path: Path, *, consume: bool = False
+) -> Path:
     """Assemble an ARPA file from text pieces written by :func:`write_arpa_lines`: ``pieces[k]`` lists
     (file, rows) in section order.  Plain output is a byte copy of the pieces (:func:`_append_file`, in the
-    kernel where it can); ``.gz`` compresses them."""
+    kernel where it can); ``.gz`` compresses them.  ``consume``: each piece is deleted once appended, so the
+    disk holds the ARPA and one piece rather than the ARPA twice (the caller must be able to write the pieces
+    again if this is interrupted: the ngram stage restarts from its counts)."""
 
     def write_order(k: int, out: BinaryIO) -> int:
         for piece, _ in pieces[k]:
             _append_file(piece, out)
+            if consume:
+                out.flush()  # the bytes are in the ARPA's page cache before their piece goes
+                piece.unlink()
         return sum(rows for _, rows in pieces[k])
 
     return _write_sections(Path(path), counts, write_order)

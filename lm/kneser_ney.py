@@ -829,9 +829,10 @@ def estimate(
     unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
     _resplit(map_fn, store, "adj", "adjctx", {k: key_columns(k - 1) for k in higher}, p, "split by context")
+    for k in orders:  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
+        store.drop(f"adj{k}")
     map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
     for k in orders:
-        store.drop(f"adj{k}")
         store.drop(f"adjctx{k}")
 
     logger.info("--- 4/5 Interpolating ---")

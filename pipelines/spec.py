@@ -237,8 +237,9 @@ class NgramSpec:
     resources: Runtime[tuple[str, ...]] = ()
     #: Compression of the spilled partitions (and of the ``counts`` the stage keeps): ``none``, ``lz4`` or
     #: ``zstd`` (Arrow IPC body compression).  Trades CPU for temporary disk; the model does not change, so
-    #: it is not in the fingerprint.
-    spill_compression: Runtime[Literal["none", "lz4", "zstd"]] = "none"
+    #: it is not in the fingerprint.  ``auto``: ``zstd`` when the counts outgrow ``memory_mb`` (more
+    #: partitions than ``partitions``: the out-of-core case, where disk is what runs out), else ``none``.
+    spill_compression: Runtime[Literal["auto", "none", "lz4", "zstd"]] = "auto"
     #: Where the partition and spill files go (lmplz ``-T``), e.g. a local disk when the run directory is on
     #: NFS; every Ray worker must see it at the same path.  A fresh folder is made in it and removed after the
     #: stage.  ``null``: inside the stage's temporary folder in the run directory.  Not in the fingerprint.

@@ -78,6 +78,19 @@ def test_memory_budget_too_small_is_an_error_with_the_fix():
     assert _partitions(spec, train_tokens=10**9, shard_tokens=10**5) > 100  # the partitions grow instead
 
 
+def test_spill_compression_auto_compresses_only_out_of_core():
+    from lmpipe.pipelines.stages.ngram import _partitions, _spill_compression
+
+    def spec(value):
+        return parse_spec({"name": "x", "corpus": {"train": "t.txt"}, "ngram": {"memory_mb": 64, "spill_compression": value}}).ngram
+
+    auto = spec("auto")
+    in_memory, out_of_core = _partitions(auto, 10**4, 10**4), _partitions(auto, 10**8, 10**4)
+    assert in_memory == auto.partitions < out_of_core
+    assert _spill_compression(auto, in_memory) is None and _spill_compression(auto, out_of_core) == "zstd"
+    assert _spill_compression(spec("none"), out_of_core) is None and _spill_compression(spec("lz4"), in_memory) == "lz4"
+
+
 def test_missing_limit_vocab_stops_before_any_work(tmp_path):
     base = {"name": "x", "corpus": {"train": str(SPECS / "tiny" / "train.txt")}, "stages": ["tokenize", "ngram"]}
     with pytest.raises(FileNotFoundError, match="limit_vocab"):

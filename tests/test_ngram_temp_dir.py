@@ -48,12 +48,15 @@ def test_an_unusable_temp_dir_is_a_user_error_naming_the_key(tmp_path):
 def test_temp_dir_holds_the_scratch_and_changes_nothing_else(tmp_path, monkeypatch):
     temp = tmp_path / "local-disk"
     seen: dict[str, list[str]] = {}
+    dropped: list[str] = []  # datasets removed from the working folder as soon as their last reader ran
     real_rmtree = shutil.rmtree
 
     def spy(path, *args, **kwargs):  # what the stage's working folder held when it was removed
         path = Path(path)
         if path.parent == temp and path.is_dir():
             seen[path.name] = sorted(p.name for p in path.iterdir())
+        if path.parent.parent == temp and path.is_dir():
+            dropped.append(path.name)
         return real_rmtree(path, *args, **kwargs)
 
     monkeypatch.setattr(shutil, "rmtree", spy)
@@ -66,9 +69,9 @@ def test_temp_dir_holds_the_scratch_and_changes_nothing_else(tmp_path, monkeypat
         a, b = (sorted(p.relative_to(r) for p in (r / f"order-{k}").rglob("*.arrow")) for r in
                 (tmp_path / "a/ngram/counts", tmp_path / "b/ngram/counts"))  # fmt: skip
         assert a == b and a
-    (work,) = seen.values()  # one working folder was made in temp_dir, holding the model's partitions
-    assert {"model1", "model2", "model3"} <= set(work)
-    assert not any(name.startswith("counts") for name in work)
+    (work,) = seen.values()  # one working folder was made in temp_dir, holding the scratch datasets
+    assert {"adj2", "adjctx3", "uninterp3", "interp2", "model1", "model2", "model3"} <= set(dropped)
+    assert not any(name.startswith("counts") for name in [*work, *dropped])
     assert list(temp.iterdir()) == []  # and removed after the stage
     assert not list((tmp_path / "b").glob(".ngram.tmp-*")) and not (tmp_path / "b/ngram/_work").exists()
 

@@ -228,6 +228,14 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
     return max(spec.partitions, math.ceil(train_tokens * per_token / budget))
 
 
+def _spill_compression(spec: NgramSpec, parts: int) -> str | None:
+    """``ngram.spill_compression`` resolved: ``auto`` compresses (zstd) only out of core, where the counts forced
+    more partitions than ``ngram.partitions`` -- zstd shrinks the kept counts ~6x (RESULTS.md) for some CPU."""
+    if spec.spill_compression == "auto":
+        return "zstd" if parts > spec.partitions else None
+    return None if spec.spill_compression == "none" else spec.spill_compression
+
+
 def _slices(tokens_per_shard: list[int], workers: int, max_tokens: int) -> list[int]:
     """Row slices per shard for the count tasks: about equal sizes so that every worker gets work even when
     the tokenizer wrote one large shard and one small one (``_SLICES_PER_WORKER`` slices per worker balance
@@ -300,7 +308,7 @@ def _estimate(
     # the counts are outputs of the stage: written where they stay; the scratch datasets go to `work`
     store = DirectoryStore(
         work, placed={f"counts{k}": tmp_dir / "counts" / f"order-{k}" for k in range(1, n + 1)},
-        compression=None if spec.spill_compression == "none" else spec.spill_compression,
+        compression=_spill_compression(spec, parts),
     )  # fmt: skip
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
@@ -330,8 +338,10 @@ def _estimate(
     write_table(work / "vocab.arrow", pa.table({"token": vocab.tokens}))  # read (mapped) by every ARPA task
     calls = [(store, k, q, n, str(work)) for k in range(1, n + 1) for q in range(parts)]
     texts = tasks(_arpa_task, calls, "ARPA")
+    for k in range(1, n + 1):  # formatted: the model's partitions are no longer needed
+        store.drop(f"model{k}")
     pieces = {k: [(Path(f), rows) for f, rows in texts[(k - 1) * parts : k * parts] if rows] for k in range(1, n + 1)}
-    write_arpa_pieces(pieces, model.ngrams, arpa)
+    write_arpa_pieces(pieces, model.ngrams, arpa, consume=True)
     arpa_seconds = time.perf_counter() - arpa_started
     return {
         "arpa": arpa,
@@ -339,6 +349,7 @@ def _estimate(
         "count_seconds": round(count_seconds, 3),
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
+        "spill_compression": store.compression or "none",
         "peak_work_bytes": peak_disk[0],  # spills and kept counts, after every step (the ARPA not included)
         "steps": steps,
         "raw_ngrams": ngram_counts,
