@@ -155,7 +155,9 @@ def test_skipgram_hs_kernel_step_is_minus_lr_times_the_loss_gradient():
     nodes, labels = tree.points[centre, :n], 1.0 - tree.codes[centre, :n]
     u0, v0 = w_in[context].astype(np.float64), w_out[nodes].astype(np.float64)
     a, b = w_in.copy(), w_out.copy()
-    loss = train_pairs_hs(a, b, np.array([centre]), np.array([context]), tree.codes, tree.points, tree.lengths, lr, lr, 1)
+    loss = train_pairs_hs(
+        a, b, np.array([centre]), np.array([context]), tree.codes, tree.points, tree.lengths, lr, lr, 1, loss_every=1
+    )
     assert loss == pytest.approx(_loss64(u0, v0, labels), rel=1e-5)
     grad_u = _numeric_grad(lambda u: _loss64(u, v0, labels), u0)
     grad_v = _numeric_grad(lambda v: _loss64(u0, v, labels), v0)
@@ -184,7 +186,8 @@ def test_cbow_kernel_step_is_minus_lr_times_the_gradient_wrt_the_window_mean(los
         a, b = w_in.copy(), w_out.copy()
         negative = 1 if loss_kind == "negative" else 0
         loss, trained = train_cbow(
-            a, b, ids, seg, eff, tree.codes, tree.points, tree.lengths, accept, alias, negative, seed, lr, lr, 1
+            a, b, ids, seg, eff, tree.codes, tree.points, tree.lengths, accept, alias, negative, seed, lr, lr, 1,
+            loss_every=1,
         )
         moved = np.flatnonzero((b != w_out).any(1))
         if loss_kind == "negative" and len(moved) != 2:
