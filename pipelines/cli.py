@@ -113,8 +113,10 @@ def cmd_data_list(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from lmpipe.pipelines.evaluate import evaluate_ngram
+    from lmpipe.pipelines.runlock import RunLock
 
-    result = evaluate_ngram(Path(args.run), split=args.split)
+    with RunLock(Path(args.run), shared=True):  # a reader: not the model of one run and the split of the next
+        result = evaluate_ngram(Path(args.run), split=args.split)
     print(
         f"{args.split}: perplexity {result['perplexity']:.2f} including OOVs, "
         f"{result['perplexity_excluding_oov']:.2f} excluding; OOVs {result['oov']:,} "

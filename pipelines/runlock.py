@@ -3,7 +3,7 @@
     >>> with RunLock(run_dir):
     ...     run the stages            # a second run on RUN now fails at once, naming this one
     >>> with RunLock(run_dir, shared=True):
-    ...     read a stage's files      # lmpipe embeddings export, lmpipe generate: readers
+    ...     read a stage's files      # readers: score, eval, generate, embeddings export/neighbors/analogy, the API
 
 Readers take the same lock shared (``LOCK_SH``): any number of them read one run directory at once, a run
 that starts while one reads is refused (it would replace the files being read), and a reader that starts
@@ -48,7 +48,7 @@ def _holder(path: Path) -> str:
     except (OSError, ValueError):
         info = {}
     if not isinstance(info, dict) or "pid" not in info:  # readers leave the file empty
-        return "another lmpipe process (one reading it: lmpipe embeddings export or generate)"
+        return "another lmpipe process (one reading it: lmpipe score, eval, generate, embeddings export|neighbors|analogy, or the Python API)"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info.get("started", 0))))
     return f"lmpipe pid {info.get('pid')} on host {info.get('host')} (since {since})"
 

@@ -207,7 +207,17 @@ def _lines(handle) -> Iterator[bytes]:
         yield carry
 
 
-def score_files(
+def score_files(run_dir: Path, model: str, inputs: Sequence[str | Path], **options: Any) -> dict[str, Any]:
+    """Score ``inputs`` with the run's ``model`` (options: :func:`_score_files`) holding the run lock shared: the
+    whole scoring sees one run's model and vocabulary, and a run that would replace them waits its turn
+    (refused, naming this reader), as ``lmpipe embeddings export`` reads."""
+    from lmpipe.pipelines.runlock import RunLock
+
+    with RunLock(Path(run_dir), shared=True):
+        return _score_files(run_dir, model, inputs, **options)
+
+
+def _score_files(
     run_dir: Path, model: str, inputs: Sequence[str | Path], *, fmt: str = "auto", text_field: str = "text",
     out: Path | None = None, keep_below: float | None = None, keep_fraction: float | None = None,
     kept: Path | None = None, workers: int = 1, device: str = "cpu", chunk_mb: float = DEFAULT_CHUNK_MB,

@@ -65,7 +65,10 @@ def open_vectors(where: str | Path, *, stage: str = "sgns", fmt: str | None = No
         if (where / "meta.json").is_file():
             return Vectors.load(where)
         if (where / stage).is_dir() or any(where.glob("*/manifest.json")):
-            return stage_vectors(where, stage)
+            from lmpipe.pipelines.runlock import RunLock
+
+            with RunLock(where, shared=True):  # a run directory: read while no run replaces the stage
+                return stage_vectors(where, stage)
         raise VectorsSourceError(
             f"{where}: neither a run directory (no */manifest.json) nor a vectors folder (no meta.json)"
         )

@@ -104,17 +104,23 @@ def _sgns_run(run_dir: Path) -> None:
     (run_dir / "sgns" / "manifest.json").write_text(json.dumps({"status": "complete"}))
 
 
-@pytest.mark.parametrize("command", ["export", "generate"])
-def test_export_and_generate_are_refused_while_a_run_writes(tmp_path, capsys, command):
-    """Before: both read the stage's files while a run replaced them (a vocabulary of one run, vectors of the
+@pytest.mark.parametrize("command", ["export", "generate", "neighbors", "analogy", "eval", "score"])
+def test_readers_are_refused_while_a_run_writes(tmp_path, capsys, command):
+    """Before: they read the stage's files while a run replaced them (a vocabulary of one run, vectors of the
     next).  Now one line, exit 2, naming the run that holds the directory; afterwards export works."""
     from lmpipe.pipelines.cli import main
 
     run_dir = tmp_path / "run"
     _sgns_run(run_dir)
+    text = tmp_path / "new.txt"
+    text.write_text("a b\n")
     argv = {
         "export": ["embeddings", "export", str(run_dir), "--format", "glove", "--out", str(tmp_path / "v.txt")],
         "generate": ["generate", str(run_dir), "--max-tokens", "3"],
+        "neighbors": ["embeddings", "neighbors", str(run_dir), "a"],
+        "analogy": ["embeddings", "analogy", str(run_dir), "--positive", "a", "b", "--negative", "c"],
+        "eval": ["eval", str(run_dir)],
+        "score": ["score", str(run_dir), "--model", "kn3", "--input", str(text)],
     }[command]
     writer = _holder(run_dir)
     try:
@@ -127,6 +133,22 @@ def test_export_and_generate_are_refused_while_a_run_writes(tmp_path, capsys, co
         writer.wait()
     if command == "export":
         assert main(argv) == 0 and (tmp_path / "v.txt").read_text().split("\n")[0] == "a 1 0 0"
+
+
+def test_the_python_api_loads_under_the_shared_lock(tmp_path):
+    from lmpipe import Run
+
+    run_dir = tmp_path / "run"
+    _sgns_run(run_dir)
+    (run_dir / "spec.yaml").write_text("name: x\ncorpus:\n  train: t.txt\n")
+    writer = _holder(run_dir)
+    try:
+        with pytest.raises(RunLockedError, match=f"in use by lmpipe pid {writer.pid}"):
+            Run(run_dir).vectors()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert Run(run_dir).vectors().tokens[:3] == ["a", "b", "c"]
 
 
 def test_lock_holder_details_are_recorded_while_held(tmp_path):

@@ -44,6 +44,13 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
+    def _reading(self):
+        """The run lock, shared: a load sees one run's files, never a vocabulary of one run and a model of the
+        next (a run that starts meanwhile is refused; once loaded, mapped files survive a later replacement)."""
+        from lmpipe.pipelines.runlock import RunLock
+
+        return RunLock(self.path, shared=True)
+
     def manifest(self, stage: str) -> dict[str, Any]:
         """The committed manifest of ``stage`` (a ``MissingError`` naming the stage if it has not run)."""
         from lmpipe.pipelines.core.errors import MissingError
@@ -58,15 +65,17 @@ class Run:
         """The word vectors of an embeddings stage (``embeddings.vectors.Vectors``, memory-mapped)."""
         from lmpipe.embeddings.vectors import Vectors
 
-        self.manifest(stage)
-        return Vectors.load(self.path / stage / "vectors")
+        with self._reading():
+            self.manifest(stage)
+            return Vectors.load(self.path / stage / "vectors")
 
     def ngram(self):
         """The n-gram model as a ``kenlm.Model`` (the KenLM binary, mmapped, when the stage built one)."""
         from lmpipe.lm.perplexity import load_kenlm
         from lmpipe.pipelines.evaluate import model_path
 
-        return load_kenlm(model_path(self.path))
+        with self._reading():
+            return load_kenlm(model_path(self.path))
 
     def lm(self, name: str | None = None):
         """``(model, vocab)``: an lm stage model (``torch.nn.Module``, eval mode, CPU) and its ``Vocab``."""
@@ -74,12 +83,13 @@ class Run:
         from lmpipe.pipelines.core.errors import MissingError
         from lmpipe.pipelines.core.vocab import Vocab
 
-        models = list(self.manifest("lm")["models"])
-        name = name or models[0]
-        if name not in models:
-            raise MissingError(f"{self.path}/lm: no model {name!r}; trained models: {models}")
-        vocab = Vocab.load(self.path / "tokenize" / "vocab.tsv")
-        return load_model(self.path / "lm" / name, vocab.counts), vocab
+        with self._reading():
+            models = list(self.manifest("lm")["models"])
+            name = name or models[0]
+            if name not in models:
+                raise MissingError(f"{self.path}/lm: no model {name!r}; trained models: {models}")
+            vocab = Vocab.load(self.path / "tokenize" / "vocab.tsv")
+            return load_model(self.path / "lm" / name, vocab.counts), vocab
 
     def score(self, texts: Iterable[str], model: str, *, workers: int = 1, device: str = "cpu") -> list[dict[str, Any]]:
         """One record per text (``line``, ``tokens``, ``oov``, ``log10_prob``, ``ppl``), by ``lmpipe score``'s
