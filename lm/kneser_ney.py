@@ -676,13 +676,16 @@ def _resplit_task(store: PartitionStore, src: str, p: int, dst: str, keys: list[
 
 
 def _adjust_task(
-    store: PartitionStore, k: int, p: int, top: int, threshold: int, prune_words: np.ndarray | None
+    store: PartitionStore, k: int, p: int, top: int, threshold: int, prune_words: np.ndarray | None, parts: int
 ) -> OrderStats:
     inject("ngram.adjust")
     lower = store.read(f"counts{k}", p, ngram_schema(k))
     higher = store.read(f"suffix{k + 1}", p, ngram_schema(k + 1)) if k < top else None
     adjusted = adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
-    store.put(f"adj{k}", p, adjusted)
+    if k == 1:  # the unigram step reads all of ADJUSTED[1] at once
+        store.put("adj1", p, adjusted)
+    else:  # written straight into the partitioning its consumer (probabilities) joins on: by context
+        store.write(f"adjctx{k}", adjusted, key_columns(k - 1), parts, f"{p:04d}")
     return count_stats_step(adjusted)
 
 
@@ -702,7 +705,7 @@ def _last_entry_task(
     store: PartitionStore, top: int, parts: int, word_rank: np.ndarray | None
 ) -> tuple[dict[int, OrderStats], int]:
     """lmplz's last-entry corrections, and how many of ``<unk>``, ``<s>`` the unigram step will add."""
-    adjusted = {k: _Partitions(store, f"adj{k}", parts) for k in range(1, top + 1)}
+    adjusted = {k: _Partitions(store, "adj1" if k == 1 else f"adjctx{k}", parts) for k in range(1, top + 1)}
     has_unk = any(np.any(column_np(t, "w0") == UNK_ID) for t in adjusted[1])
     return last_entry_correction(adjusted, top, word_rank), 2 - int(has_unk)
 
@@ -808,7 +811,7 @@ def estimate(
     logger.info("--- 1/5 Adjusting counts (order %d, %d partitions) ---", n_order, p)
     _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
     prune_words = prune_words_mask(vocab, limit_vocab)
-    calls = [(store, k, q, n_order, thresholds[k - 1], prune_words) for k in orders for q in range(p)]
+    calls = [(store, k, q, n_order, thresholds[k - 1], prune_words, p) for k in orders for q in range(p)]
     part_stats = map_fn(_adjust_task, calls, "adjust")
     for k in higher:
         store.drop(f"suffix{k}")
@@ -828,9 +831,7 @@ def estimate(
     logger.info("--- 3/5 Initial probabilities ---")
     unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
-    _resplit(map_fn, store, "adj", "adjctx", {k: key_columns(k - 1) for k in higher}, p, "split by context")
-    for k in orders:  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
-        store.drop(f"adj{k}")
+    store.drop("adj1")  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
     map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
     for k in orders:
         store.drop(f"adjctx{k}")

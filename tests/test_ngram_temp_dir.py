@@ -70,7 +70,7 @@ def test_temp_dir_holds_the_scratch_and_changes_nothing_else(tmp_path, monkeypat
                 (tmp_path / "a/ngram/counts", tmp_path / "b/ngram/counts"))  # fmt: skip
         assert a == b and a
     (work,) = seen.values()  # one working folder was made in temp_dir, holding the scratch datasets
-    assert {"adj2", "adjctx3", "uninterp3", "interp2", "model1", "model2", "model3"} <= set(dropped)
+    assert {"adj1", "adjctx3", "uninterp3", "interp2", "model1", "model2", "model3"} <= set(dropped)
     assert not any(name.startswith("counts") for name in [*work, *dropped])
     assert list(temp.iterdir()) == []  # and removed after the stage
     assert not list((tmp_path / "b").glob(".ngram.tmp-*")) and not (tmp_path / "b/ngram/_work").exists()
