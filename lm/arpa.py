@@ -149,19 +149,12 @@ def write_arpa_pieces(
 ) -> Path:
     """Assemble an ARPA file from text pieces written by :func:`write_arpa_lines`: ``pieces[k]`` lists
     (file, rows) in section order.  Plain output is a byte copy of the pieces (:func:`_append_file`, in the
-    kernel where it can); ``.gz`` compresses them.  ``consume``: each piece is deleted once appended, so the
-    disk holds the ARPA and one piece rather than the ARPA twice (the caller must be able to write the pieces
-    again if this is interrupted: the ngram stage restarts from its counts)."""
-
-    def write_order(k: int, out: BinaryIO) -> int:
-        for piece, _ in pieces[k]:
-            _append_file(piece, out)
-            if consume:
-                out.flush()  # the bytes are in the ARPA's page cache before their piece goes
-                piece.unlink()
-        return sum(rows for _, rows in pieces[k])
-
-    return _write_sections(Path(path), counts, write_order)
+    kernel where it can); ``.gz`` compresses them.  ``consume``: each piece is deleted once appended."""
+    with ArpaWriter(Path(path), counts) as arpa:
+        for k in sorted(pieces):
+            for piece, rows in pieces[k]:
+                arpa.append_piece(k, piece, rows, consume=consume)
+    return Path(path)
 
 
 def _append_file(source: Path, out: BinaryIO) -> None:
@@ -189,35 +182,89 @@ def _append_file(source: Path, out: BinaryIO) -> None:
         shutil.copyfileobj(src, out, 1 << 22)  # what the kernel did not copy (nothing, usually)
 
 
+class ArpaWriter:
+    """An ARPA file written section by section, in order, as its lines or pieces arrive; atomic (a temporary
+    sibling renamed into place on a clean exit, removed on an error).
+
+    The header is known first (``counts``: the rows of each order), so the pieces of a distributed model can
+    be appended while later ones are still being formatted: the ngram stage appends each piece the moment it
+    and every piece before it are done, and deletes it, so its scratch disk holds a few pieces, not a second
+    copy of the ARPA.  Each section's rows are checked against the header when the next one starts.
+
+    >>> with ArpaWriter(path, {1: 3, 2: 2}) as arpa:       # doctest: +SKIP
+    ...     arpa.append_piece(1, unigrams_piece, 3)
+    ...     arpa.section(2); arpa.out.write(lines); arpa.rows[2] += 2
+    """
+
+    def __init__(self, path: Path, counts: dict[int, int]) -> None:
+        self.path, self.counts = Path(path), dict(counts)
+        self.top = max(self.counts)
+        self.rows = {k: 0 for k in self.counts}
+        self.k = 0  # the section being written (0: the header only)
+        self._tmp = temp_sibling(self.path)  # not mkstemp: its 0600 would survive the rename (see core.files)
+        self._raw: BinaryIO | None = None
+        self.out: BinaryIO
+
+    def __enter__(self) -> ArpaWriter:
+        self._raw = open(self._tmp, "xb")  # noqa: SIM115 -- closed in __exit__
+        self.out = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6) if self.path.suffix == ".gz" else self._raw
+        header = "\\data\\\n" + "".join(f"ngram {k}={self.counts[k]}\n" for k in range(1, self.top + 1)) + "\n"
+        self.out.write(header.encode())
+        return self
+
+    def section(self, k: int) -> None:
+        """Move on to order ``k``'s section (writing every section header up to it)."""
+        if k < self.k:
+            raise ValueError(f"ARPA sections go in order: {k}-grams after {self.k}-grams")
+        while self.k < k:
+            self._close_section()
+            self.k += 1
+            inject("ngram.arpa")  # the fault-injection suite ends the driver mid-write here
+            self.out.write(f"\\{self.k}-grams:\n".encode())
+
+    def append_piece(self, k: int, piece: Path, rows: int, *, consume: bool = False) -> None:
+        """Append a text piece of order ``k`` (``rows`` lines); ``consume``: delete it once its bytes are in."""
+        self.section(k)
+        _append_file(Path(piece), self.out)
+        self.rows[k] += rows
+        if consume:
+            self.out.flush()
+            Path(piece).unlink()
+
+    def _close_section(self) -> None:
+        if self.k:
+            if self.rows[self.k] != self.counts[self.k]:
+                raise RuntimeError(f"{self.k}-grams: the header says {self.counts[self.k]}, the tables hold {self.rows[self.k]}")
+            self.out.write(b"\n")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        done = False
+        try:
+            if exc_type is None:
+                self.section(self.top)
+                self._close_section()
+                self.out.write(b"\\end\\\n")
+                done = True
+        finally:
+            if self.out is not self._raw:
+                self.out.close()
+            self._raw.close()
+            if done:
+                os.replace(self._tmp, self.path)
+            else:
+                Path(self._tmp).unlink(missing_ok=True)
+        if done:
+            top = range(1, self.top + 1)
+            logger.info("wrote %s: %s", self.path, ", ".join(f"{k}-grams {self.counts[k]:,}" for k in top))
+
+
 def _write_sections(path: Path, counts: dict[int, int], write_order: Callable[[int, BinaryIO], int]) -> Path:
-    """The ARPA writer behind every entry point: header, then each order's lines from ``write_order(k, out)``
-    (which returns the rows it wrote, checked against the header); atomic."""
-    top = max(counts)
-    tmp = temp_sibling(path)  # not mkstemp: its 0600 would survive the rename (see core.files)
-    try:
-        with open(tmp, "xb") as raw:
-            out = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) if path.suffix == ".gz" else raw
-            out.write(
-                (
-                    "\\data\\\n" + "".join(f"ngram {k}={counts[k]}\n" for k in range(1, top + 1)) + "\n"
-                ).encode()
-            )
-            for k in range(1, top + 1):
-                inject("ngram.arpa")  # the fault-injection suite ends the driver mid-write here
-                out.write(f"\\{k}-grams:\n".encode())
-                written = write_order(k, out)
-                if written != counts[k]:
-                    raise RuntimeError(f"{k}-grams: the header says {counts[k]}, the tables hold {written}")
-                out.write(b"\n")
-            out.write(b"\\end\\\n")
-            if out is not raw:
-                out.close()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    logger.info("wrote %s: %s", path, ", ".join(f"{k}-grams {counts[k]:,}" for k in range(1, top + 1)))
-    return path
+    """The ARPA of ``write_order(k, out)``'s lines per order (it returns the rows it wrote): an :class:`ArpaWriter`."""
+    with ArpaWriter(Path(path), counts) as arpa:
+        for k in range(1, arpa.top + 1):
+            arpa.section(k)
+            arpa.rows[k] += write_order(k, arpa.out)
+    return Path(path)
 
 
 def read_arpa_counts(path: str | os.PathLike[str]) -> dict[int, int]:

@@ -204,6 +204,25 @@ def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tu
     return str(piece), rows
 
 
+class _InOrder:
+    """The ARPA tasks' ``on_result``: each text piece is appended to the ARPA (and deleted) as soon as it and
+    every piece before it have been formatted, while later pieces are still being formatted, so the scratch
+    disk holds a few pieces rather than a second copy of the ARPA and the copy overlaps the formatting."""
+
+    def __init__(self, writer: Any, calls: Sequence[tuple]) -> None:
+        self.writer, self.orders = writer, [call[1] for call in calls]
+        self.done: dict[int, tuple[str, int]] = {}
+        self.next = 0
+
+    def __call__(self, i: int, result: tuple[str, int]) -> None:
+        self.done[i] = result
+        while self.next in self.done:
+            piece, rows = self.done.pop(self.next)
+            if rows:
+                self.writer.append_piece(self.orders[self.next], Path(piece), rows, consume=True)
+            self.next += 1
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _bytes_per_token(order: int) -> float:
     """Memory one counted token costs a task (its n-grams of every order, plus sort scratch)."""
@@ -287,13 +306,14 @@ def _estimate(
     peak_disk = [0]
     steps: list[dict[str, Any]] = []  # per map step: its tasks, seconds and bytes written (the scaling figures)
 
-    def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
+    def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
         before = _file_sizes(work, tmp_dir / "counts")
         started = time.perf_counter()
+        common = {"workers": workers, "desc": f"ngram: {desc}", "placement": placement, "on_result": on_result}
         if local:
-            out = map_local(fn, calls, workers=workers, desc=f"ngram: {desc}", placement=placement)
+            out = map_local(fn, calls, **common)
         else:
-            out = map_tasks(fn, calls, workers=workers, desc=f"ngram: {desc}", options=options, placement=placement)
+            out = map_tasks(fn, calls, options=options, **common)
         seconds = time.perf_counter() - started
         after = _file_sizes(work, tmp_dir / "counts")
         # a step's outputs exist before its inputs are dropped: the peak is after a step
@@ -331,17 +351,16 @@ def _estimate(
     )  # fmt: skip
 
     logger.info("=== 3/3 Writing the ARPA ===")
-    from lmpipe.lm.arpa import write_arpa_pieces
+    from lmpipe.lm.arpa import ArpaWriter
 
     arpa = tmp_dir / ("model.arpa.gz" if spec.arpa_gzip else "model.arpa")
     arpa_started = time.perf_counter()
     write_table(work / "vocab.arrow", pa.table({"token": vocab.tokens}))  # read (mapped) by every ARPA task
     calls = [(store, k, q, n, str(work)) for k in range(1, n + 1) for q in range(parts)]
-    texts = tasks(_arpa_task, calls, "ARPA")
+    with ArpaWriter(arpa, model.ngrams) as writer:
+        tasks(_arpa_task, calls, "ARPA", on_result=_InOrder(writer, calls))
     for k in range(1, n + 1):  # formatted: the model's partitions are no longer needed
         store.drop(f"model{k}")
-    pieces = {k: [(Path(f), rows) for f, rows in texts[(k - 1) * parts : k * parts] if rows] for k in range(1, n + 1)}
-    write_arpa_pieces(pieces, model.ngrams, arpa, consume=True)
     arpa_seconds = time.perf_counter() - arpa_started
     return {
         "arpa": arpa,
