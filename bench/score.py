@@ -143,6 +143,20 @@ def time_query(binary: Path, text: Path) -> tuple[float, float, float, int, Peak
     return seconds, _children_cpu() - cpu, ppl, tokens, peaks
 
 
+def time_query_pair(binary: Path, text: Path) -> float:
+    """Wall s of two ``query`` processes on the text at once: what two processes get from this machine's cores
+    for this very work (the ceiling a 2-worker run is compared with, besides 2x)."""
+    from lmpipe.lm.kenlm_tools import find_kenlm_binary
+
+    cmd = [str(find_kenlm_binary("query")), "-v", "summary", str(binary)]
+    started = time.perf_counter()
+    with open(text, "rb") as a, open(text, "rb") as b:
+        procs = [subprocess.Popen(cmd, stdin=f, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for f in (a, b)]
+        for proc in procs:
+            proc.wait()
+    return time.perf_counter() - started
+
+
 def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) -> tuple[float, float, dict, PeakPerProcess]:
     """Wall s and CPU s (the ``lmpipe score`` process and every process it started: raylet, actors) of the
     command a user runs, and its summary."""
@@ -259,12 +273,14 @@ def main() -> None:
     memory: dict[str, float] = {}
     ppl: dict[str, float] = {}
     loads: list[float] = []
+    pair: list[float] = []  # two query processes at once: the machine's own 2-process scaling for this work
     tokens = 0
     for _ in range(args.rounds):
         seconds, cpu_s, ppl["query"], tokens, peaks = time_query(binary, text)
         wall["query"].append(seconds)
         cpu["query"].append(cpu_s)
         memory["query"] = peaks.mb(r"^\S*query ")
+        pair.append(time_query_pair(binary, text))
         print(f"query: {seconds:.2f} s, {cpu_s:.2f} CPU s, ppl {ppl['query']:.10f}, load {os.getloadavg()[0]:.1f}", flush=True)
         for workers in (1, 2):
             name = f"lmpipe {workers} worker" + ("s" if workers > 1 else "")
@@ -314,6 +330,9 @@ def main() -> None:
         print(f"| {name} | {best:.2f} | {tokens / best:,.0f} | {best_q / best:.2f}x | "
               f"{'-' if name == 'query' else f'{best_1 / best:.2f}x'} | {best_cpu:.2f} | {tokens / best_cpu:,.0f} | "
               f"{q_cpu / best_cpu:.2f}x | {ppl[name]:.10f} | {rss} |")  # fmt: skip
+    best_pair = min(pair)
+    print(f"| 2 x query at once (the same text each; the machine's 2-process ceiling) | {best_pair:.2f} | "
+          f"{2 * tokens / best_pair:,.0f} | {2 * best_q / best_pair:.2f}x | - | - | - | - | - | - |")  # fmt: skip
     print(f"| lmpipe steady state (ChunkScorer in one process, model loaded, no output) | - | - | - | - | "
           f"{steady_cpu:.2f} | {steady_tokens / steady_cpu:,.0f} | {q_cpu / steady_cpu:.2f}x | - | - |")  # fmt: skip
     print("\nPer-round seconds: " + "; ".join(f"{n} wall {[round(x, 2) for x in wall[n]]} CPU {[round(x, 2) for x in cpu[n]]}" for n in names))
