@@ -1,6 +1,6 @@
 """word2vec's skip-gram inner loop compiled with numba: the CPU backend of :mod:`embeddings.sgns`.
 
-Why a compiled loop on CPU.  The batched torch step (``embeddings.sgns.sgns_step``) is the right shape for a
+Why a compiled loop on CPU.  The batched torch step (``embeddings.sgns_torch.sgns_step``) is the right shape for a
 GPU, but on a CPU core each batch pays ~15 operator dispatches and temporaries for ~6 KB of arithmetic,
 and Python threads serialise on the GIL between operators, so a second thread gained little (1.1x,
 bench/RESULTS.md).  This kernel is word2vec.c's loop -- one pair at a time, SGD applied immediately --
