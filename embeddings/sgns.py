@@ -60,6 +60,7 @@ from lmpipe.embeddings.sgns_modes import train_block as train_mode_block
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.embeddings.word2vec_defaults import LOSSES, MODELS, mode_defaults
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.pipelines.core.shards import numpy_view
 
 logger = logging.getLogger(__name__)
 
@@ -421,8 +422,8 @@ def sentences_from_arrow(batch, column: str = "ids") -> list[np.ndarray]:
     col = batch.column(column)
     out: list[np.ndarray] = []
     for chunk in getattr(col, "chunks", [col]):
-        offsets = chunk.offsets.to_numpy()  # absolute positions in chunk.values, slicing included
-        values = chunk.values.to_numpy(zero_copy_only=False)
+        offsets = numpy_view(chunk.offsets)  # absolute positions in chunk.values, slicing included
+        values = numpy_view(chunk.values)
         out += [values[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
     return out
 

@@ -71,7 +71,7 @@ from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
-from lmpipe.pipelines.core.shards import shard_batches
+from lmpipe.pipelines.core.shards import numpy_view, shard_batches
 from lmpipe.pipelines.core.vocab import Vocab
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class Share:
             if size == 0 or first >= self.stop or shard_start <= self.start:
                 continue  # every sentence of this shard starts outside [start, stop)
             for batch in shard_batches(path):
-                offsets = batch.column("ids").offsets.to_numpy()
+                offsets = numpy_view(batch.column("ids").offsets)
                 starts = first + offsets[:-1] - offsets[0]  # global position of each sentence's first word
                 first += int(offsets[-1] - offsets[0])
                 lo, hi = np.searchsorted(starts, [self.start, self.stop])

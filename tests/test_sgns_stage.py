@@ -73,13 +73,13 @@ _NO_TORCH_RUN = """
 import json, sys
 from lmpipe.pipelines.cli import main
 code = main(["-q", "run", sys.argv[1], "--run-dir", sys.argv[2], "--stages", "sgns"])
-print(json.dumps({"code": code, **{m: m in sys.modules for m in ("torch", "ray", "numba")}}))
+print(json.dumps({"code": code, **{m: m in sys.modules for m in ("torch", "ray", "pandas", "numba")}}))
 """
 
 
 def test_one_worker_on_cpu_trains_without_importing_torch_or_ray(tokenized, one_worker, tmp_path):
     """`lmpipe run --stages sgns` with one CPU worker, in its own process: numba trains numpy matrices,
-    checkpoints are written without torch, and neither torch nor Ray is ever imported; the vectors are the
+    checkpoints are written without torch, and neither torch, Ray nor pandas is ever imported; the vectors are the
     same bytes as the reference run's (which ran in this test process, where torch is imported)."""
     import json
     import subprocess
@@ -92,7 +92,7 @@ def test_one_worker_on_cpu_trains_without_importing_torch_or_ray(tokenized, one_
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     imported = json.loads(out.stdout.strip().splitlines()[-1])
-    assert imported == {"code": 0, "torch": False, "ray": False, "numba": True}, out.stderr[-2000:]
+    assert imported == {"code": 0, "torch": False, "ray": False, "pandas": False, "numba": True}, out.stderr[-2000:]
     ours, reference = Vectors.load(tmp_path / "sgns" / "vectors"), Vectors.load(one_worker[0] / "sgns" / "vectors")
     assert ours.tokens == reference.tokens and np.array_equal(ours.matrix, reference.matrix)
 
