@@ -91,6 +91,8 @@ class NoiseSampler:
     """
 
     def __init__(self, counts: np.ndarray, exponent: float = 0.75) -> None:
+        if len(counts) >= 2**31:
+            raise ValueError(f"{len(counts)} ids: noise ids are int32, the vocabulary must stay below 2**31 ids")
         weights = np.asarray(counts, dtype=np.float64) ** exponent
         weights[np.asarray(counts) == 0] = 0.0
         if weights.sum() <= 0:
@@ -111,12 +113,13 @@ class NoiseSampler:
         self.alias = alias.astype(np.int64)  # (V,) the id drawn otherwise
         self._on_device: dict[str, tuple[Any, Any]] = {}  # device -> (accept, alias) as torch tensors
 
-    def draw(self, shape: tuple[int, ...], generator: HostGenerator | torch.Generator) -> Any:
-        """``shape`` noise ids (int64): a numpy array from a :class:`HostGenerator`, a tensor on the generator's
-        device from a ``torch.Generator``.  Both take all slots first, then all coins (torch's order), so a
+    def draw(self, shape: tuple[int, ...], generator: HostGenerator | torch.Generator, out: np.ndarray | None = None) -> Any:
+        """``shape`` noise ids: an int32 numpy array from a :class:`HostGenerator` (written into ``out``, a 1-D
+        int32 array of at least that many elements, when given), an int64 tensor on the generator's device
+        from a ``torch.Generator``.  Both take all slots first, then all coins (torch's order), so a
         HostGenerator and a CPU torch.Generator with the same state draw the same ids."""
         if isinstance(generator, HostGenerator):
-            return self._draw_host(shape, generator)
+            return self._draw_host(shape, generator, out)
         import torch
 
         device = generator.device
@@ -129,11 +132,11 @@ class NoiseSampler:
         coin = torch.rand(shape, generator=generator, device=device)
         return torch.where(coin < accept[slot], slot, alias[slot])
 
-    def _draw_host(self, shape: tuple[int, ...], generator: HostGenerator) -> np.ndarray:
-        """The ids in place in one int64 array, coins in chunks: ~8 bytes per draw, not the ~40 of
-        whole-array temporaries (slots, coins, two gathers, the select)."""
+    def _draw_host(self, shape: tuple[int, ...], generator: HostGenerator, out: np.ndarray | None) -> np.ndarray:
+        """The ids in place in one int32 array, coins in chunks: 4 bytes per draw, not the ~40 of whole-array
+        temporaries (slots, coins, two gathers, the select)."""
         n = int(np.prod(shape))
-        out = np.empty(n, np.int64)
+        out = np.empty(n, np.int32) if out is None else out[:n]
         for start in range(0, n, CHUNK):
             out[start : start + CHUNK] = generator.randint(len(self.alias), min(CHUNK, n - start))
         for start in range(0, n, CHUNK):

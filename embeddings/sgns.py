@@ -202,6 +202,7 @@ class SGNS:
         self.words_done = 0  # raw tokens read so far, over all epochs
         self.epoch = 0
         self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
+        self._noise_buffer: np.ndarray | None = None  # numba backend: see _noise_out
         self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise)
         if self.backend == "torch" and self.modes is not None:
             self._device_tree = sgns_torch.device_tree(self.modes.tree, self.device)
@@ -243,7 +244,7 @@ class SGNS:
             from lmpipe.embeddings.sgns_kernel import train_pairs, window_pairs
 
             centre, context = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, st.rng))
-            noise = self.noise.draw((len(centre), c.negative), st.generator)
+            noise = self.noise.draw((len(centre), c.negative), st.generator, self._noise_out(len(centre)))
             loss_sum = float(train_pairs(
                 self.w_in, self.w_out, centre, context, noise, lr_start, lr_end, self._slices
             ))  # fmt: skip
@@ -253,6 +254,16 @@ class SGNS:
         with self._lock:
             self.words_done += words
         return n, loss_sum
+
+    def _noise_out(self, pairs: int) -> np.ndarray:
+        """The numba path's noise array (int32), kept from block to block (grown by a quarter when a block needs
+        more): the block's largest array is then allocated a few times per run, not once per block, which
+        kept glibc from raising its mmap threshold and holding ~25 MB of freed blocks (bench/RESULTS.md,
+        2026-12-03).  One Python thread trains on this path (the kernel runs the Hogwild threads)."""
+        n = pairs * self.config.negative
+        if self._noise_buffer is None or len(self._noise_buffer) < n:
+            self._noise_buffer = np.empty(n + n // 4, np.int32)
+        return self._noise_buffer
 
     def train_epoch(self, sentences: Iterable[np.ndarray], *, threads: int = 1) -> EpochStats:
         """One pass over ``sentences`` (id arrays), grouped into blocks of ~``block_words`` tokens.

@@ -91,7 +91,8 @@ def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.
 
     Consecutive pairs share the centre's output row and neighbouring input rows, which stay in the L1/L2
     cache; a shuffled pair order touches two random rows per pair instead (bench/RESULTS.md, the SGNS
-    profile).  Same pairs as :func:`embeddings.sampling.skipgram_pairs` given the same draws."""
+    profile).  Same pairs as :func:`embeddings.sampling.skipgram_pairs` given the same draws, as int32 (half
+    the block's largest arrays; a row index of 2**31 would need a matrix larger than any memory)."""
     n = ids.shape[0]
     total = 0
     for i in range(n):
@@ -99,8 +100,8 @@ def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.
         for j in range(lo, hi + 1):
             if j != i and seg[j] == seg[i]:
                 total += 1
-    centre = np.empty(total, dtype=np.int64)
-    context = np.empty(total, dtype=np.int64)
+    centre = np.empty(total, dtype=np.int32)
+    context = np.empty(total, dtype=np.int32)
     p = 0
     for i in range(n):
         lo, hi = max(0, i - eff[i]), min(n - 1, i + eff[i])

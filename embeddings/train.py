@@ -409,7 +409,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if group.rank != 0:
         return None
     tokens = vocab.tokens.to_pylist()
-    matrix = model.host_matrices()[0][keep]  # every kept id has a row (model.rows: the ids up to the last kept)
+    w_in = model.host_matrices()[0]  # every kept id has a row (model.rows: the ids up to the last kept)
+    contiguous = int(keep[-1]) - int(keep[0]) + 1 == len(keep)  # a vocabulary sorted by count: no copy
+    matrix = w_in[int(keep[0]) : int(keep[-1]) + 1] if contiguous else w_in[keep]
     vectors = Vectors(
         [tokens[i] for i in keep], np.ascontiguousarray(matrix), vocab.counts[keep], source="sgns"
     )

@@ -114,8 +114,13 @@ def split_shards(stage_dir: Path, split: str) -> list[Path]:
 
 def shard_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The record batches of one shard, memory-mapped: nothing is read until a column's buffers are touched,
-    and a batch stays valid after the loop (its buffers keep the mapping alive)."""
-    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    and a batch stays valid after the loop (its buffers keep the mapping alive).
+
+    The zstd-compressed buffers are decompressed into the system allocator's memory, not Arrow's default pool
+    (mimalloc): a stream of batches freed one after the other left mimalloc holding ~20 MB that it did not
+    return (reading the English shards: +30 MB resident with the default pool, +8 MB with the system one,
+    at the same speed)."""
+    reader = pa.ipc.open_file(pa.memory_map(str(path)), memory_pool=pa.system_memory_pool())
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
         yield batch.select(list(columns)) if columns else batch
