@@ -37,18 +37,23 @@ class HostGenerator:
         self.bits = np.random.MT19937(0)
         self.bits.state = {"bit_generator": "MT19937", "state": legacy["state"]}
 
+    def raw32(self, n: int) -> np.ndarray:
+        """The next ``n`` 32-bit outputs (uint32), what torch's ``random()`` returns."""
+        return self.bits.random_raw(n).astype(np.uint32)
+
     def rand(self, n: int) -> np.ndarray:
         """``torch.rand(n)``: float32 in [0, 1) on a 2**-24 grid."""
-        raw = self.bits.random_raw(n)
-        return (raw & 0xFFFFFF).astype(np.float32) * np.float32(2.0**-24)
+        raw = self.raw32(n)
+        raw &= np.uint32(0xFFFFFF)
+        return raw.astype(np.float32) * np.float32(2.0**-24)
 
     def randint(self, high: int, n: int) -> np.ndarray:
         """``torch.randint(high, (n,))``: int64 in [0, high)."""
         if not 0 < high < 2**32:
             raise ValueError(f"randint: high must be in 1..2**32-1, got {high}")
-        raw = self.bits.random_raw(n)
-        raw %= np.uint64(high)
-        return raw.view(np.int64)
+        raw = self.raw32(n)
+        raw %= np.uint32(high)
+        return raw.astype(np.int64)
 
     def fill_uniform(self, out: np.ndarray) -> None:
         """``out[...] = torch.rand(out.shape)`` (float32 ``out``), in chunks of :data:`CHUNK`."""
@@ -111,6 +116,9 @@ class NoiseSampler:
             (small if scaled[g] < 1.0 else large).append(g)
         self.accept = accept.astype(np.float32)  # (V,) probability of keeping the slot's own id
         self.alias = alias.astype(np.int64)  # (V,) the id drawn otherwise
+        # the host draw's integer forms: coin * 2**-24 < accept  <=>  24-bit coin < ceil(accept * 2**24)
+        self._accept24 = np.ceil(self.accept.astype(np.float64) * 2**24).astype(np.uint32)
+        self._alias32 = self.alias.astype(np.int32)
         self._on_device: dict[str, tuple[Any, Any]] = {}  # device -> (accept, alias) as torch tensors
 
     def draw(self, shape: tuple[int, ...], generator: HostGenerator | torch.Generator, out: np.ndarray | None = None) -> Any:
@@ -137,12 +145,16 @@ class NoiseSampler:
         temporaries (slots, coins, two gathers, the select)."""
         n = int(np.prod(shape))
         out = np.empty(n, np.int32) if out is None else out[:n]
-        for start in range(0, n, CHUNK):
-            out[start : start + CHUNK] = generator.randint(len(self.alias), min(CHUNK, n - start))
-        for start in range(0, n, CHUNK):
+        slots = np.uint32(len(self.alias))
+        for start in range(0, n, CHUNK):  # torch.randint: u32 % V
+            raw = generator.raw32(min(CHUNK, n - start))
+            raw %= slots
+            out[start : start + CHUNK] = raw
+        for start in range(0, n, CHUNK):  # torch.rand < accept, as 24-bit integers
             slot = out[start : start + CHUNK]
-            aliased = generator.rand(len(slot)) >= self.accept[slot]
-            slot[aliased] = self.alias[slot[aliased]]
+            coin = generator.raw32(len(slot))
+            coin &= np.uint32(0xFFFFFF)
+            np.copyto(slot, self._alias32[slot], where=coin >= self._accept24[slot])
         return out.reshape(shape)
 
 
