@@ -34,9 +34,8 @@ def main() -> None:
     rss("start")
     import numpy as np  # noqa: F401
     import pyarrow  # noqa: F401
-    import torch  # noqa: F401
 
-    rss("numpy + torch + pyarrow")
+    rss("numpy + pyarrow")
     from lmpipe.cluster.training import WorkerGroup
     from lmpipe.embeddings.sgns import SGNS, SGNSConfig, _blocks
     from lmpipe.embeddings.train import Share, vocabulary_cut
@@ -54,11 +53,12 @@ def main() -> None:
     words = share.words
     rss(f"Share.of + words ({words:,})")
     model = SGNS(vocab.counts, SGNSConfig(dim=100, epochs=3, drop_ids=tuple(int(i) for i in drop)), words_per_epoch=words)
-    rss(f"SGNS(): 2 x {len(vocab):,} x 100 float32, backend {model.backend}")
+    rss(f"SGNS(): 2 x {model.rows:,} x 100 float32, backend {model.backend}")
     if model.backend == "numba":
         from lmpipe.embeddings.sgns_kernel import set_threads
 
         model._slices = set_threads(args.threads)
+        rss("numba imported, threads set")
     for i, block in enumerate(itertools.islice(_blocks(share.sentences(), model.config.block_words), args.blocks)):
         model.train_block(block)
         rss(f"after block {i}")
@@ -71,6 +71,9 @@ def main() -> None:
         for method in ("3cosadd", "3cosmul"):
             evaluate_analogies(vectors, Path(mirror) / "embedding-eval" / "questions-words.txt", method=method)
             rss(f"analogies {method}")
+    import sys
+
+    print("torch imported:", "torch" in sys.modules, " ray imported:", "ray" in sys.modules)
 
 
 if __name__ == "__main__":

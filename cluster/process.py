@@ -49,11 +49,15 @@ def release_free_memory() -> None:
 
 @functools.cache
 def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` from the C library this process already runs on (``dlopen(NULL)``).
+
+    Not ``ctypes.util.find_library("c")``: on Linux that runs ``ldconfig -p`` in a subprocess, and the fork
+    of a large process briefly doubles its resident memory as a process-tree monitor counts it (the sgns
+    benchmark saw 526 MB for a 263 MB driver)."""
     import ctypes
-    import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return None
 

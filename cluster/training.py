@@ -62,14 +62,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from lmpipe.cluster.connect import ResourceError
 from lmpipe.cluster.process import WorkersRecord, process_info
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,12 +88,30 @@ class StopAfterEpoch(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class WorkerGroup:
-    """This process's place among the data-parallel workers."""
+    """This process's place among the data-parallel workers.
+
+    One worker in a plain process needs no torch: a loop that never touches :attr:`device` or a collective
+    (the sgns stage on its numba path) runs without importing it; more workers communicate through
+    ``torch.distributed``, which is then imported already."""
 
     rank: int
     world_size: int
-    device: torch.device
+    device_name: str  # "cpu", "cuda:0": the name of :attr:`device` (a torch.device is accepted and kept as it)
     in_ray: bool  # inside a Ray Train worker: report to Ray Train
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device_name", str(self.device_name))
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device of this worker's parameters (imports torch)."""
+        import torch
+
+        return torch.device(self.device_name)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device_name.startswith("cuda")
 
     @classmethod
     def current(cls, use_gpu: bool) -> WorkerGroup:
@@ -106,11 +125,15 @@ class WorkerGroup:
                 raise RuntimeError("not in a Ray Train worker")
             ctx = ray_train.get_context()
             rank, world, in_ray = ctx.get_world_rank(), ctx.get_world_size(), True
-        except RuntimeError:  # a plain process or torchrun
-            rank = dist.get_rank() if dist.is_initialized() else 0
-            world = dist.get_world_size() if dist.is_initialized() else 1
-        device = torch.device("cpu")
+        except RuntimeError:  # a plain process or torchrun (whose script has imported torch.distributed)
+            dist = sys.modules.get("torch.distributed")
+            initialized = dist is not None and dist.is_initialized()
+            rank = dist.get_rank() if initialized else 0
+            world = dist.get_world_size() if initialized else 1
+        device: Any = "cpu"
         if use_gpu:
+            import torch
+
             if in_ray:
                 import ray.train.torch
 
@@ -131,6 +154,8 @@ class WorkerGroup:
     def all_reduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Sum over the workers, in place (no-op for one worker)."""
         if self.world_size > 1:
+            import torch.distributed as dist
+
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
@@ -138,6 +163,8 @@ class WorkerGroup:
         """Every rank's ``obj`` (picklable, small), in rank order, on every rank."""
         if self.world_size == 1:
             return [obj]
+        import torch.distributed as dist
+
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
@@ -145,12 +172,20 @@ class WorkerGroup:
     def all_finite(self, *values: torch.Tensor | float) -> bool:
         """True when every value is finite on every rank (one all-reduce): all ranks take the same branch, so
         a non-finite loss on one rank stops them all instead of leaving the others in a collective."""
-        bad = float(not all(math.isfinite(float(v.detach()) if torch.is_tensor(v) else v) for v in values))
-        flag = torch.tensor([bad], dtype=torch.float64, device=self.device)
+        finite = all(math.isfinite(float(v.detach()) if hasattr(v, "detach") else v) for v in values)
+        if self.world_size == 1:
+            return finite
+        import torch
+
+        flag = torch.tensor([float(not finite)], dtype=torch.float64, device=self.device)
         return self.all_reduce_(flag).item() == 0
 
     def per_rank_sum(self, values: list[float]) -> np.ndarray:
         """``(world_size, len(values))`` float64: row r is rank r's values, on every rank (one all-reduce)."""
+        if self.world_size == 1:
+            return np.array([values], dtype=np.float64)
+        import torch
+
         table = torch.zeros(self.world_size, len(values), dtype=torch.float64, device=self.device)
         table[self.rank] = torch.tensor(values, dtype=torch.float64)
         return self.all_reduce_(table).cpu().numpy()
@@ -198,6 +233,59 @@ def commit_checkpoint(
     return final
 
 
+#: The JSON stand-in for an array in ``state.json``: ``{"npy": "<file>"}`` names its ``.npy`` file.
+_NPY = "npy"
+
+
+def save_numpy_state(folder: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (nested dicts with string keys, lists, tuples, numbers, strings, None, numpy arrays and
+    torch tensors) into ``folder``: each array as ``<path>.npy`` (``np.save``, no pickle; a tensor is moved
+    to the host first), everything else as ``state.json`` with ``{"npy": "<path>.npy"}`` in the arrays'
+    places.  Files are created by ``open``, so their mode honours the umask; the folder is a checkpoint's
+    temporary folder, renamed into place by :func:`commit_checkpoint` once complete.  Tuples come back as
+    lists."""
+    names: set[str] = set()
+
+    def encode(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            if not all(isinstance(k, str) for k in value):
+                raise TypeError(f"numpy checkpoint storage needs string keys, got {list(value)[:5]} at {path!r}")
+            return {k: encode(v, f"{path}.{k}") for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [encode(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor (torch is imported then)
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            name = "".join(c if c.isalnum() or c in "._-" else "_" for c in path) + ".npy"
+            if name in names:
+                raise ValueError(f"two arrays of the checkpoint map to one file name {name!r}")
+            names.add(name)
+            with open(folder / name, "wb") as handle:
+                np.save(handle, value, allow_pickle=False)
+            return {_NPY: name}
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    body = {k: encode(v, k) for k, v in state.items()}
+    (folder / "state.json").write_text(json.dumps(body) + "\n", encoding="utf-8")
+
+
+def load_numpy_state(folder: Path) -> dict[str, Any]:
+    """The state :func:`save_numpy_state` wrote, arrays loaded from their ``.npy`` files (no pickle)."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {_NPY}:
+                return np.load(folder / value[_NPY], allow_pickle=False)
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(json.loads((folder / "state.json").read_text(encoding="utf-8")))
+
+
 def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None) -> None:
     """``ray.train.report`` on every rank (outside Ray Train: nothing); rank 0 attaches a small checkpoint
     naming the epoch folder, so Ray's storage does not hold a second copy of the parameters."""
@@ -216,35 +304,51 @@ def report(group: WorkerGroup, metrics: dict[str, Any], checkpoint: Path | None)
 
 
 # ------------------------------------------------------------------------------------------ random streams
-def capture_rng(device: torch.device) -> dict[str, Any]:
-    """This process's global random streams in one layout (python, numpy, torch CPU, the GPU's on CUDA),
-    as plain values and tensors so ``torch.load(weights_only=True)`` reads them back."""
+def capture_rng(device: Any = "cpu") -> dict[str, Any]:
+    """This process's global random streams in one layout (python, numpy, torch CPU, the GPU's on CUDA), as
+    plain values (lists, numbers) and ByteTensors, which ``torch.load(weights_only=True)`` reads back and a
+    numpy checkpoint stores as arrays.  torch's streams are taken only when torch is imported (a process that
+    never imported it has drawn nothing from them): ``None`` otherwise."""
     _, key, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    torch = sys.modules.get("torch")
+    on_gpu = str(device).startswith("cuda")
     return {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }  # fmt: skip
+        "numpy": {"key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state() if torch is not None else None,
+        "cuda": torch.cuda.get_rng_state(device) if torch is not None and on_gpu else None,
+    }
 
 
-def restore_rng(state: dict[str, Any], device: torch.device) -> None:
-    """Set the streams :func:`capture_rng` took."""
+def restore_rng(state: dict[str, Any], device: Any = "cpu") -> None:
+    """Set the streams :func:`capture_rng` took (torch's only where both the state and torch are there)."""
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state["cuda"] is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
+    key = np.asarray(n["key"]).astype(np.uint32)  # a list, an array, or a tensor (checkpoints before 2026-12)
+    np.random.set_state(("MT19937", key, int(n["pos"]), int(n["has_gauss"]), float(n["gauss"])))
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if state["torch"] is not None:
+        torch.set_rng_state(_byte_tensor(state["torch"]))
+    if str(device).startswith("cuda") and state["cuda"] is not None:
+        torch.cuda.set_rng_state(_byte_tensor(state["cuda"]), device)
+
+
+def _byte_tensor(state: Any) -> torch.Tensor:
+    import torch
+
+    return state if torch.is_tensor(state) else torch.from_numpy(np.asarray(state, dtype=np.uint8).copy())
 
 
 def seed_rng(seed: int) -> None:
     """Seed every global stream :func:`capture_rng` captures (``torch.manual_seed`` seeds the GPUs too)."""
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------ resume policy
@@ -252,6 +356,8 @@ def seed_rng(seed: int) -> None:
 #: shared state is loaded, each rank's random streams are drawn afresh from ``rank_seed(seed, rank, epoch)``.
 OTHER_WORLD_SIZE = "resume with fresh random streams"
 CHECKPOINT_VERSION = 2  # 2: one layout for every stage (shared state + per-rank streams)
+#: How a checkpoint's state is stored (``meta.json``'s ``storage``; absent means ``torch``).
+STORAGES = ("torch", "numpy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,13 +374,24 @@ class Resumed:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoints:
-    """One training run's ``epoch-NNN`` folders (``state.pt`` + ``meta.json``) in one layout for every stage:
-    ``state.pt`` = ``{"shared": ..., "ranks": [{"rng": capture_rng(), **rank_state}, ...]}``."""
+    """One training run's ``epoch-NNN`` folders in one layout for every stage: the state
+    ``{"shared": ..., "ranks": [{"rng": capture_rng(), **rank_state}, ...]}`` and ``meta.json``.
+
+    ``storage`` says how the state is written: ``torch`` (the default): one ``state.pt`` (``torch.save``; model
+    and optimiser state dicts as they are); ``numpy``: every array (numpy, or a tensor moved to the host) in
+    its own ``.npy`` file and the rest in ``state.json`` (:func:`save_numpy_state`), for a loop that runs
+    without torch (the sgns stage on CPU).  Both are written into the checkpoint's temporary folder, which
+    :func:`commit_checkpoint` renames into place."""
 
     folder: Path
     kind: str  # "sgns", "glove", "lm", "tagger": the format name in meta.json and in messages
     group: WorkerGroup
     seed: int  # reseeds the streams of a resume at another world size
+    storage: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.storage not in STORAGES:
+            raise ValueError(f"checkpoint storage must be one of {STORAGES}, got {self.storage!r}")
 
     @property
     def format(self) -> str:
@@ -282,23 +399,30 @@ class Checkpoints:
 
     def resume(self) -> Resumed | None:
         """The latest complete checkpoint, loaded with the declared :data:`OTHER_WORLD_SIZE` policy; None when
-        there is none.  A folder of another format or layout is refused, naming what to remove."""
+        there is none.  A folder of another format, layout or storage is refused, naming what to remove."""
         found = latest_checkpoint(self.folder)
         if found is None:
             return None
         meta = read_checkpoint_meta(found)
-        if meta.get("format") != self.format or meta.get("version") != CHECKPOINT_VERSION:
+        storage = meta.get("storage", "torch")
+        if meta.get("format") != self.format or meta.get("version") != CHECKPOINT_VERSION or storage != self.storage:
             raise ValueError(
-                f"{found}: not a {self.kind} checkpoint of version {CHECKPOINT_VERSION} (format "
-                f"{meta.get('format')!r}, version {meta.get('version')!r}); remove {self.folder} to start over"
+                f"{found}: not a {self.kind} checkpoint of version {CHECKPOINT_VERSION} in {self.storage} storage "
+                f"(format {meta.get('format')!r}, version {meta.get('version')!r}, storage {storage!r}); "
+                f"remove {self.folder} to start over"
             )
-        state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
+        if storage == "numpy":
+            state = load_numpy_state(found)
+        else:
+            import torch
+
+            state = torch.load(found / "state.pt", map_location="cpu", weights_only=True)
         epoch = int(meta["epoch"])
         group = self.group
         mine: dict[str, Any] | None = None
         if meta["world_size"] == group.world_size:
             mine = dict(state["ranks"][group.rank])
-            restore_rng(mine.pop("rng"), group.device)
+            restore_rng(mine.pop("rng"), group.device_name)
         else:
             if group.rank == 0:
                 logger.warning(
@@ -315,14 +439,22 @@ class Checkpoints:
     ) -> Path | None:
         """Every rank: gather the ranks' streams and ``rank_state``; rank 0 writes ``epoch-NNN`` with
         ``shared()`` (called on rank 0 only).  Returns the folder on rank 0, None elsewhere."""
-        ranks = self.group.gather({"rng": capture_rng(self.group.device), **rank_state})
+        ranks = self.group.gather({"rng": capture_rng(self.group.device_name), **rank_state})
         if self.group.rank != 0:
             return None
 
         def write(folder: Path) -> None:
-            torch.save({"shared": shared(), "ranks": ranks}, folder / "state.pt")
+            state = {"shared": shared(), "ranks": ranks}
+            if self.storage == "numpy":
+                save_numpy_state(folder, state)
+            else:
+                import torch
+
+                torch.save(state, folder / "state.pt")
 
         head = {"format": self.format, "version": CHECKPOINT_VERSION, "world_size": self.group.world_size}
+        if self.storage != "torch":
+            head["storage"] = self.storage
         return commit_checkpoint(self.folder, epoch, write, {**head, **meta})
 
     def kept(self, epochs_done: int) -> str:
@@ -552,12 +684,16 @@ def _own_sigint() -> Iterator[None]:
 
 def fit_in_process(train_loop: Callable[[dict[str, Any]], Any], config: dict[str, Any]) -> Any:
     """``train_loop(config)`` as a plain function in this process (rank 0 of 1; ``WorkerGroup.current`` finds no
-    Ray Train context), leaving this process's torch thread count as it was."""
-    intra_op = torch.get_num_threads()
+    Ray Train context), leaving this process's torch thread count as it was.  torch is not imported for
+    that: a loop that does not use it (sgns on CPU) runs without it, and one that imports it first sets its
+    own threads (every torch loop does)."""
+    torch = sys.modules.get("torch")
+    intra_op = torch.get_num_threads() if torch is not None else None
     try:
         return train_loop(config)
     finally:
-        torch.set_num_threads(intra_op)
+        if intra_op is not None:
+            torch.set_num_threads(intra_op)
 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:

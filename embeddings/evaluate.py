@@ -287,7 +287,10 @@ def _scorer(
     def cosmul(j0: int, j1: int) -> np.ndarray:
         if not cache["start"] <= j0 < j1 <= cache["stop"]:  # one product per chunk of rows, not per tile
             stop = min(len(matrix), max(j1, j0 + chunk))
-            shifted = (1 + (word_units @ matrix[j0:stop].T) / norms[j0:stop]) / 2  # (W, rows)
+            shifted = word_units @ matrix[j0:stop].T  # (W, rows): (1 + cos) / 2, in place (one array, not four)
+            shifted /= norms[j0:stop]
+            shifted += 1
+            shifted /= 2
             cache.update(start=j0, stop=stop, shifted=shifted)
         shifted = cache["shifted"][:, j0 - cache["start"] : j1 - cache["start"]]
         tile = np.take(shifted, inverse[:, 1], axis=0)  # b

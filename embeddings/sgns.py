@@ -1,4 +1,4 @@
-"""Skip-gram with negative sampling (word2vec's SGNS), batched and vectorised for torch on CPU or CUDA.
+"""Skip-gram with negative sampling (word2vec's SGNS), a compiled loop on CPU or batched torch steps on CUDA.
 
 Semantics follow word2vec.c (`-cbow 0 -hs 0`) and gensim's ``Word2Vec(sg=1)``:
 
@@ -12,19 +12,23 @@ Semantics follow word2vec.c (`-cbow 0 -hs 0`) and gensim's ``Word2Vec(sg=1)``:
 * learning rate linear from ``alpha`` to ``min_alpha`` (default alpha * 1e-4) over all epochs' raw words;
 * init: input vectors uniform in ±0.5/dim, output vectors zero; plain SGD on touched rows, no optimiser.
 
-What differs is the batching.  word2vec updates after every pair; here a *block* of sentences becomes one
-array of pairs (numpy, no per-token Python), shuffled, and ``batch_pairs`` pairs at a time are scored with
-the parameters as they were at the start of the batch and their row gradients ``index_add_``-ed into the
-two matrices (Hogwild-like staleness inside one batch, as when word2vec runs many threads)::
+Two backends train the same model.  ``numba`` (the CPU default): word2vec.c's loop, one pair at a time in
+word2vec's order, compiled (``embeddings.sgns_kernel``), on numpy matrices; this path imports neither torch
+nor Ray.  ``torch`` (a GPU, ``shared_negatives > 1``, ``compile``): batched steps on tensors
+(``embeddings.sgns_torch``, which has the batching diagram).  On CPU both draw the initial vectors and the
+noise words from the same stream (``sampling.HostGenerator`` is torch's CPU generator in numpy).
 
-    sentences ──concat──► ids  [ 7  3  9 | 4  4  8  2 ]   seg [0 0 0 | 1 1 1 1]   (| = sentence boundary)
-    subsample ──────────► ids  [ 7  9 | 4  8  2 ]          eff [2 1 | 1 2 2]       (effective windows)
-    offset o=1..window:   centre i, context i±o  if  o <= eff[i]  and  seg[i] == seg[i±o]
-    shuffle, then per batch:  u = W_in[context] (B,d);  v = W_out[centre, noise] (B,1+K,d)
-                              g = (label - sigmoid(u·v)) * lr;  W_in[context] += g v;  W_out[..] += g u
+The matrices hold the rows ``0 .. rows - 1`` with ``rows`` = 1 + the largest trainable id: the vocabulary
+is sorted by descending count, so with a ``min_count`` cut these are the specials and the kept words, and
+the rarer ids (61% of an English vocabulary of 64k types at ``min_count`` 5), which never enter a window and
+are never drawn as noise, have no rows::
 
-``shared_negatives=G`` lets G consecutive pairs share one draw of K noise words (Ji et al. 2016,
-"HogBatch"): the noise scores become a (G x d)(d x K) matmul and G-fold fewer output rows are gathered.
+    ids        0 <unk>  1 <s>  2 </s>  3 .. 24,310 kept (count >= min_count)  |  24,311 .. 63,844 dropped
+    matrices   [------------------- rows = 24,311 --------------------------] |  (no rows)
+    init draws [------------------- rows x dim ----------------------------] [ skipped: (V - rows) x dim ]
+
+The init still draws ``V x dim`` uniforms (the rows not held are skipped), so the rows held and every later
+draw are what they were when the matrices had a row per id: the vectors are the same bytes.
 
 Speed on CPU (see bench/sgns_core.py): ``train_epoch(threads=N)`` runs N Hogwild threads like gensim's
 workers; ``compile=True`` fuses the step with torch.compile; ``shared_negatives=16`` is the fastest
@@ -41,73 +45,24 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
-from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs, windowed_tokens
+from lmpipe.embeddings.sampling import HostGenerator, NoiseSampler, keep_probabilities, windowed_tokens
 from lmpipe.embeddings.sgns_modes import ModeTables
 from lmpipe.embeddings.sgns_modes import train_block as train_mode_block
 from lmpipe.embeddings.vectors import Vectors
 from lmpipe.embeddings.word2vec_defaults import LOSSES, MODELS, mode_defaults
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, UNK_ID
+from lmpipe.pipelines.core.shards import numpy_view
 
 logger = logging.getLogger(__name__)
-
-
-def sgns_step(
-    w_in: torch.Tensor,
-    w_out: torch.Tensor,
-    centre: torch.Tensor,
-    context: torch.Tensor,
-    noise: torch.Tensor,
-    lr: float | torch.Tensor,
-) -> torch.Tensor:
-    """One SGD step on B pairs in place; returns the summed loss of the batch (0-dim, before the step).
-
-    ``noise`` is (B, K) (one draw per pair) or (G, K) with G < B (shared by ceil(B/G) consecutive pairs).
-    Loss per pair: ``-log σ(u·v_centre) - Σ_k log σ(-u·v_k)`` with u = w_in[context]; the update is ``-lr``
-    times its gradient, computed for all pairs from the parameters at entry: word2vec's
-    ``g = (label - σ(f)) * alpha; neu1e += g * syn1neg[target]; syn1neg[target] += g * syn0[context]``.
-    A noise word equal to the pair's centre contributes nothing (word2vec: ``if (target == word) continue``).
-    """
-    # index_select and in-place ops: ~1.8x faster on CPU than advanced indexing with fresh temporaries
-    b, d = context.shape[0], w_in.shape[1]
-    groups, k = noise.shape
-    u = w_in.index_select(0, context)  # (B, d)
-    if groups == b:  # independent noise: the centre is target 0 of 1 + K, one gather and one scatter
-        targets = torch.cat([centre[:, None], noise], 1).view(-1)  # (B * (1+K),)
-        v = w_out.index_select(0, targets).view(b, k + 1, d)  # (B, 1+K, d)
-        sign = torch.ones(k + 1, device=u.device, dtype=u.dtype)
-        sign[0] = -1.0
-        f = torch.mul(v, u[:, None, :]).sum(2).mul_(sign)  # (B, 1+K): -u·v_centre, +u·v_noise
-        skip = torch.cat([torch.zeros_like(centre, dtype=torch.bool)[:, None], noise == centre[:, None]], 1)
-        g = torch.sigmoid(f).mul_(-sign * lr).masked_fill_(skip, 0.0)  # (label - σ(u·v)) * lr
-        w_out.index_add_(0, targets, torch.mul(g[:, :, None], u[:, None, :]).view(-1, d))
-        w_in.index_add_(0, context, torch.bmm(g[:, None, :], v).view(b, d))
-        return torch.nn.functional.softplus(f).masked_fill_(skip, 0.0).sum()
-    per = -(-b // groups)  # shared noise: pairs [i*per, (i+1)*per) use noise[i]
-    pad = groups * per - b
-    v_pos = w_out.index_select(0, centre)  # (B, d)
-    v_neg = w_out.index_select(0, noise.reshape(-1)).view(groups, k, d)  # (G, K, d)
-    u_g = torch.cat([u, u.new_zeros(pad, d)]).view(groups, per, d)  # padded pairs have u = 0
-    centre_g = torch.cat([centre, centre.new_full((pad,), -1)]).view(groups, per, 1)
-    pos = torch.mul(u, v_pos).sum(1)  # (B,)
-    neg = torch.bmm(u_g, v_neg.transpose(1, 2))  # (G, per, K)
-    skip = noise[:, None, :] == centre_g
-    g_pos = torch.sigmoid(-pos).mul_(lr)  # (1 - σ(f)) * lr
-    g_neg = torch.sigmoid(neg).mul_(-lr).masked_fill_(skip, 0.0)  # (0 - σ(f)) * lr
-    w_out.index_add_(0, centre, g_pos[:, None] * u)
-    w_out.index_add_(0, noise.reshape(-1), torch.bmm(g_neg.transpose(1, 2), u_g).view(-1, d))
-    w_in.index_add_(0, context, torch.bmm(g_neg, v_neg).view(-1, d)[:b].addcmul_(g_pos[:, None], v_pos))
-    neg_loss = torch.nn.functional.softplus(neg).masked_fill_(skip, 0.0).sum() - pad * k * math.log(2.0)
-    return torch.nn.functional.softplus(-pos).sum() + neg_loss  # padded pairs scored log 2 per noise word
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -164,8 +119,8 @@ class SGNSConfig:
 
     @property
     def sgns(self) -> bool:
-        """Skip-gram with negative sampling: ``sgns_step`` and ``sgns_kernel.train_pairs``; the other modes
-        train through ``embeddings.sgns_modes``."""
+        """Skip-gram with negative sampling: ``sgns_kernel.train_pairs`` and ``sgns_torch.sgns_step``; the other
+        modes train through ``embeddings.sgns_modes``."""
         return self.model == "skipgram" and self.loss == "negative"
 
     @property
@@ -175,11 +130,11 @@ class SGNSConfig:
 
 @dataclass(frozen=True, slots=True)
 class _Stream:
-    """The randomness and learning-rate scalar of one training thread."""
+    """The randomness (and, on the torch backend, the learning-rate scalar) of one training thread."""
 
     rng: np.random.Generator  # subsampling, windows, pair shuffling
-    generator: torch.Generator  # noise words (on the parameters' device)
-    lr: torch.Tensor  # 0-dim, refilled every step
+    generator: Any  # noise words: a HostGenerator (numba) or a torch.Generator on the parameters' device
+    lr: Any = None  # torch backend: a 0-dim tensor, refilled every step
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +155,9 @@ class SGNS:
 
     ``counts`` are the *global* vocabulary counts (they fix subsampling and noise), indexed by id.
     ``words_per_epoch`` is what *this* trainer reads per epoch (its shard under data parallelism) and sets
-    the learning-rate schedule; by default every counted token except ``<s>``/``</s>``.
+    the learning-rate schedule; by default every counted token except ``<s>``/``</s>``.  ``w_in``/``w_out``
+    are float32 (rows, dim) numpy arrays on the numba backend and tensors on ``device`` on the torch backend;
+    :meth:`host_matrices` gives both as numpy either way.
     """
 
     def __init__(
@@ -208,7 +165,7 @@ class SGNS:
         counts: np.ndarray,
         config: SGNSConfig,
         *,
-        device: str | torch.device = "cpu",
+        device: Any = "cpu",
         words_per_epoch: int | None = None,
     ) -> None:
         self.config = config
@@ -218,35 +175,48 @@ class SGNS:
         trainable[[i for i in (BOS_ID, EOS_ID, *config.drop_ids) if i < vocab]] = 0.0
         self.keep_prob = keep_probabilities(trainable, config.sample)
         self.keep_prob[trainable == 0] = 0.0  # dropped ids (and ids never counted) never enter a window
-        self.noise = NoiseSampler(trainable, config.ns_exponent, device)
+        self.noise = NoiseSampler(trainable, config.ns_exponent)  # raises when no id is trainable
         if words_per_epoch is None:
             skip = [i for i in (BOS_ID, EOS_ID) if i < vocab]
             words_per_epoch = int(self.counts.sum() - self.counts[skip].sum())
         self.words_per_epoch = words_per_epoch
-        self._stream = _Stream(
-            rng=np.random.default_rng(config.seed),
-            generator=torch.Generator(device=device).manual_seed(config.seed),
-            lr=torch.zeros((), device=device),  # a tensor, so a compiled step is not specialised on it
-        )
+        self.device = str(device)  # "cpu", "cuda:0" (a torch.device is accepted and kept as its name)
+        self.backend = _resolve_backend(config, self.device)
+        self.rows = int(np.flatnonzero(trainable).max()) + 1  # see the module docstring
+        self._stream = self._new_stream(config.seed)
         self._lock = threading.Lock()
-        init = torch.rand(vocab, config.dim, generator=self._stream.generator, device=device)
-        self.w_in = (init - 0.5) / config.dim  # word2vec.c: (rand - 0.5) / layer1_size
-        self.w_out = torch.zeros(vocab, config.dim, device=device)
+        if self.backend == "numba":
+            self.w_in = np.empty((self.rows, config.dim), np.float32)
+            self._stream.generator.fill_uniform(self.w_in)
+            self.w_in -= np.float32(0.5)
+            self.w_in /= np.float32(config.dim)  # word2vec.c: (rand - 0.5) / layer1_size
+            self._stream.generator.skip((vocab - self.rows) * config.dim)  # the rows not held
+            self.w_out = np.zeros((self.rows, config.dim), np.float32)
+        else:
+            from lmpipe.embeddings import sgns_torch
+
+            self.w_in, self.w_out = sgns_torch.init_matrices(
+                self.rows, vocab, config.dim, self._stream.generator, self.device
+            )
+            self._step = sgns_torch.compiled_step(config.compile)
         self.words_done = 0  # raw tokens read so far, over all epochs
         self.epoch = 0
-        self._step = torch.compile(sgns_step, dynamic=False) if config.compile else sgns_step
-        self.backend = _resolve_backend(config, self.w_in.device)
         self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
-        self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise, self.w_in.device)
+        self._noise_buffer: np.ndarray | None = None  # numba backend: see _noise_out
+        self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise)
+        if self.backend == "torch" and self.modes is not None:
+            self._device_tree = sgns_torch.device_tree(self.modes.tree, self.device)
         logger.info(
-            "SGNS: %s + %s, vocab %d, dim %d, %d trainable tokens, %d words/epoch, device %s",
+            "SGNS: %s + %s, vocab %d, %d rows x dim %d, %d trainable tokens, %d words/epoch, %s on %s",
             config.model,
             config.loss,
             vocab,
+            self.rows,
             config.dim,
             int(trainable.sum()),
             words_per_epoch,
-            device,
+            self.backend,
+            self.device,
         )
 
     def learning_rate(self, words_done: float | None = None) -> float:
@@ -262,55 +232,47 @@ class SGNS:
         """Train on one block of sentences with ``stream``'s randomness; returns (pairs, summed loss)."""
         c, st = self.config, stream or self._stream
         words, words_done = int(sum(len(s) for s in sentences)), self.words_done
-        if not c.sgns:  # skip-gram HS, CBOW: embeddings.sgns_modes
-            n, loss_sum = train_mode_block(
-                self, sentences, st.rng, st.generator, self.learning_rate(words_done),
-                self.learning_rate(words_done + words),
-            )  # fmt: skip
-            with self._lock:
-                self.words_done += words
-            return n, loss_sum
-        if self.backend == "numba":  # word2vec's order, centre by centre: no shuffle (see window_pairs)
+        lr_start, lr_end = self.learning_rate(words_done), self.learning_rate(words_done + words)
+        if self.backend == "torch":
+            from lmpipe.embeddings import sgns_torch
+
+            if c.sgns:
+                n, loss_sum = sgns_torch.train_sgns_block(self, sentences, st, words_done, words)
+            else:
+                n, loss_sum = sgns_torch.train_mode_block(self, sentences, st, lr_start, lr_end)
+        elif c.sgns:  # word2vec's order, centre by centre: no shuffle (see window_pairs)
             from lmpipe.embeddings.sgns_kernel import train_pairs, window_pairs
 
-            centre_np, context_np = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, st.rng))
-            noise_np = self.noise.draw((len(centre_np), c.negative), st.generator).numpy()
-            loss_sum = train_pairs(
-                self.w_in.numpy(), self.w_out.numpy(), centre_np, context_np, noise_np,
-                self.learning_rate(words_done), self.learning_rate(words_done + words), self._slices,
-            )  # fmt: skip
-            with self._lock:
-                self.words_done += words
-            return len(centre_np), float(loss_sum)
-        centre_np, context_np = skipgram_pairs(sentences, c.window, self.keep_prob, st.rng)
-        order = st.rng.permutation(len(centre_np))
-        device = self.w_in.device
-        centre = torch.from_numpy(centre_np[order]).to(device, non_blocking=True)
-        context = torch.from_numpy(context_np[order]).to(device, non_blocking=True)
-        n, batch = len(order), c.batch_pairs
-        per_batch = -(-batch // c.shared_negatives)  # noise draws per full batch
-        full_noise = self.noise.draw((n // batch * per_batch, c.negative), st.generator)  # one call per block
-        loss = torch.zeros((), device=device)
-        for i, start in enumerate(range(0, n, batch)):
-            stop = min(n, start + batch)
-            st.lr.fill_(self.learning_rate(words_done + words * start / max(n, 1)))
-            if stop - start == batch:
-                noise, step = full_noise[i * per_batch : (i + 1) * per_batch], self._step
-            else:  # the block's last, shorter batch: its own draw, and eager (a compiled step is fixed-shape)
-                noise = self.noise.draw((-(-(stop - start) // c.shared_negatives), c.negative), st.generator)
-                step = sgns_step
-            loss += step(self.w_in, self.w_out, centre[start:stop], context[start:stop], noise, st.lr)
+            centre, context = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, st.rng))
+            noise = self.noise.draw((len(centre), c.negative), st.generator, self._noise_out(len(centre)))
+            loss_sum = float(train_pairs(
+                self.w_in, self.w_out, centre, context, noise, lr_start, lr_end, self._slices
+            ))  # fmt: skip
+            n = len(centre)
+        else:  # skip-gram HS, CBOW: embeddings.sgns_modes
+            n, loss_sum = train_mode_block(self, sentences, st.rng, lr_start, lr_end)
         with self._lock:
             self.words_done += words
-        return n, float(loss)
+        return n, loss_sum
+
+    def _noise_out(self, pairs: int) -> np.ndarray:
+        """The numba path's noise array (int32), kept from block to block (grown by a quarter when a block needs
+        more): the block's largest array is then allocated a few times per run, not once per block, which
+        kept glibc from raising its mmap threshold and holding ~25 MB of freed blocks (bench/RESULTS.md,
+        2026-12-03).  One Python thread trains on this path (the kernel runs the Hogwild threads)."""
+        n = pairs * self.config.negative
+        if self._noise_buffer is None or len(self._noise_buffer) < n:
+            self._noise_buffer = np.empty(n + n // 4, np.int32)
+        return self._noise_buffer
 
     def train_epoch(self, sentences: Iterable[np.ndarray], *, threads: int = 1) -> EpochStats:
         """One pass over ``sentences`` (id arrays), grouped into blocks of ~``block_words`` tokens.
 
-        ``threads > 1`` trains blocks concurrently on the shared matrices without locks (Hogwild, as
-        word2vec.c and gensim's workers do): torch ops release the GIL, and each thread runs its ops
-        single-threaded (intra-op threads are set to 1 meanwhile; torch's own intra-op parallelism barely
-        helps these small ops).  Results then depend on thread timing; ``threads=1`` is reproducible.
+        ``threads > 1`` trains concurrently on the shared matrices without locks (Hogwild, as word2vec.c and
+        gensim's workers do).  numba backend: the kernel splits each block over ``threads`` GIL-free threads.
+        torch backend: ``threads`` Python threads train whole blocks (torch ops release the GIL), each running
+        its ops single-threaded (intra-op threads are set to 1 meanwhile; torch's own intra-op parallelism
+        barely helps these small ops).  Results then depend on thread timing; ``threads=1`` is reproducible.
         """
         t0, words = time.perf_counter(), self.words_done
         blocks = _blocks(sentences, self.config.block_words)
@@ -345,7 +307,10 @@ class SGNS:
         return stats
 
     def _train_threaded(self, blocks: Iterator[list[np.ndarray]], threads: int) -> list[tuple[int, float]]:
-        """Producer (this thread) -> bounded queue -> ``threads`` Hogwild workers, each with its own streams."""
+        """Producer (this thread) -> bounded queue -> ``threads`` Hogwild workers, each with its own streams
+        (torch backend)."""
+        import torch
+
         work: queue.Queue = queue.Queue(maxsize=2 * threads)
         results: list[tuple[int, float]] = []
         errors: list[BaseException] = []
@@ -359,7 +324,7 @@ class SGNS:
                 except BaseException as e:  # re-raised in the calling thread below
                     errors.append(e)
 
-        streams = [self._new_stream() for _ in range(threads)]
+        streams = [self._new_stream(int(self._stream.rng.integers(2**63))) for _ in range(threads)]
         pool = [threading.Thread(target=worker, args=(st,), daemon=True) for st in streams]
         intra_op = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -378,44 +343,75 @@ class SGNS:
             raise errors[0]
         return results
 
-    def _new_stream(self) -> _Stream:
-        """Independent randomness for a worker thread, derived from (and advancing) the main stream."""
-        seed = int(self._stream.rng.integers(2**63))
-        device = self.w_in.device
+    def _new_stream(self, seed: int) -> _Stream:
+        """Randomness seeded with ``seed``: the trainer's own (``config.seed``), or a worker thread's, derived
+        from (and advancing) the trainer's."""
+        if self.backend == "numba":
+            return _Stream(rng=np.random.default_rng(seed), generator=HostGenerator(seed))
+        from lmpipe.embeddings import sgns_torch
+
         return _Stream(
-            rng=np.random.default_rng(seed),
-            generator=torch.Generator(device=device).manual_seed(seed),
-            lr=torch.zeros((), device=device),
-        )
+            rng=np.random.default_rng(seed), generator=sgns_torch.new_generator(seed, self.device),
+            lr=sgns_torch.lr_scalar(self.device),
+        )  # fmt: skip
+
+    def seeded_streams(self, seed: int) -> dict[str, Any]:
+        """Fresh random streams from ``seed`` in the layout of :meth:`state_dict` (``rng``, ``generator``)."""
+        st = self._new_stream(seed)
+        return {"rng": st.rng.bit_generator.state, "generator": _generator_state(st.generator)}
+
+    def host_matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(w_in, w_out)`` as float32 numpy arrays: the matrices themselves (numba) or host copies (torch)."""
+        if self.backend == "numba":
+            return self.w_in, self.w_out
+        return tuple(w.detach().cpu().numpy() for w in (self.w_in, self.w_out))  # type: ignore[return-value]
 
     def to_vectors(self, tokens: Sequence[str], *, source: str = "sgns") -> Vectors:
-        """The input vectors as the exported artifact (word2vec and gensim export syn0 too)."""
-        matrix = self.w_in.detach().to("cpu", torch.float32).numpy().copy()
-        return Vectors(tokens, matrix, self.counts, source=source)
+        """The input vectors of every id with a row (``tokens[:rows]``) as the exported artifact (word2vec and
+        gensim export syn0 too)."""
+        matrix = self.host_matrices()[0].copy()
+        return Vectors(list(tokens)[: self.rows], matrix, self.counts[: self.rows], source=source)
 
     def state_dict(self) -> dict:
-        """Everything needed to resume bit-exactly on the same device (rng states included)."""
+        """Everything needed to resume bit-exactly on the same device (rng states included).  The matrices are
+        the live ones, not copies."""
         return {
             "w_in": self.w_in,
             "w_out": self.w_out,
             "words_done": self.words_done,
             "epoch": self.epoch,
             "rng": self._stream.rng.bit_generator.state,
-            "generator": self._stream.generator.get_state(),
+            "generator": _generator_state(self._stream.generator),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.w_in.copy_(state["w_in"])
-        self.w_out.copy_(state["w_out"])
+        """Restore :meth:`state_dict`'s values (matrices as numpy arrays or tensors, generator states as written
+        by :meth:`state_dict` or read back from a checkpoint)."""
+        if self.backend == "numba":
+            np.copyto(self.w_in, np.asarray(state["w_in"]))
+            np.copyto(self.w_out, np.asarray(state["w_out"]))
+            self._stream.generator.state = state["generator"]
+        else:
+            import torch
+
+            from lmpipe.embeddings.sgns_torch import state_tensor
+
+            self.w_in.copy_(torch.as_tensor(state["w_in"]))
+            self.w_out.copy_(torch.as_tensor(state["w_out"]))
+            self._stream.generator.set_state(state_tensor(state["generator"]))
         self.words_done, self.epoch = int(state["words_done"]), int(state["epoch"])
         self._stream.rng.bit_generator.state = state["rng"]
-        self._stream.generator.set_state(state["generator"])
 
 
-def _resolve_backend(config: SGNSConfig, device: torch.device) -> str:
+def _generator_state(generator: Any) -> Any:
+    """A noise generator's state: a dict (HostGenerator) or the ByteTensor of ``torch.Generator.get_state``."""
+    return generator.state if isinstance(generator, HostGenerator) else generator.get_state()
+
+
+def _resolve_backend(config: SGNSConfig, device: str) -> str:
     if config.backend == "torch":
         return "torch"
-    cpu = device.type == "cpu"
+    cpu = device.split(":")[0] == "cpu"
     if config.backend == "numba":
         if not cpu:
             raise ValueError(f"backend numba runs on CPU; the parameters are on {device} (use backend torch)")
@@ -437,8 +433,8 @@ def sentences_from_arrow(batch, column: str = "ids") -> list[np.ndarray]:
     col = batch.column(column)
     out: list[np.ndarray] = []
     for chunk in getattr(col, "chunks", [col]):
-        offsets = chunk.offsets.to_numpy()  # absolute positions in chunk.values, slicing included
-        values = chunk.values.to_numpy(zero_copy_only=False)
+        offsets = numpy_view(chunk.offsets)  # absolute positions in chunk.values, slicing included
+        values = numpy_view(chunk.values)
         out += [values[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
     return out
 

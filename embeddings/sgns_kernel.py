@@ -1,6 +1,6 @@
 """word2vec's skip-gram inner loop compiled with numba: the CPU backend of :mod:`embeddings.sgns`.
 
-Why a compiled loop on CPU.  The batched torch step (``embeddings.sgns.sgns_step``) is the right shape for a
+Why a compiled loop on CPU.  The batched torch step (``embeddings.sgns_torch.sgns_step``) is the right shape for a
 GPU, but on a CPU core each batch pays ~15 operator dispatches and temporaries for ~6 KB of arithmetic,
 and Python threads serialise on the GIL between operators, so a second thread gained little (1.1x,
 bench/RESULTS.md).  This kernel is word2vec.c's loop -- one pair at a time, SGD applied immediately --
@@ -100,7 +100,8 @@ def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.
 
     Consecutive pairs share the centre's output row and neighbouring input rows, which stay in the L1/L2
     cache; a shuffled pair order touches two random rows per pair instead (bench/RESULTS.md, the SGNS
-    profile).  Same pairs as :func:`embeddings.sampling.skipgram_pairs` given the same draws."""
+    profile).  Same pairs as :func:`embeddings.sampling.skipgram_pairs` given the same draws, as int32 (half
+    the block's largest arrays; a row index of 2**31 would need a matrix larger than any memory)."""
     n = ids.shape[0]
     total = 0
     for i in range(n):
@@ -108,8 +109,8 @@ def window_pairs(ids: np.ndarray, seg: np.ndarray, eff: np.ndarray) -> tuple[np.
         for j in range(lo, hi + 1):
             if j != i and seg[j] == seg[i]:
                 total += 1
-    centre = np.empty(total, dtype=np.int64)
-    context = np.empty(total, dtype=np.int64)
+    centre = np.empty(total, dtype=np.int32)
+    context = np.empty(total, dtype=np.int32)
     p = 0
     for i in range(n):
         lo, hi = max(0, i - eff[i]), min(n - 1, i + eff[i])

@@ -34,9 +34,9 @@ union's rows (the merge formulas are unchanged on those rows), which pays off on
 the rows a part touches (vocabularies of millions).
 
 Checkpoints: after every epoch but the last (its vectors are written right after, and the stage then drops
-its checkpoints) rank 0 writes ``<checkpoint_dir>/epoch-NNN/`` (both matrices, every rank's
-random streams and ``words_done``, ``meta.json`` last, then an atomic rename) outside the stage's
-temporary folder, and every rank calls ``ray.train.report`` (rank 0 attaching a pointer checkpoint).  On
+its checkpoints) rank 0 writes ``<checkpoint_dir>/epoch-NNN/`` (both matrices as ``.npy`` files, every rank's
+random streams and ``words_done`` in ``state.json``: ``Checkpoints(storage="numpy")``, so the CPU path needs
+no torch; ``meta.json`` last, then an atomic rename) outside the stage's temporary folder, and every rank calls ``ray.train.report`` (rank 0 attaching a pointer checkpoint).  On
 start the latest complete epoch is loaded, so a killed run rerun with the same settings continues there
 and, with the same world size, ends with the same vectors as an uninterrupted run (bit for bit with
 ``threads=1``).
@@ -51,12 +51,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.distributed as dist
 
 from lmpipe.cluster.training import (
     Checkpoints,
@@ -73,8 +71,11 @@ from lmpipe.embeddings.vectors import Vectors
 from lmpipe.pipelines.core.faults import inject
 from lmpipe.pipelines.core.progress import EpochProgress
 from lmpipe.pipelines.core.schemas import BOS_ID, EOS_ID, FIRST_WORD_ID
-from lmpipe.pipelines.core.shards import shard_batches
+from lmpipe.pipelines.core.shards import numpy_view, shard_batches
 from lmpipe.pipelines.core.vocab import Vocab
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Share:
             if size == 0 or first >= self.stop or shard_start <= self.start:
                 continue  # every sentence of this shard starts outside [start, stop)
             for batch in shard_batches(path):
-                offsets = batch.column("ids").offsets.to_numpy()
+                offsets = numpy_view(batch.column("ids").offsets)
                 starts = first + offsets[:-1] - offsets[0]  # global position of each sentence's first word
                 first += int(offsets[-1] - offsets[0])
                 lo, hi = np.searchsorted(starts, [self.start, self.stop])
@@ -227,15 +228,25 @@ class ReplicaSync:
         self._pending: _Round | None = None
         self.seconds = 0.0  # time spent in step/flush, waits included
 
+    def _matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both matrices as tensors: themselves (torch backend) or sharing the numpy arrays' memory (numba)."""
+        import torch
+
+        return torch.as_tensor(self.model.w_in), torch.as_tensor(self.model.w_out)
+
     def _params(self) -> torch.Tensor:
-        return torch.cat([self.model.w_in, self.model.w_out])  # (2V, d): one all-reduce for both matrices
+        import torch
+
+        return torch.cat(self._matrices())  # (2 rows, d): one all-reduce for both matrices
 
     def _set(self, params: torch.Tensor) -> None:
-        v = self.model.w_in.shape[0]
-        self.model.w_in.copy_(params[:v])
-        self.model.w_out.copy_(params[v:])
+        w_in, w_out = self._matrices()
+        w_in.copy_(params[: len(w_in)])
+        w_out.copy_(params[len(w_in) :])
 
     def _start(self, delta: torch.Tensor) -> _Round:
+        import torch.distributed as dist
+
         total = delta.clone()
         touched = (delta != 0).any(1).to(delta.dtype) if self.scheme == "touched" else None
         work = [dist.all_reduce(total, op=dist.ReduceOp.SUM, async_op=True)]
@@ -244,6 +255,8 @@ class ReplicaSync:
         return _Round(work, total, touched, delta)
 
     def _correction(self, rnd: _Round) -> torch.Tensor:
+        import torch
+
         for w in rnd.work:
             w.wait()
         zero = torch.zeros((), dtype=rnd.total.dtype, device=rnd.total.device)
@@ -269,6 +282,8 @@ class ReplicaSync:
     def flush(self) -> None:
         """Apply the round in flight and make every replica equal to rank 0's (sums taken in another order
         differ in the last bits)."""
+        import torch.distributed as dist
+
         t = time.perf_counter()
         params = self._params()
         if self._pending is not None:
@@ -291,14 +306,6 @@ class _Round:
 
 
 # ------------------------------------------------------------------------------------------ state
-def _streams(seed: int, device: torch.device) -> dict[str, Any]:
-    """Fresh random streams in the layout of ``SGNS.state_dict`` (numpy bit generator, torch generator)."""
-    return {
-        "rng": np.random.default_rng(seed).bit_generator.state,
-        "generator": torch.Generator(device=device).manual_seed(seed).get_state(),
-    }
-
-
 def _resume(model: SGNS, resumed: Resumed, group: WorkerGroup, share: int) -> int:
     """Load a checkpoint into ``model``; returns the epochs already done.  At another world size
     (``cluster.training.OTHER_WORLD_SIZE``) the matrices and the schedule position carry over and this rank's
@@ -309,7 +316,7 @@ def _resume(model: SGNS, resumed: Resumed, group: WorkerGroup, share: int) -> in
             f"{resumed.path}: checkpoint shape {list(state['w_in'].shape)} != model {list(model.w_in.shape)}"
         )
     mine = resumed.rank_state or {
-        "sampling": _streams(rank_seed(model.config.seed, group.rank, epoch), group.device),
+        "sampling": model.seeded_streams(rank_seed(model.config.seed, group.rank, epoch)),
         "words_done": epoch * share,
     }
     model.load_state_dict(
@@ -324,7 +331,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train SGNS on this worker's share; rank 0 writes ``<out_dir>/vectors`` and returns the statistics."""
     job = from_config(TrainJob, config)
     group = WorkerGroup.current(job.use_gpu)
-    torch.set_num_threads(1)  # parallelism is workers x Hogwild threads; also makes index_add_ deterministic
     vocab = Vocab.load(Path(job.vocab_path))
     keep, drop = vocabulary_cut(vocab.counts, job.min_count)
     mine = Share.of(job.shards, group.rank, group.world_size)
@@ -333,13 +339,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     syncs = job.syncs_per_epoch or max(1, math.ceil(max(shares) / SYNC_WORDS))  # the same on every rank
     model = SGNS(
         vocab.counts, dataclasses.replace(job.config, drop_ids=tuple(int(i) for i in drop)),
-        device=group.device, words_per_epoch=max(share, 1),
+        device=group.device_name, words_per_epoch=max(share, 1),
     )  # fmt: skip
+    if model.backend == "torch" or group.world_size > 1:  # torch is imported there already
+        import torch
+
+        torch.set_num_threads(1)  # parallelism is workers x Hogwild threads; also makes index_add_ deterministic
     if group.rank > 0:  # same initial matrices on every rank (same seed), independent sampling streams
-        model.load_state_dict(
-            {**model.state_dict(), **_streams(rank_seed(job.config.seed, group.rank), group.device)}
-        )
-    checkpoints = Checkpoints(Path(job.checkpoint_dir), "sgns", group, job.config.seed)
+        model.load_state_dict({**model.state_dict(), **model.seeded_streams(rank_seed(job.config.seed, group.rank))})
+    checkpoints = Checkpoints(Path(job.checkpoint_dir), "sgns", group, job.config.seed, storage="numpy")
     resumed = checkpoints.resume()
     start = _resume(model, resumed, group, share) if resumed is not None else 0
     merger = ReplicaSync(model, group, job.sync, overlap=job.overlap_sync) if group.world_size > 1 else None
@@ -386,7 +394,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         streams = model.state_dict()
         end_epoch(
             checkpoints, epoch + 1, job.config.epochs, figure=("loss", summary["loss"]),
-            shared=lambda: {"w_in": model.w_in.detach().cpu(), "w_out": model.w_out.detach().cpu()},
+            shared=lambda: dict(zip(("w_in", "w_out"), model.host_matrices(), strict=True)),
             rank_state={"sampling": {"rng": streams["rng"], "generator": streams["generator"]},
                         "words_done": model.words_done},
             meta={"shape": list(model.w_in.shape)},
@@ -401,7 +409,9 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     if group.rank != 0:
         return None
     tokens = vocab.tokens.to_pylist()
-    matrix = model.w_in.detach().to("cpu", torch.float32).numpy()[keep]
+    w_in = model.host_matrices()[0]  # every kept id has a row (model.rows: the ids up to the last kept)
+    contiguous = int(keep[-1]) - int(keep[0]) + 1 == len(keep)  # a vocabulary sorted by count: no copy
+    matrix = w_in[int(keep[0]) : int(keep[-1]) + 1] if contiguous else w_in[keep]
     vectors = Vectors(
         [tokens[i] for i in keep], np.ascontiguousarray(matrix), vocab.counts[keep], source="sgns"
     )
@@ -410,7 +420,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         "epochs": epochs,
         "resumed_after_epoch": start,
         "world_size": group.world_size,
-        "device": str(group.device),
+        "device": group.device_name,
         "share_words": shares,
         "syncs_per_epoch": syncs if group.world_size > 1 else 0,
         "vectors": {"count": len(vectors), "dim": vectors.dim},

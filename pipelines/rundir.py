@@ -122,7 +122,18 @@ class Host:
 
 
 def host_info() -> Host:
-    return Host(socket.gethostname(), platform.platform(), os.cpu_count(), list(sys.argv))
+    return Host(socket.gethostname(), _platform(), os.cpu_count(), list(sys.argv))
+
+
+def _platform() -> str:
+    """``platform.platform()``'s string without its processor field (``Linux-6.1.0-x86_64-with-glibc2.36``).
+
+    Why: that field runs ``uname -p`` in a subprocess, and forking the driver at the end of a stage (a few
+    hundred MB resident by then) counted twice for a moment in a process-tree memory monitor (bench/sgns_e2e.py
+    read 509 MB for a 285 MB driver)."""
+    u = platform.uname()  # the processor is looked up lazily: reading these fields runs nothing
+    lib, version = platform.libc_ver() if u.system == "Linux" else ("", "")
+    return "-".join([u.system, u.release, u.machine] + ([f"with-{lib}{version}"] if lib else []))
 
 
 @dataclass(frozen=True, slots=True)

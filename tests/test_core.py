@@ -13,6 +13,7 @@ from lmpipe.pipelines.core.schemas import TOKENS
 from lmpipe.pipelines.core.shards import (
     ShardWriter,
     iter_batches,
+    numpy_view,
     read_ids,
     read_sentences,
     read_shard,
@@ -20,7 +21,7 @@ from lmpipe.pipelines.core.shards import (
     split_shards,
 )
 from lmpipe.pipelines.core.text import normalize_line, normalize_lines
-from lmpipe.pipelines.core.vocab import Vocab
+from lmpipe.pipelines.core.vocab import Vocab, string_array
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 from lmpipe.pipelines.generate import prompt_ids
 from lmpipe.pipelines.ingest import find_sources, plan_chunks, read_chunk
@@ -153,3 +154,16 @@ def test_a_prompt_is_normalised_as_the_corpus_was(tmp_path):
     )
     assert prompt_ids(tmp_path, spec, vocab, line) == [3, 4, 5, 6]
     assert prompt_ids(tmp_path, spec, vocab, "ℌ ℌello") == [0, 3]  # "h" is no word of this corpus
+
+
+def test_numpy_view_and_string_array_equal_pyarrows_own_conversions():
+    """The two pandas-free conversions: a zero-copy view of a (sliced) list column's offsets and values, and a
+    string array from its buffers (non-ASCII and empty strings included)."""
+    ids = pa.array([[1, 2], [], [3, 4, 5], [6]], pa.list_(pa.uint32())).slice(1, 3)
+    assert np.array_equal(numpy_view(ids.offsets), ids.offsets.to_numpy())
+    assert np.array_equal(numpy_view(ids.values), ids.values.to_numpy())
+    assert numpy_view(ids.values[2:]).tolist() == [3, 4, 5, 6]
+    with pytest.raises(ValueError, match="without nulls"):
+        numpy_view(pa.array([1, None]))
+    words = ["<unk>", "été", "", "x" * 300]
+    assert string_array(words).equals(pa.array(words, pa.string())) and string_array([]).to_pylist() == []

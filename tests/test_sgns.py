@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmpipe.embeddings.sampling import NoiseSampler, keep_probabilities, skipgram_pairs
-from lmpipe.embeddings.sgns import SGNS, SGNSConfig, sgns_step
+from lmpipe.embeddings.sampling import HostGenerator, NoiseSampler, keep_probabilities, skipgram_pairs
+from lmpipe.embeddings.sgns import SGNS, SGNSConfig
+from lmpipe.embeddings.sgns_torch import sgns_step
 from lmpipe.embeddings.sync import merge_deltas, merge_replicas
 
 torch.set_num_threads(1)  # CPU index_add_ is then deterministic, and tests do not fight over 2 cores
@@ -77,6 +79,44 @@ def _brute_force_pairs(sentences, window, keep_prob, seed):
             if j != i and 0 <= j < len(toks) and segs[j] == segs[i]:
                 pairs[(toks[i], toks[j])] += 1
     return pairs
+
+
+@pytest.mark.parametrize("seed", [1, 3, 2**40 + 7, 8_123_456_789_012_345_678])  # the last: 63 bits, as rank_seed
+def test_host_generator_draws_what_torchs_cpu_generator_draws(seed):
+    """HostGenerator (numpy, no torch) == torch.Generator().manual_seed(seed): rand, randint, skip, and the
+    noise draws through the alias table, value for value, big seeds included (torch keeps their low 32 bits)."""
+    host, ref = HostGenerator(seed), torch.Generator().manual_seed(seed)
+    assert np.array_equal(host.rand(1000), torch.rand(1000, generator=ref).numpy())
+    assert np.array_equal(host.randint(63_845, 5000), torch.randint(63_845, (5000,), generator=ref).numpy())
+    out = np.empty((70, 300), np.float32)  # more than one chunk
+    host.fill_uniform(out)
+    assert np.array_equal(out, torch.rand(70, 300, generator=ref).numpy())
+    host.skip(12_345)
+    torch.rand(12_345, generator=ref)
+    counts = np.r_[0, 0, 0, np.arange(1, 2000) ** 2, np.zeros(500)]  # trailing ids of count 0: never drawn
+    sampler = NoiseSampler(counts)
+    ours = sampler.draw((40_000, 5), host)  # ~3 chunks of slots, then of coins
+    assert np.array_equal(ours, sampler.draw((40_000, 5), ref).numpy())
+    assert ours.dtype == np.int32 and counts[ours].min() > 0
+
+
+def test_matrices_hold_the_rows_up_to_the_last_trained_id_with_the_full_vocabularys_init():
+    """Rows 0..rows-1 (the ids up to the last trainable one) are what a row-per-id init gives them, and the
+    stream after the init is where it was: the vectors do not depend on the ids cut by min_count."""
+    vocab, dim, kept = 500, 7, 120
+    counts = np.r_[[0, 0, 0], np.arange(vocab - 3, 0, -1)].astype(np.uint64)  # descending, as the vocabulary
+    drop = (0, *range(kept, vocab))
+    for backend in ("numba", "torch"):
+        model = SGNS(counts, SGNSConfig(dim=dim, drop_ids=drop, backend=backend, seed=4))
+        ref = torch.Generator().manual_seed(4)
+        full = (torch.rand(vocab, dim, generator=ref) - 0.5) / dim
+        w_in, w_out = model.host_matrices()
+        assert model.rows == kept and w_in.shape == w_out.shape == (kept, dim)
+        assert np.array_equal(w_in, full[:kept].numpy()) and not w_out.any()
+        after = model._stream.generator
+        nxt = after.rand(10) if backend == "numba" else torch.rand(10, generator=after).numpy()
+        assert np.array_equal(nxt, torch.rand(10, generator=ref).numpy())
+    assert model.to_vectors([f"w{i}" for i in range(vocab)]).matrix.shape == (kept, dim)
 
 
 @pytest.mark.parametrize("window", [1, 3, 5])
@@ -191,7 +231,7 @@ def test_init_and_schedule():
     """word2vec init (input U(-0.5/d, 0.5/d), output 0) and linear decay alpha -> alpha * 1e-4."""
     sents, counts, _ = _topic_corpus(sentences=50)
     model = SGNS(counts, SGNSConfig(dim=20, epochs=2))
-    assert model.w_in.abs().max() <= 0.5 / 20 and model.w_in.abs().max() > 0.4 / 20
+    assert np.abs(model.w_in).max() <= 0.5 / 20 and np.abs(model.w_in).max() > 0.4 / 20
     assert not model.w_out.any()
     words = model.words_per_epoch
     assert words == sum(len(s) for s in sents)
@@ -254,12 +294,12 @@ def test_state_dict_resume_is_exact():
     config = SGNSConfig(dim=8, epochs=2, batch_pairs=512)
     a = SGNS(counts, config)
     a.train_epoch(sents)
-    state = {k: v.clone() if torch.is_tensor(v) else v for k, v in a.state_dict().items()}
+    state = copy.deepcopy(a.state_dict())  # the state holds the live matrices: copy before training on
     a.train_epoch(sents)
     b = SGNS(counts, config)
     b.load_state_dict(state)
     b.train_epoch(sents)
-    assert torch.equal(a.w_in, b.w_in) and torch.equal(a.w_out, b.w_out)
+    assert np.array_equal(a.w_in, b.w_in) and np.array_equal(a.w_out, b.w_out)
 
 
 def test_drop_ids_never_train():
@@ -268,9 +308,9 @@ def test_drop_ids_never_train():
     sents = [np.r_[s, np.uint32(0)] for s in sents]
     counts[0] = len(sents)
     model = SGNS(counts, SGNSConfig(dim=8, epochs=1))
-    before = model.w_in[0].clone()
+    before = model.w_in[0].copy()
     model.train_epoch(sents)
-    assert torch.equal(model.w_in[0], before) and not model.w_out[0].any()
+    assert np.array_equal(model.w_in[0], before) and not model.w_out[0].any()
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])

@@ -68,6 +68,35 @@ def test_one_worker_trains_every_epoch_and_cleans_up(one_worker):
     assert again["skipped"]  # workers and threads are not part of the fingerprint
 
 
+#: Run in a fresh interpreter: the sgns stage with one worker, then which heavy modules it imported.
+_NO_TORCH_RUN = """
+import json, sys
+from lmpipe.pipelines.cli import main
+code = main(["-q", "run", sys.argv[1], "--run-dir", sys.argv[2], "--stages", "sgns"])
+print(json.dumps({"code": code, **{m: m in sys.modules for m in ("torch", "ray", "pandas", "numba")}}))
+"""
+
+
+def test_one_worker_on_cpu_trains_without_importing_torch_or_ray(tokenized, one_worker, tmp_path):
+    """`lmpipe run --stages sgns` with one CPU worker, in its own process: numba trains numpy matrices,
+    checkpoints are written without torch, and neither torch, Ray nor pandas is ever imported; the vectors are the
+    same bytes as the reference run's (which ran in this test process, where torch is imported)."""
+    import json
+    import subprocess
+    import sys
+
+    shutil.copytree(tokenized / "tokenize", tmp_path / "tokenize")
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_TORCH_RUN, str(SPECS / "tiny.yaml"), str(tmp_path)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert imported == {"code": 0, "torch": False, "ray": False, "pandas": False, "numba": True}, out.stderr[-2000:]
+    ours, reference = Vectors.load(tmp_path / "sgns" / "vectors"), Vectors.load(one_worker[0] / "sgns" / "vectors")
+    assert ours.tokens == reference.tokens and np.array_equal(ours.matrix, reference.matrix)
+
+
 def test_two_workers_both_train_their_shards(tokenized, tmp_path):
     """Two Ray Train workers each train their own share (shard i -> rank i % 2) and sync 2x per epoch."""
     manifest = _run_sgns(tokenized, tmp_path, "sgns.workers=2", "sgns.sync=mean")

@@ -25,6 +25,7 @@ from lmpipe.cluster.training import (
     end_epoch,
     from_config,
     latest_checkpoint,
+    load_numpy_state,
     placement,
     rank_seed,
     restore_rng,
@@ -162,3 +163,32 @@ def test_end_epoch_can_skip_the_last_epochs_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).name == "epoch-002"
     _end(checkpoints, 3, 0.5)
     assert latest_checkpoint(tmp_path).name == "epoch-003"
+
+
+def test_numpy_storage_round_trips_arrays_streams_and_big_ints_without_pickle(tmp_path):
+    """storage="numpy": arrays in .npy files, the rest in state.json; the ranks' streams restored exactly; a
+    tensor is stored as its host array; a checkpoint of the other storage is refused with the fix."""
+    checkpoints = Checkpoints(tmp_path, "sgns", ONE, seed=1, storage="numpy")
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pcg = np.random.default_rng(7).bit_generator.state  # a 128-bit int inside
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    end_epoch(
+        checkpoints, 1, 3, figure=("loss", 0.5), shared=lambda: {"w": w, "t": torch.ones(2)},
+        rank_state={"sampling": {"rng": pcg, "generator": np.random.MT19937(5).state}, "words_done": 9},
+        metrics={}, log="epoch 1",
+    )  # fmt: skip
+    first = _draws()
+    folder = latest_checkpoint(tmp_path)
+    assert (folder / "state.json").is_file() and not (folder / "state.pt").exists()
+    assert json.loads((folder / "meta.json").read_text())["storage"] == "numpy"
+    resumed = checkpoints.resume()
+    assert _draws() == first  # python, numpy and torch streams restored
+    assert np.array_equal(resumed.state["w"], w) and resumed.state["w"].dtype == np.float32
+    assert np.array_equal(resumed.state["t"], [1.0, 1.0])
+    assert resumed.rank_state["words_done"] == 9 and resumed.rank_state["sampling"]["rng"] == pcg
+    mt = np.random.MT19937(0)
+    mt.state = resumed.rank_state["sampling"]["generator"]
+    assert np.array_equal(mt.random_raw(4), np.random.MT19937(5).random_raw(4))
+    assert set(load_numpy_state(folder)) == {"shared", "ranks"}
+    with pytest.raises(ValueError, match=r"in torch storage .*storage 'numpy'.*remove .* to start over"):
+        Checkpoints(tmp_path, "sgns", ONE, seed=1).resume()

@@ -114,8 +114,13 @@ def split_shards(stage_dir: Path, split: str) -> list[Path]:
 
 def shard_batches(path: str | os.PathLike, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
     """The record batches of one shard, memory-mapped: nothing is read until a column's buffers are touched,
-    and a batch stays valid after the loop (its buffers keep the mapping alive)."""
-    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    and a batch stays valid after the loop (its buffers keep the mapping alive).
+
+    The zstd-compressed buffers are decompressed into the system allocator's memory, not Arrow's default pool
+    (mimalloc): a stream of batches freed one after the other left mimalloc holding ~20 MB that it did not
+    return (reading the English shards: +30 MB resident with the default pool, +8 MB with the system one,
+    at the same speed)."""
+    reader = pa.ipc.open_file(pa.memory_map(str(path)), memory_pool=pa.system_memory_pool())
     for i in range(reader.num_record_batches):
         batch = reader.get_batch(i)
         yield batch.select(list(columns)) if columns else batch
@@ -133,6 +138,16 @@ def iter_batches(stage_dir: Path, split: str, columns: list[str] | None = None) 
     """Stream a split's sentences as record batches (memory-mapped; nothing is held beyond a batch)."""
     for path in split_shards(stage_dir, split):
         yield from shard_batches(path, columns)
+
+
+def numpy_view(array: pa.Array) -> np.ndarray:
+    """A zero-copy, read-only numpy view of a numeric Arrow array without nulls (a list column's ``offsets`` or
+    ``values``), slicing included.  ``array.to_numpy()`` would give the same, but it imports pandas when
+    pandas is installed (~50 MB of resident memory, in a trainer that never needs it)."""
+    dtype = np.dtype(str(array.type))
+    if array.null_count or dtype.kind not in "iuf":
+        raise ValueError(f"numpy_view takes a numeric array without nulls, got {array.type} with {array.null_count} null(s)")
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
 def batch_sentences(ids: pa.ListArray, dtype: type = np.uint32) -> list[np.ndarray]:

@@ -86,7 +86,20 @@ class Vocab:
         tokens, counts = read_vocab_tsv(path)
         if counts is None:
             raise ValueError(f"{path}: no counts; a corpus vocabulary needs the count column filled")
-        return cls(pa.array(tokens, pa.string()), counts)
+        return cls(string_array(tokens), counts)
+
+
+def string_array(values: list[str]) -> pa.StringArray:
+    """``pa.array(values, pa.string())`` built from its two buffers (int32 offsets, UTF-8 bytes).
+
+    Why: ``pa.array`` on any Python or numpy input imports pandas when it is installed (to rule out pandas
+    types), ~50 MB of resident memory in a process that otherwise never needs it (the sgns stage's driver)."""
+    data = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(data) + 1, np.int64)
+    np.cumsum(np.fromiter((len(b) for b in data), np.int64, count=len(data)), out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise ValueError(f"{len(values)} strings of {offsets[-1]} bytes: too large for a string array (2 GiB)")
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data)))
 
 
 def build_vocab(counts: pa.Table, *, min_count: int, max_size: int | None, sentences: int) -> Vocab:

@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lmpipe.cluster.process import WorkersRecord
+from lmpipe.cluster.process import WorkersRecord, release_free_memory
 from lmpipe.cluster.training import config_from, start_training, stop_after_env, to_config
 from lmpipe.embeddings.sgns import SGNSConfig
 from lmpipe.embeddings.train import TrainJob, train_loop, vocabulary_cut
@@ -80,6 +80,7 @@ def execute(ctx: StageContext, run: StageRun) -> dict[str, Any]:
     )  # fmt: skip
     training = trainer.fit(train_loop, to_config(job))
     trainer.finish()
+    release_free_memory()  # one worker trained in this process: its freed blocks go back before the evaluation
 
     vectors = Vectors.load(tmp_dir / "vectors")
     if spec.evaluate:
