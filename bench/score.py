@@ -51,19 +51,25 @@ class PeakPerProcess:
     """Peak RSS and last-seen CPU seconds of this process and of each descendant (the ``lmpipe score`` process,
     Ray's raylet and actors), sampled every 0.2 s."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: int | None = None) -> None:
         self.peaks: dict[int, tuple[str, int]] = {}
         self.cpu: dict[int, float] = {}
         self._me = os.getpid()
+        self._root = root  # sample this process's tree (a command started by the bench), not the bench's own
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         import psutil
 
-        me = psutil.Process()
+        me = psutil.Process(self._root) if self._root else psutil.Process()
         while not self._stop.is_set():
-            for proc in [me, *me.children(recursive=True)]:
+            try:
+                tree = [me, *me.children(recursive=True)]
+            except psutil.Error:  # the command has ended
+                time.sleep(0.05)
+                continue
+            for proc in tree:
                 try:
                     name, rss = " ".join(proc.cmdline())[:80], proc.memory_info().rss
                     times = proc.cpu_times()
@@ -164,11 +170,15 @@ def time_score(run: Path, text: Path, workers: int, out: Path, chunk_mb: float) 
     cmd = [str(lmpipe), "score", str(run), "--model", "kn5", "--input", str(text), "--out", str(out),
            "--workers", str(workers), "--chunk-mb", f"{chunk_mb:g}", "-q"]  # fmt: skip
     cpu = _children_cpu()
-    with PeakPerProcess() as peaks:
-        started = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    with PeakPerProcess(root=proc.pid) as peaks:
+        if proc.wait() != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}")
         seconds = time.perf_counter() - started
-    cpu_s = max(_children_cpu() - cpu, peaks.cpu_seconds())  # reaped children, or the sampled tree (Ray's actors)
+    # the command and what it reaped; or, larger when Ray's processes outlive their parent's accounting, the
+    # sampled tree (the command, raylet, actors)
+    cpu_s = max(_children_cpu() - cpu, peaks.cpu_seconds())
     summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
     return seconds, cpu_s, summary, peaks
 
