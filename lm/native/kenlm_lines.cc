@@ -77,6 +77,27 @@ class Scorer {
                         double *oov_log10, int64_t *words, uint8_t *special) const = 0;
 };
 
+// One sentence's running figures, word by word then `</s>`: the float total as `Model.score` adds it, and the
+// OOV words' count and double sum (index 0 is `<unk>`).
+struct Sentence {
+  lm::ngram::State state, next;
+  float sum = 0.0f;
+  int64_t unknown = 0;
+  double unknown_sum = 0.0;
+
+  template <class Model> explicit Sentence(const Model &model) : state(model.BeginSentenceState()) {}
+
+  template <class Model> void Add(const Model &model, lm::WordIndex index) {
+    const float log10_p = model.FullScore(state, index, next).prob;
+    state = next;
+    sum += log10_p;
+    if (index == 0) {
+      ++unknown;
+      unknown_sum += log10_p;
+    }
+  }
+};
+
 template <class Model> class ModelScorer : public Scorer {
  public:
   ModelScorer(const char *path, const lm::ngram::Config &config) : model_(path, config) {}
@@ -92,26 +113,15 @@ template <class Model> class ModelScorer : public Scorer {
     const typename Model::Vocabulary &vocab = model_.GetVocabulary();
     const lm::WordIndex end_sentence = vocab.EndSentence();
     for (int64_t line = 0; line < lines; ++line) {
-      lm::ngram::State state = model_.BeginSentenceState(), next;
-      float sum = 0.0f;
-      int64_t unknown = 0;
-      double unknown_sum = 0.0;
+      Sentence sentence(model_);
       for (int64_t t = line_offsets[line]; t < line_offsets[line + 1]; ++t) {
-        ForEachWord(data + token_offsets[t], data + token_offsets[t + 1], [&](const char *w, std::size_t n) {
-          const lm::WordIndex index = vocab.Index(StringPiece(w, n));
-          const float log10_p = model_.FullScore(state, index, next).prob;
-          state = next;
-          sum += log10_p;
-          if (index == 0) {
-            ++unknown;
-            unknown_sum += log10_p;
-          }
-        });
+        ForEachWord(data + token_offsets[t], data + token_offsets[t + 1],
+                    [&](const char *w, std::size_t n) { sentence.Add(model_, vocab.Index(StringPiece(w, n))); });
       }
-      sum += model_.FullScore(state, end_sentence, next).prob;
-      total[line] = sum;
-      oov[line] = unknown;
-      oov_log10[line] = unknown_sum;
+      sentence.Add(model_, end_sentence);
+      total[line] = sentence.sum;
+      oov[line] = sentence.unknown;
+      oov_log10[line] = sentence.unknown_sum;
     }
   }
 
@@ -122,10 +132,8 @@ template <class Model> class ModelScorer : public Scorer {
     const typename Model::Vocabulary &vocab = model_.GetVocabulary();
     const lm::WordIndex end_sentence = vocab.EndSentence();
     for (int64_t line = 0; line < lines; ++line) {
-      lm::ngram::State state = model_.BeginSentenceState(), next;
-      float sum = 0.0f;
-      int64_t unknown = 0, count = 0;
-      double unknown_sum = 0.0;
+      Sentence sentence(model_);
+      int64_t count = 0;
       bool has_special = false;
       const unsigned char *p = reinterpret_cast<const unsigned char *>(data + line_offsets[line]);
       const unsigned char *end = reinterpret_cast<const unsigned char *>(data + line_offsets[line + 1]);
@@ -138,20 +146,13 @@ template <class Model> class ModelScorer : public Scorer {
         const char *w = reinterpret_cast<const char *>(start);
         const std::size_t n = static_cast<std::size_t>(p - start);
         has_special = has_special || IsSpecial(w, n);
-        const lm::WordIndex index = vocab.Index(StringPiece(w, n));
-        const float log10_p = model_.FullScore(state, index, next).prob;
-        state = next;
-        sum += log10_p;
+        sentence.Add(model_, vocab.Index(StringPiece(w, n)));
         ++count;
-        if (index == 0) {
-          ++unknown;
-          unknown_sum += log10_p;
-        }
       }
-      sum += model_.FullScore(state, end_sentence, next).prob;
-      total[line] = sum;
-      oov[line] = unknown;
-      oov_log10[line] = unknown_sum;
+      sentence.Add(model_, end_sentence);
+      total[line] = sentence.sum;
+      oov[line] = sentence.unknown;
+      oov_log10[line] = sentence.unknown_sum;
       words[line] = count;
       special[line] = has_special;
     }
