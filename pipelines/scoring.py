@@ -161,8 +161,10 @@ class NgramScorer:
         self.model = self.native if self.native is not None else _load_kenlm_module(self.path)
         self.words = np.asarray(words, dtype=object)
         self.vocab = pa.array(words, pa.string())
-        # ids KenLM maps to its <unk> (index 0): <unk> itself, and any vocabulary word the model lacks
-        self.unknown = np.fromiter((w not in self.model for w in words), dtype=bool, count=len(words))
+        # ids KenLM maps to its <unk> (index 0): <unk> itself, and any vocabulary word the model lacks (only the
+        # kenlm-module path needs them; the C++ scorer sees each word's index as it scores it)
+        if self.native is None:
+            self.unknown = np.fromiter((w not in self.model for w in words), dtype=bool, count=len(words))
 
     @property
     def reads_words(self) -> bool:
