@@ -123,8 +123,8 @@ def write_arpa(
 def write_arpa_lines(table: pa.Table, order: int, vocab: pa.Array, with_backoff: bool, out: BinaryIO) -> int:
     """Write the ARPA lines of one MODEL[k] table (no section header) to ``out``, in batches; returns rows.
 
-    The ngram stage calls it per partition in its tasks (one text piece each) and :func:`write_arpa_pieces`
-    concatenates the pieces, so formatting -- most of the ARPA's cost -- runs on every worker."""
+    The ngram stage calls it per partition in its tasks (one text piece each) and an :class:`ArpaWriter`
+    appends the pieces in order, so formatting -- most of the ARPA's cost -- runs on every worker."""
     for start in range(0, table.num_rows, _WRITE_BATCH):
         out.write(_format_order(table.slice(start, _WRITE_BATCH), order, vocab, with_backoff))
     return table.num_rows
@@ -144,16 +144,15 @@ def write_arpa_parts(
     return _write_sections(Path(path), counts, write_order)
 
 
-def write_arpa_pieces(
-    pieces: dict[int, Sequence[tuple[Path, int]]], counts: dict[int, int], path: Path, *, consume: bool = False
-) -> Path:
+def write_arpa_pieces(pieces: dict[int, Sequence[tuple[Path, int]]], counts: dict[int, int], path: Path) -> Path:
     """Assemble an ARPA file from text pieces written by :func:`write_arpa_lines`: ``pieces[k]`` lists
     (file, rows) in section order.  Plain output is a byte copy of the pieces (:func:`_append_file`, in the
-    kernel where it can); ``.gz`` compresses them.  ``consume``: each piece is deleted once appended."""
+    kernel where it can); ``.gz`` compresses them.  (The ngram stage appends its pieces as they are formatted,
+    through :class:`ArpaWriter` directly.)"""
     with ArpaWriter(Path(path), counts) as arpa:
         for k in sorted(pieces):
             for piece, rows in pieces[k]:
-                arpa.append_piece(k, piece, rows, consume=consume)
+                arpa.append_piece(k, piece, rows)
     return Path(path)
 
 

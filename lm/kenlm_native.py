@@ -94,6 +94,19 @@ def _ptr(array: np.ndarray, kind=_i64p):
     return array.ctypes.data_as(kind)
 
 
+def _strings(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, pa.Buffer | None, int | None]:
+    """A string column as the C side reads it: int64 offsets into its bytes (a slice's own), the bytes' buffer
+    (the caller keeps it alive while C reads it) and their address (None when there are none)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=width)[values.offset : values.offset + len(values) + 1]
+    data = values.buffers()[2]
+    return np.ascontiguousarray(offsets, dtype=np.int64), data, data.address if data is not None and data.size else None
+
+
 class _Batch:
     """A ``list<string>`` column as the C++ side reads it: the tokens' bytes, int64 token offsets into them and
     int64 line offsets into the tokens (slices and int32/int64 offsets normalised here, without copying text)."""
@@ -102,16 +115,8 @@ class _Batch:
         if isinstance(lines, pa.ChunkedArray):
             lines = lines.combine_chunks()
         self.lines = len(lines)
-        line_offsets = np.asarray(lines.offsets, dtype=np.int64)
-        words = lines.values
-        if not pa.types.is_large_string(words.type):
-            words = words.cast(pa.string())
-        width = np.int64 if pa.types.is_large_string(words.type) else np.int32
-        offsets = np.frombuffer(words.buffers()[1], dtype=width)[words.offset : words.offset + len(words) + 1]
-        self.token_offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.line_offsets = np.ascontiguousarray(line_offsets)
-        self.data = words.buffers()[2]  # kept alive with the batch: the C side reads it by address
-        self.address = self.data.address if self.data is not None and self.data.size else None
+        self.line_offsets = np.ascontiguousarray(np.asarray(lines.offsets, dtype=np.int64))
+        self.token_offsets, self.data, self.address = _strings(lines.values)  # data kept alive with the batch
         self.tokens = int(self.line_offsets[-1] - self.line_offsets[0]) if self.lines else 0
 
     def args(self) -> list:
@@ -158,21 +163,12 @@ class NativeKenLM:
         """Whole lines split on Unicode whitespace in C++, as ``pipelines.tokenizers.WhitespaceTokenizer``
         splits them (no token arrays built): :meth:`line_sums`'s three columns, each line's word count (int64)
         and whether it holds a literal ``<s>``, ``</s>`` or ``<unk>`` (bool; the caller applies its policy)."""
-        if isinstance(text, pa.ChunkedArray):
-            text = text.combine_chunks()
-        if not pa.types.is_large_string(text.type):
-            text = text.cast(pa.string())
-        n = len(text)
-        width = np.int64 if pa.types.is_large_string(text.type) else np.int32
-        line_offsets = np.ascontiguousarray(
-            np.frombuffer(text.buffers()[1], dtype=width)[text.offset : text.offset + n + 1], dtype=np.int64
-        )
-        data = text.buffers()[2]
+        line_offsets, data, address = _strings(text)  # data: alive while C reads it
+        n = len(line_offsets) - 1
         total, oov_log10 = np.empty(n), np.empty(n)
         oov, words = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         special = np.empty(n, dtype=np.uint8)
         if n:
-            address = data.address if data is not None and data.size else None
             self._lib.lmpipe_kenlm_text_sums(
                 self._handle, ctypes.c_void_p(address), _ptr(line_offsets), n, _ptr(total, _f64p), _ptr(oov),
                 _ptr(oov_log10, _f64p), _ptr(words), special.ctypes.data,
