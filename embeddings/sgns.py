@@ -138,6 +138,16 @@ class _Stream:
 
 
 @dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One block's draws on the numba SGNS path: raw tokens read, int32 pairs, int32 noise (pairs x negative)."""
+
+    words: int
+    centre: np.ndarray
+    context: np.ndarray
+    noise: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
 class EpochStats:
     words: int  # raw tokens read (before subsampling), the unit of the learning-rate schedule
     pairs: int
@@ -202,7 +212,7 @@ class SGNS:
         self.words_done = 0  # raw tokens read so far, over all epochs
         self.epoch = 0
         self._slices = 1  # numba backend: Hogwild slices per block (= threads of train_epoch)
-        self._noise_buffer: np.ndarray | None = None  # numba backend: see _noise_out
+        self._noise_buffers: list[np.ndarray | None] = [None, None]  # numba backend: see _noise_out
         self.modes = None if config.sgns else ModeTables.build(config.loss, trainable, self.noise)
         if self.backend == "torch" and self.modes is not None:
             self._device_tree = sgns_torch.device_tree(self.modes.tree, self.device)
@@ -241,29 +251,76 @@ class SGNS:
             else:
                 n, loss_sum = sgns_torch.train_mode_block(self, sentences, st, lr_start, lr_end)
         elif c.sgns:  # word2vec's order, centre by centre: no shuffle (see window_pairs)
-            from lmpipe.embeddings.sgns_kernel import train_pairs, window_pairs
-
-            centre, context = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, st.rng))
-            noise = self.noise.draw((len(centre), c.negative), st.generator, self._noise_out(len(centre)))
-            loss_sum = float(train_pairs(
-                self.w_in, self.w_out, centre, context, noise, lr_start, lr_end, self._slices
-            ))  # fmt: skip
-            n = len(centre)
+            return self._train_prepared(self._prepare(sentences, st, 0))
         else:  # skip-gram HS, CBOW: embeddings.sgns_modes
             n, loss_sum = train_mode_block(self, sentences, st.rng, lr_start, lr_end)
         with self._lock:
             self.words_done += words
         return n, loss_sum
 
-    def _noise_out(self, pairs: int) -> np.ndarray:
-        """The numba path's noise array (int32), kept from block to block (grown by a quarter when a block needs
-        more): the block's largest array is then allocated a few times per run, not once per block, which
-        kept glibc from raising its mmap threshold and holding ~25 MB of freed blocks (bench/RESULTS.md,
-        2026-12-03).  One Python thread trains on this path (the kernel runs the Hogwild threads)."""
+    def _prepare(self, sentences: Sequence[np.ndarray], stream: _Stream, slot: int) -> _Prepared:
+        """The numba SGNS path's draws for one block (subsampling, windows, pairs, noise words), into noise
+        buffer ``slot``: everything of a block but the kernel, so the next block can be drawn while the kernel
+        trains on this one (:meth:`_train_prefetched`)."""
+        from lmpipe.embeddings.sgns_kernel import window_pairs
+
+        c = self.config
+        centre, context = window_pairs(*windowed_tokens(sentences, c.window, self.keep_prob, stream.rng))
+        noise = self.noise.draw((len(centre), c.negative), stream.generator, self._noise_out(len(centre), slot))
+        return _Prepared(int(sum(len(s) for s in sentences)), centre, context, noise)
+
+    def _train_prepared(self, block: _Prepared) -> tuple[int, float]:
+        """The kernel over one prepared block, the learning rate taken where the schedule stands now."""
+        import numba
+
+        from lmpipe.embeddings.sgns_kernel import SLICES_PER_THREAD, train_pairs
+
+        lr_start, lr_end = self.learning_rate(), self.learning_rate(self.words_done + block.words)
+        slices = self._slices * SLICES_PER_THREAD if self._slices > 1 else 1
+        with numba.parallel_chunksize(1):  # threads take the next slice when done: see SLICES_PER_THREAD
+            loss_sum = float(train_pairs(
+                self.w_in, self.w_out, block.centre, block.context, block.noise, lr_start, lr_end, slices
+            ))  # fmt: skip
+        with self._lock:
+            self.words_done += block.words
+        return len(block.centre), loss_sum
+
+    def _train_prefetched(self, blocks: Iterator[list[np.ndarray]]) -> list[tuple[int, float]]:
+        """The numba SGNS epoch: one helper thread reads the next block and draws its pairs and noise while the
+        kernel trains on this one.
+
+        Why: the draws are a third of an epoch's CPU time (bench/RESULTS.md, 2026-12-07) and ran between two
+        kernel calls on one core while the kernel's other threads waited; overlapped, an epoch costs about
+        (kernel + draws) / cores instead of kernel / cores + draws, as gensim's job producer thread overlaps
+        its workers.  The draws use the trainer's streams in block order and the kernel trains the blocks in
+        order, so the result is what the serial loop gives, bit for bit (``threads=1``).  Two noise buffers
+        alternate: the block drawn is never the block trained."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        slots = itertools.cycle((0, 1))
+
+        def draw_next() -> _Prepared | None:
+            block = next(blocks, None)
+            return None if block is None else self._prepare(block, self._stream, next(slots))
+
+        results: list[tuple[int, float]] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgns-draws") as pool:
+            pending = pool.submit(draw_next)
+            while (block := pending.result()) is not None:
+                pending = pool.submit(draw_next)
+                results.append(self._train_prepared(block))
+        return results
+
+    def _noise_out(self, pairs: int, slot: int = 0) -> np.ndarray:
+        """The numba path's noise array (int32) of buffer ``slot`` (0 or 1), kept from block to block (grown by
+        a quarter when a block needs more): the block's largest array is then allocated a few times per run,
+        not once per block, which kept glibc from raising its mmap threshold and holding ~25 MB of freed
+        blocks (bench/RESULTS.md, 2026-12-03).  Two slots: one block is drawn while the other trains."""
         n = pairs * self.config.negative
-        if self._noise_buffer is None or len(self._noise_buffer) < n:
-            self._noise_buffer = np.empty(n + n // 4, np.int32)
-        return self._noise_buffer
+        buffer = self._noise_buffers[slot]
+        if buffer is None or len(buffer) < n:
+            buffer = self._noise_buffers[slot] = np.empty(n + n // 4, np.int32)
+        return buffer
 
     def train_epoch(self, sentences: Iterable[np.ndarray], *, threads: int = 1) -> EpochStats:
         """One pass over ``sentences`` (id arrays), grouped into blocks of ~``block_words`` tokens.
@@ -280,12 +337,16 @@ class SGNS:
             from lmpipe.embeddings.sgns_kernel import set_threads
 
             self._slices = set_threads(threads)
-            threads = 1
-        results = [self.train_block(b) for b in itertools.islice(blocks, 1)]  # a compiled step compiles here
-        if threads <= 1:
-            results += [self.train_block(b) for b in blocks]
+            if self.config.sgns:
+                results = self._train_prefetched(blocks)
+            else:
+                results = [self.train_block(b) for b in blocks]
         else:
-            results += self._train_threaded(blocks, threads)
+            results = [self.train_block(b) for b in itertools.islice(blocks, 1)]  # a compiled step compiles here
+            if threads <= 1:
+                results += [self.train_block(b) for b in blocks]
+            else:
+                results += self._train_threaded(blocks, threads)
         pairs, loss = sum(n for n, _ in results), sum(x for _, x in results)
         self.epoch += 1
         stats = EpochStats(

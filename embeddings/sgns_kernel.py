@@ -86,6 +86,13 @@ def train_pairs(
     return losses.sum() * loss_every
 
 
+#: Hogwild slices of a block per kernel thread, taken one at a time (a dynamic schedule): the thread that
+#: draws the next block (``SGNS._train_prefetched``) shares the cores with the kernel, and with one static
+#: slice per thread the slice it delays holds up the whole block (2 threads: 5.5 s vs 5.1 s for 2 epochs of
+#: 3.6M words, bench/RESULTS.md 2026-12-07).
+SLICES_PER_THREAD = 8
+
+
 def set_threads(threads: int) -> int:
     """Threads the kernel runs on (at most numba's pool size, the machine's CPUs); returns the number set."""
     n = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))

@@ -288,6 +288,38 @@ def test_hogwild_threads_learn_and_count_every_word(backend):
     assert hits >= len(tokens) - 4
 
 
+def test_prefetched_epoch_equals_the_block_by_block_loop():
+    """The numba epoch draws block i+1 on a helper thread while the kernel trains block i; with one thread the
+    vectors are those of drawing and training block by block in one thread, bit for bit, and the schedule
+    and word counts are the same."""
+    from lmpipe.embeddings.sgns import _blocks
+    from lmpipe.embeddings.sgns_kernel import set_threads
+
+    sents, counts, _ = _topic_corpus(sentences=2_000)
+    config = SGNSConfig(dim=12, epochs=2, window=3, block_words=1_500, seed=5)
+    a, b = SGNS(counts, config), SGNS(counts, config)
+    b._slices = set_threads(1)
+    for _ in range(config.epochs):
+        stats = a.train_epoch(sents, threads=1)
+        pairs = sum(b.train_block(block)[0] for block in _blocks(sents, config.block_words))
+        assert stats.pairs == pairs and stats.words == sum(len(s) for s in sents)
+    assert np.array_equal(a.w_in, b.w_in) and np.array_equal(a.w_out, b.w_out)
+    assert a.words_done == b.words_done and a.learning_rate() == b.learning_rate()
+
+
+def test_an_error_while_reading_the_next_block_reaches_the_caller():
+    """The helper thread reads the sentences: a reader's error is raised by train_epoch, not lost."""
+    sents, counts, _ = _topic_corpus(sentences=500)
+
+    def failing():
+        yield from sents[:200]
+        raise OSError("shard 3 unreadable")
+
+    model = SGNS(counts, SGNSConfig(dim=8, epochs=1, block_words=300))
+    with pytest.raises(OSError, match="shard 3 unreadable"):
+        model.train_epoch(failing(), threads=2)
+
+
 def test_state_dict_resume_is_exact():
     """Saving after epoch 1 and resuming reproduces epoch 2 bit for bit (rng states included)."""
     sents, counts, _ = _topic_corpus(sentences=300)
