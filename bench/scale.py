@@ -16,6 +16,8 @@ with 2 CPUs.  From the manifests:
   bytes that crosses the network when its tasks are spread over ``w`` nodes (``--bandwidth-mb``, default
   1,000 MB/s, 10 GbE).  Predicted: a ``--nodes``-node run of ``--nodes-tokens`` tokens (work and bytes grow
   linearly with tokens, which the n-gram counts of real text do to within Heaps' law).
+* ``--sgns-threads``: sgns scales by Hogwild threads of one worker (``workers: 1, threads: w``), the form a
+  single machine runs it in, instead of Ray Train data-parallel workers (``workers: w, threads: 1``).
 * ``--loopback``: the same spec with 2 workers on a two-node loopback Ray cluster (``cluster.loopback``,
   1 CPU per node), checked against the model's prediction for w=2 (there the bytes do cross a node boundary,
   through the shared disk).
@@ -48,7 +50,8 @@ def spec_for(text: Path, workers: int, args: argparse.Namespace) -> dict:
         "ngram": {"order": args.order, "workers": workers, "executor": "ray", "memory_mb": args.memory_mb,
                   "build_binary": False, "partitions": 4},
         "cooccur": {"workers": workers},
-        "sgns": {"workers": workers, "threads": 1, "epochs": args.sgns_epochs, "evaluate": False},
+        "sgns": {"workers": 1 if args.sgns_threads else workers, "threads": workers if args.sgns_threads else 1,
+                 "epochs": args.sgns_epochs, "evaluate": False},
     }  # fmt: skip
 
 
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--bandwidth-mb", type=float, default=1000.0)
     parser.add_argument("--work", default="/tmp/lmpipe-bench-scale")
     parser.add_argument("--no-append", action="store_true", help="print the table only (a smoke run)")
+    parser.add_argument("--sgns-threads", action="store_true",
+                        help="sgns scales by Hogwild threads in one worker (threads: w) instead of Ray Train workers")
     parser.add_argument("--report-only", action="store_true", help="report the last measurement of this size again")
     args = parser.parse_args()
 
@@ -124,7 +129,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     text = work / f"generated-{args.tokens:.0e}.txt"
     generated_corpus(Path(args.mirror), int(args.tokens), text, seed=11)
-    saved = work / f"measured-{args.tokens:.0e}-o{args.order}.json"
+    saved = work / f"measured-{args.tokens:.0e}-o{args.order}{'-threads' if args.sgns_threads else ''}.json"
     if args.report_only:  # the figures of the last measurement, reported again (e.g. after a model change)
         data = json.loads(saved.read_text(encoding="utf-8"))
         measured, loop, load = {int(w): v for w, v in data["measured"].items()}, data["loop"], tuple(data["load"])
@@ -169,6 +174,7 @@ def report(measured: dict[int, dict], loop: dict | None, load: tuple, args: argp
     entry = (
         f"\n## Scaling step by step: 1 vs 2 workers, bytes per step, a cost model ({time.strftime('%Y-%m-%d')})\n\n"
         f"Command: `python bench/scale.py --tokens {args.tokens:.0e} --order {args.order} --sgns-epochs {args.sgns_epochs}"
+        f"{' --sgns-threads' if args.sgns_threads else ''}"
         f"{' --loopback' if loop is not None else ''} --nodes {args.nodes} --nodes-tokens {args.nodes_tokens:.0e}`  \n"
         f"Machine: {machine()}; {versions('ray', 'numpy', 'pyarrow', 'numba', 'torch')}; load average before: "
         f"{' '.join(f'{x:.2f}' for x in load)}.  Generated text (`corpora.generated_corpus`), {args.tokens:.0e} tokens; "
