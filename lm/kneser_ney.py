@@ -16,6 +16,7 @@ Pipeline (k = order, N = highest order; "by X" = the hash-partition key of the i
          unigram_step            all of ADJUSTED[1] (vocabulary-sized)      -> INTERP[1]
      (d) interpolate_step        UNINTERP[k] by suffix w1..w{k-1}, INTERP[k-1] by w0..w{k-2} -> INTERP[k]
      (e) backoff_step            INTERP[k] by w0..w{k-1}, GAMMA[k] by w0..w{k-1}            -> MODEL[k]
+                                 (for k < N inside order k+1's interpolate task, which holds INTERP[k])
 
 The maths (Chen & Goodman 1998, as lmplz does it; a = adjusted count, c = raw count):
 
@@ -727,19 +728,25 @@ def _initial_task(store: PartitionStore, k: int, p: int, discount: Discount, par
     store.write(f"gamma{k - 1}", gammas, key_columns(k - 1), parts, f"{p:04d}")
 
 
-def _interpolate_task(store: PartitionStore, k: int, p: int, parts: int) -> None:
+def _interpolate_task(store: PartitionStore, k: int, p: int, parts: int) -> int:
+    """INTERP[k] from UNINTERP[k] and INTERP[k-1] of partition ``p``, and MODEL[k-1] of ``p`` while INTERP[k-1]
+    is in hand (:func:`backoff_step` joins it with GAMMA[k-1] on the same key, so it needs no step and no
+    second read of its own); returns MODEL[k-1]'s rows."""
+    lower = store.read(f"interp{k - 1}", p, kn_schema(k - 1, "interp"))
     uninterp = store.read(f"uninterp{k}", p)
-    if uninterp is None or uninterp.num_rows == 0:
-        return
-    interp = interpolate_step(uninterp, store.read(f"interp{k - 1}", p, kn_schema(k - 1, "interp")))
-    store.write(f"interp{k}", interp, key_columns(k), parts, f"{p:04d}")
+    if uninterp is not None and uninterp.num_rows:
+        store.write(f"interp{k}", interpolate_step(uninterp, lower), key_columns(k), parts, f"{p:04d}")
+    return _put_model(store, k - 1, p, lower, store.read(f"gamma{k - 1}", p, kn_schema(k - 1, "gamma")))
 
 
-def _backoff_task(store: PartitionStore, k: int, top: int, p: int) -> int:
-    interp = store.read(f"interp{k}", p)
+def _backoff_task(store: PartitionStore, k: int, p: int) -> int:
+    """MODEL[k] of partition ``p`` for the highest order (no gammas); the lower orders' come with interpolation."""
+    return _put_model(store, k, p, store.read(f"interp{k}", p), None)
+
+
+def _put_model(store: PartitionStore, k: int, p: int, interp: pa.Table | None, gammas: pa.Table | None) -> int:
     if interp is None or interp.num_rows == 0:
         return 0
-    gammas = store.read(f"gamma{k}", p, kn_schema(k, "gamma")) if k < top else None
     model = backoff_step(interp, gammas)
     store.put(f"model{k}", p, model)
     return model.num_rows
@@ -776,6 +783,7 @@ def estimate(
     num_partitions: int = 1,
     map_fn: MapFn = serial_map,
     store: PartitionStore | None = None,
+    counts_by_suffix: bool = False,
 ) -> KneserNeyModel:
     """Estimate the model from raw counts of orders 1..N by running steps (a)-(e) over ``num_partitions``.
 
@@ -786,7 +794,10 @@ def estimate(
     merged table per order); ``tables`` of the result are then MODEL[k], sorted.  With a ``store`` of its
     own, the caller passes ``counts_by_order=None`` and has put the merged counts of order k in dataset
     ``counts{k}``, hash-partitioned by ``w0..w{k-1}`` into ``num_partitions``; MODEL[k] is left in dataset
-    ``model{k}`` (one sorted piece per partition) and ``tables`` is empty.
+    ``model{k}`` (one sorted piece per partition) and ``tables`` is empty.  ``counts_by_suffix``: the caller has
+    also written dataset ``suffix{k}`` for k >= 2, the same counts partitioned by ``w1..w{k-1}`` with one piece
+    per counts partition named ``f"{p:04d}"`` (the ngram stage does it while merging, from the table in hand),
+    so the split by suffix is skipped.
 
     ``vocab``: token strings by id (for ``limit_vocab`` and id validation).  ``word_rank``: lmplz's word
     numbering (:func:`lm.ngram_counts.first_occurrence_rank`), only needed to reproduce one lmplz quirk
@@ -809,7 +820,8 @@ def estimate(
     orders, higher = range(1, n_order + 1), range(2, n_order + 1)
 
     logger.info("--- 1/5 Adjusting counts (order %d, %d partitions) ---", n_order, p)
-    _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
+    if not counts_by_suffix:
+        _resplit(map_fn, store, "counts", "suffix", {k: key_columns(k, 1) for k in higher}, p, "split by suffix")
     prune_words = prune_words_mask(vocab, limit_vocab)
     calls = [(store, k, q, n_order, thresholds[k - 1], prune_words, p) for k in orders for q in range(p)]
     part_stats = map_fn(_adjust_task, calls, "adjust")
@@ -836,17 +848,18 @@ def estimate(
     for k in orders:
         store.drop(f"adjctx{k}")
 
-    logger.info("--- 4/5 Interpolating ---")
-    for k in higher:  # order k needs all of INTERP[k-1]
-        map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
-        store.drop(f"uninterp{k}")
+    logger.info("--- 4/5 Interpolating, and backoffs of the order below ---")
+    ngrams: dict[int, int] = {}
+    for k in higher:  # order k needs all of INTERP[k-1]; MODEL[k-1] is written on the way
+        sizes = map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
+        ngrams[k - 1] = sum(sizes)
+        for name in (f"uninterp{k}", f"interp{k - 1}", f"gamma{k - 1}"):
+            store.drop(name)
 
-    logger.info("--- 5/5 Backoffs ---")
-    sizes = map_fn(_backoff_task, [(store, k, n_order, q) for k in orders for q in range(p)], "backoff")
-    ngrams = {k: sum(sizes[(k - 1) * p : k * p]) for k in orders}
+    logger.info("--- 5/5 Backoffs of order %d ---", n_order)
+    ngrams[n_order] = sum(map_fn(_backoff_task, [(store, n_order, q) for q in range(p)], "backoff"))
+    store.drop(f"interp{n_order}")
     for k in orders:
-        store.drop(f"interp{k}")
-        store.drop(f"gamma{k}")
         logger.info("%d-grams: %d", k, ngrams[k])
     tables: dict[int, pa.Table] = {}
     if collect:

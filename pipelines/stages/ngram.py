@@ -10,7 +10,8 @@ through partition files (``pipelines.partitions.DirectoryStore``), so a task hol
 partition, never the whole model::
 
     === 1/3 count ===     task per shard: count orders 1..N (pre-aggregated), split by hash of the n-gram
-                          task per (order, partition): merge the pieces -> counts/order-k/part-p
+                          task per (order, partition): merge the pieces -> counts/order-k/part-p, and split
+                          them by suffix for the adjust step (k >= 2)
     === 2/3 estimate ===  lm.kneser_ney.estimate, its map_fn = these Ray tasks, its store = the folder store:
                           adjust, discounts, probabilities, interpolate, backoff (sequenced there only)
     === 3/3 ARPA ===      the driver streams the MODEL parts into the ARPA, one part at a time
@@ -159,11 +160,15 @@ def _count_task(
     return {"tokens": int(len(flat)), "sentences": table.num_rows, "words": len(words), "ids": ids, "first": first}
 
 
-def _merge_task(store: DirectoryStore, order: int, p: int) -> int:
-    """Reduce side: merge partition ``p``'s pieces of one order into ``counts{order}``, the estimator's input."""
+def _merge_task(store: DirectoryStore, order: int, p: int, parts: int) -> int:
+    """Reduce side: merge partition ``p``'s pieces of one order into ``counts{order}``, the estimator's input,
+    and (order >= 2) split the merged table by its suffix into ``suffix{order}``, the adjust step's other
+    input, while it is in hand (``kn.estimate(counts_by_suffix=True)``: no step re-reads the counts for it)."""
     inject("ngram.merge")
     merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
     store.put(f"counts{order}", p, merged)
+    if order >= 2:
+        store.write(f"suffix{order}", merged, key_columns(order, 1), parts, f"{p:04d}")
     return merged.num_rows
 
 
@@ -333,7 +338,7 @@ def _estimate(
     logger.info("=== 1/3 Counting n-grams: %d shard(s), orders 1..%d, %d partitions ===", len(shards), n, parts)
     started = time.perf_counter()
     results = tasks(_count_task, _count_calls(shards, slices, n, store, parts), "count")
-    rows = tasks(_merge_task, [(store, k, p) for k in range(1, n + 1) for p in range(parts)], "merge")
+    rows = tasks(_merge_task, [(store, k, p, parts) for k in range(1, n + 1) for p in range(parts)], "merge")
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     for k in range(1, n + 1):
@@ -347,7 +352,7 @@ def _estimate(
     logger.info("=== 2/3 Estimating the Kneser-Ney model (lm.kneser_ney, %d partitions) ===", parts)
     model = kn.estimate(
         None, vocab.tokens.to_pylist(), config, limit_vocab=limit, word_rank=_word_rank(results, len(vocab)),
-        num_partitions=parts, map_fn=tasks, store=store,
+        num_partitions=parts, map_fn=tasks, store=store, counts_by_suffix=True,
     )  # fmt: skip
 
     logger.info("=== 3/3 Writing the ARPA ===")
