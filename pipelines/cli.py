@@ -440,5 +440,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+def entry() -> None:
+    """The ``lmpipe`` command: :func:`main`, then exit without the interpreter's collection of every object
+    alive (``gc.freeze``).
+
+    Why: after a stage the process holds numba's and Arrow's ~150k objects, and the cyclic collections of
+    interpreter shutdown took ~0.2 s of every ``lmpipe`` command (0.03 s frozen) -- 5-10% of a small n-gram
+    run against lmplz.  Files are closed by their ``with`` blocks and the standard streams are flushed as
+    usual; only garbage cycles alive at exit go uncollected, which the exit frees anyway."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
