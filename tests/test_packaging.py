@@ -129,7 +129,7 @@ def test_the_wheel_root_has_only_lmpipe_and_its_metadata(wheel, names):
         assert zf.read(f"{info}/top_level.txt").decode().split() == ["lmpipe"]
         meta = zf.read(f"{info}/METADATA").decode()
         assert zf.read(f"{info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
-        assert "lmpipe = lmpipe.pipelines.cli:main" in zf.read(f"{info}/entry_points.txt").decode()
+        assert "lmpipe = lmpipe.pipelines.cli:entry" in zf.read(f"{info}/entry_points.txt").decode()
     assert f"\nVersion: {VERSION}\n" in meta
     assert "\nLicense-Expression: Apache-2.0\n" in meta and "\nLicense-File: LICENSE\n" in meta
     assert "\nLicense: " not in meta  # the deprecated free-text field is gone
