@@ -241,6 +241,8 @@ class SGNS:
     ) -> tuple[int, float]:
         """Train on one block of sentences with ``stream``'s randomness; returns (pairs, summed loss)."""
         c, st = self.config, stream or self._stream
+        if self.backend == "numba" and c.sgns:  # word2vec's order, centre by centre: no shuffle (see window_pairs)
+            return self._train_prepared(self._prepare(sentences, st, 0))
         words, words_done = int(sum(len(s) for s in sentences)), self.words_done
         lr_start, lr_end = self.learning_rate(words_done), self.learning_rate(words_done + words)
         if self.backend == "torch":
@@ -250,8 +252,6 @@ class SGNS:
                 n, loss_sum = sgns_torch.train_sgns_block(self, sentences, st, words_done, words)
             else:
                 n, loss_sum = sgns_torch.train_mode_block(self, sentences, st, lr_start, lr_end)
-        elif c.sgns:  # word2vec's order, centre by centre: no shuffle (see window_pairs)
-            return self._train_prepared(self._prepare(sentences, st, 0))
         else:  # skip-gram HS, CBOW: embeddings.sgns_modes
             n, loss_sum = train_mode_block(self, sentences, st.rng, lr_start, lr_end)
         with self._lock:
