@@ -212,8 +212,9 @@ class NgramSpec:
     #: and Arrow IO release the GIL) or ``auto`` (``local`` unless the run joins a Ray cluster or sets
     #: ``resources``).  The same tasks either way, so the output is the same.  Not in the fingerprint.
     executor: Runtime[Literal["auto", "ray", "local"]] = "auto"
-    #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically
-    #: when one partition would not fit ``memory_mb``.  More partitions than workers balance the load.
+    #: Hash partitions of the n-gram counts (the unit of distributed estimation); raised automatically to
+    #: a multiple of it when one partition would not fit ``memory_mb``.  More partitions than workers
+    #: balance the load; a multiple of the workers shares the rounds evenly.
     partitions: int = 4
     #: Memory budget per worker in MB, or as lmplz's ``-S``: ``2G``, ``512M``, ``80%`` (of the physical memory
     #: of the machine reading the spec), resolved to MB; counts beyond it spill to disk.
@@ -361,7 +362,8 @@ class CooccurSpec:
     min_count: int = 5
     max_size: int | None = None
     workers: Runtime[int] = 2  # Ray tasks in flight
-    #: Hash partitions of the counts by row (output shards); raised automatically to fit ``memory_mb``.
+    #: Hash partitions of the counts by row (output shards); raised automatically to a multiple of it to
+    #: fit ``memory_mb``.
     partitions: int = 4
     #: Memory budget per task in MB (or ``2G``, ``80%``, as ``ngram.memory_mb``): the map side spills its
     #: accumulator to disk at half of it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -76,6 +77,23 @@ def test_memory_budget_too_small_is_an_error_with_the_fix():
     with pytest.raises(ValueError, match=r"ngram.memory_mb: bad value 64; counting one token shard .* increase ngram.memory_mb to \d+"):
         _partitions(spec, train_tokens=10**9, shard_tokens=10**8)
     assert _partitions(spec, train_tokens=10**9, shard_tokens=10**5) > 100  # the partitions grow instead
+
+
+def test_partitions_raised_by_the_budget_are_a_multiple_of_the_configured_ones():
+    """7 partitions on 2 workers cap a per-partition step at 7/4 = 1.75x; rounding up to a multiple of
+    ``ngram.partitions`` (4) lets 1, 2 and 4 workers share the rounds evenly."""
+    from lmpipe.pipelines.stages.ngram import _bytes_per_token, _partitions
+
+    for configured in (1, 3, 4):
+        spec = parse_spec({"name": "x", "corpus": {"train": "t.txt"}, "ngram": {"memory_mb": 64, "partitions": configured}}).ngram
+        per_partition = 64 * (1 << 20) / _bytes_per_token(spec.order)  # tokens one partition's budget holds
+        for fill in (0.5, 1.0, 6.5, 7.0, 7.2, 29.9):
+            tokens = math.ceil(fill * per_partition)
+            parts = _partitions(spec, train_tokens=tokens, shard_tokens=1000)
+            assert parts % configured == 0 and parts * per_partition >= tokens, "a multiple, and every partition fits"
+            assert parts == configured or (parts - configured) * per_partition < tokens, "the smallest such multiple"
+    four = parse_spec({"name": "x", "corpus": {"train": "t.txt"}, "ngram": {"memory_mb": 64}}).ngram
+    assert four.partitions == 4 and _partitions(four, math.ceil(6.5 * 64 * (1 << 20) / _bytes_per_token(four.order)), 1000) == 8
 
 
 def test_spill_compression_auto_compresses_only_out_of_core():

@@ -57,7 +57,7 @@ from lmpipe.pipelines.core.shards import shard_batches, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.core.vocab_tsv import write_vocab_tsv
 from lmpipe.pipelines.ingest import InputError
-from lmpipe.pipelines.partitions import part_dir
+from lmpipe.pipelines.partitions import part_dir, partition_count
 from lmpipe.pipelines.ray_stages import map_tasks
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import CooccurSpec
@@ -222,7 +222,7 @@ def plan_memory(spec: CooccurSpec, train_tokens: int, vocab_size: int) -> tuple[
     chunk_tokens = budget // 2 // per_token
     max_pairs = budget // 2 // BYTES_PER_PAIR
     total_pairs = min(train_tokens * spec.window * (2 if spec.symmetric else 1), vocab_size * vocab_size)
-    partitions = max(spec.partitions, math.ceil(total_pairs * BYTES_PER_PAIR / budget))
+    partitions = partition_count(math.ceil(total_pairs * BYTES_PER_PAIR / budget), spec.partitions)
     return partitions, int(chunk_tokens), int(max_pairs)
 
 

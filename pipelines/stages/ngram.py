@@ -44,7 +44,7 @@ from lmpipe.pipelines.core.schemas import FIRST_WORD_ID, UNK_ID, ngram_schema
 from lmpipe.pipelines.core.shards import read_shard, split_shards
 from lmpipe.pipelines.core.vocab import Vocab
 from lmpipe.pipelines.ingest import InputError
-from lmpipe.pipelines.partitions import DirectoryStore
+from lmpipe.pipelines.partitions import DirectoryStore, partition_count
 from lmpipe.pipelines.ray_stages import map_local, map_tasks
 from lmpipe.pipelines.rundir import StageRun, read_manifest
 from lmpipe.pipelines.spec import NgramSpec, parse_resources
@@ -240,7 +240,8 @@ def _slice_tokens(spec: NgramSpec) -> int:
 
 
 def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
-    """Partitions so one partition of the largest order fits ``memory_mb``; fail fast if a count task cannot."""
+    """Partitions so one partition of the largest order fits ``memory_mb`` (``partition_count``: a multiple
+    of ``ngram.partitions``); fail fast if a count task cannot."""
     budget = spec.memory_mb * (1 << 20)
     per_token = _bytes_per_token(spec.order)
     if shard_tokens * per_token > budget:
@@ -249,7 +250,7 @@ def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
             f"ngram.memory_mb: bad value {spec.memory_mb}; counting one token shard ({shard_tokens:,} tokens, "
             f"orders 1..{spec.order}) needs about {need} MB: increase ngram.memory_mb to {need} or lower tokenize.shard_mb"
         )
-    return max(spec.partitions, math.ceil(train_tokens * per_token / budget))
+    return partition_count(math.ceil(train_tokens * per_token / budget), spec.partitions)
 
 
 def _spill_compression(spec: NgramSpec, parts: int) -> str | None:
