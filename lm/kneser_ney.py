@@ -615,12 +615,25 @@ class PartitionStore(Protocol):
 
     def drop(self, name: str) -> None: ...
 
+    def release(self, name: str, p: int) -> None:
+        """Remove partition ``p`` of ``name``: its one reader is done (see :func:`consuming`)."""
+
+    def record(self, key: str, value: Any) -> None:
+        """Keep a finished task's JSON-able result under ``key`` until :meth:`drop_receipts`."""
+
+    def recorded(self, key: str) -> tuple[Any] | None:
+        """``(value,)`` recorded under ``key``, or None."""
+
+    def drop_receipts(self) -> None:
+        """Forget every receipt: called after a step, when no task of it can be retried any more."""
+
 
 class MemoryStore:
     """:class:`PartitionStore` in this process's memory, for :func:`serial_map`."""
 
     def __init__(self) -> None:
         self._pieces: dict[str, dict[int, dict[str, pa.Table]]] = {}
+        self._receipts: dict[str, Any] = {}
 
     def write(self, name: str, table: pa.Table, keys: Sequence[str], num_partitions: int, piece: str) -> None:
         for p, part in enumerate(partition_by(table, list(keys), num_partitions)):
@@ -638,6 +651,18 @@ class MemoryStore:
 
     def drop(self, name: str) -> None:
         self._pieces.pop(name, None)
+
+    def release(self, name: str, p: int) -> None:
+        self._pieces.get(name, {}).pop(p, None)
+
+    def record(self, key: str, value: Any) -> None:
+        self._receipts[key] = value
+
+    def recorded(self, key: str) -> tuple[Any] | None:
+        return (self._receipts[key],) if key in self._receipts else None
+
+    def drop_receipts(self) -> None:
+        self._receipts.clear()
 
 
 #: ``map_fn(fn, calls, desc)``: ``[fn(*args) for args in calls]``, in order, however it runs them.
@@ -670,6 +695,25 @@ def prune_words_mask(vocab: Sequence[str], limit_vocab: Collection[str] | None) 
 # Tasks: one step on one partition, reading and writing the store (module-level, so Ray can ship them).
 
 
+def consuming(store: PartitionStore, key: str, inputs: Iterable[tuple[str, int]], compute: Callable[[], Any]) -> Any:
+    """``compute()`` for a task that is its inputs' only reader, which then removes those partitions.
+
+    Why: a step's disk would otherwise hold its inputs and its outputs in full until the driver drops the
+    inputs after the step; releasing each partition as its task ends keeps about one copy (issue 16 item 2,
+    scratch disk).  Releasing inputs makes a retry unable to recompute, so the result is recorded first (a
+    receipt, ``store.record``; the driver calls ``store.drop_receipts()`` after the step) and a retried task
+    (Ray reruns a task whose worker died, even after its work was done) returns it.
+    ``compute`` writes its outputs atomically before it returns, so a receipt means they are complete; a
+    task killed before its receipt still has all its inputs.  ``compute``'s result must be JSON-able."""
+    seen = store.recorded(key)
+    result = seen[0] if seen is not None else compute()
+    if seen is None:
+        store.record(key, result)
+    for name, p in inputs:
+        store.release(name, p)
+    return result
+
+
 def _resplit_task(store: PartitionStore, src: str, p: int, dst: str, keys: list[str], parts: int) -> None:
     table = store.read(src, p)
     if table is not None and table.num_rows:
@@ -680,14 +724,21 @@ def _adjust_task(
     store: PartitionStore, k: int, p: int, top: int, threshold: int, prune_words: np.ndarray | None, parts: int
 ) -> OrderStats:
     inject("ngram.adjust")
-    lower = store.read(f"counts{k}", p, ngram_schema(k))
-    higher = store.read(f"suffix{k + 1}", p, ngram_schema(k + 1)) if k < top else None
-    adjusted = adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
-    if k == 1:  # the unigram step reads all of ADJUSTED[1] at once
-        store.put("adj1", p, adjusted)
-    else:  # written straight into the partitioning its consumer (probabilities) joins on: by context
-        store.write(f"adjctx{k}", adjusted, key_columns(k - 1), parts, f"{p:04d}")
-    return count_stats_step(adjusted)
+
+    def compute() -> list[Any]:
+        lower = store.read(f"counts{k}", p, ngram_schema(k))
+        higher = store.read(f"suffix{k + 1}", p, ngram_schema(k + 1)) if k < top else None
+        adjusted = adjust_counts_step(lower, higher, prune_threshold=threshold, prune_words=prune_words)
+        if k == 1:  # the unigram step reads all of ADJUSTED[1] at once
+            store.put("adj1", p, adjusted)
+        else:  # written straight into the partitioning its consumer (probabilities) joins on: by context
+            store.write(f"adjctx{k}", adjusted, key_columns(k - 1), parts, f"{p:04d}")
+        stats = count_stats_step(adjusted)
+        return [int(stats.count), int(stats.count_pruned), [int(x) for x in stats.n]]
+
+    # the counts are the caller's (kept); the suffix split is read here only
+    count, pruned, n = consuming(store, f"adjust-{k}-{p}", [(f"suffix{k + 1}", p)] if k < top else [], compute)
+    return OrderStats(count, pruned, tuple(n))
 
 
 @dataclass(frozen=True, slots=True)
@@ -719,29 +770,38 @@ def _unigram_task(store: PartitionStore, parts: int, discount: Discount, interpo
 
 
 def _initial_task(store: PartitionStore, k: int, p: int, discount: Discount, parts: int) -> None:
-    adjusted = store.read(f"adjctx{k}", p)
-    if adjusted is None or adjusted.num_rows == 0:
-        return
-    uninterp, gammas = initial_probabilities_step(adjusted, discount)
-    # Written straight into the partitioning their consumers join on: u by suffix, gamma by its own key.
-    store.write(f"uninterp{k}", uninterp, key_columns(k, 1), parts, f"{p:04d}")
-    store.write(f"gamma{k - 1}", gammas, key_columns(k - 1), parts, f"{p:04d}")
+    def compute() -> None:
+        adjusted = store.read(f"adjctx{k}", p)
+        if adjusted is None or adjusted.num_rows == 0:
+            return
+        uninterp, gammas = initial_probabilities_step(adjusted, discount)
+        # Written straight into the partitioning their consumers join on: u by suffix, gamma by its own key.
+        store.write(f"uninterp{k}", uninterp, key_columns(k, 1), parts, f"{p:04d}")
+        store.write(f"gamma{k - 1}", gammas, key_columns(k - 1), parts, f"{p:04d}")
+
+    consuming(store, f"probabilities-{k}-{p}", [(f"adjctx{k}", p)], compute)
 
 
 def _interpolate_task(store: PartitionStore, k: int, p: int, parts: int) -> int:
     """INTERP[k] from UNINTERP[k] and INTERP[k-1] of partition ``p``, and MODEL[k-1] of ``p`` while INTERP[k-1]
     is in hand (:func:`backoff_step` joins it with GAMMA[k-1] on the same key, so it needs no step and no
     second read of its own); returns MODEL[k-1]'s rows."""
-    lower = store.read(f"interp{k - 1}", p, kn_schema(k - 1, "interp"))
-    uninterp = store.read(f"uninterp{k}", p)
-    if uninterp is not None and uninterp.num_rows:
-        store.write(f"interp{k}", interpolate_step(uninterp, lower), key_columns(k), parts, f"{p:04d}")
-    return _put_model(store, k - 1, p, lower, store.read(f"gamma{k - 1}", p, kn_schema(k - 1, "gamma")))
+
+    def compute() -> int:
+        lower = store.read(f"interp{k - 1}", p, kn_schema(k - 1, "interp"))
+        uninterp = store.read(f"uninterp{k}", p)
+        if uninterp is not None and uninterp.num_rows:
+            store.write(f"interp{k}", interpolate_step(uninterp, lower), key_columns(k), parts, f"{p:04d}")
+        return _put_model(store, k - 1, p, lower, store.read(f"gamma{k - 1}", p, kn_schema(k - 1, "gamma")))
+
+    inputs = [(f"interp{k - 1}", p), (f"uninterp{k}", p), (f"gamma{k - 1}", p)]
+    return consuming(store, f"interpolate-{k}-{p}", inputs, compute)
 
 
 def _backoff_task(store: PartitionStore, k: int, p: int) -> int:
     """MODEL[k] of partition ``p`` for the highest order (no gammas); the lower orders' come with interpolation."""
-    return _put_model(store, k, p, store.read(f"interp{k}", p), None)
+    compute = lambda: _put_model(store, k, p, store.read(f"interp{k}", p), None)  # noqa: E731
+    return consuming(store, f"backoff-{k}-{p}", [(f"interp{k}", p)], compute)
 
 
 def _put_model(store: PartitionStore, k: int, p: int, interp: pa.Table | None, gammas: pa.Table | None) -> int:
@@ -825,6 +885,7 @@ def estimate(
     prune_words = prune_words_mask(vocab, limit_vocab)
     calls = [(store, k, q, n_order, thresholds[k - 1], prune_words, p) for k in orders for q in range(p)]
     part_stats = map_fn(_adjust_task, calls, "adjust")
+    store.drop_receipts()  # after a step: no task of it can be retried any more
     for k in higher:
         store.drop(f"suffix{k}")
 
@@ -845,6 +906,7 @@ def estimate(
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
     store.drop("adj1")  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
     map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
+    store.drop_receipts()
     for k in orders:
         store.drop(f"adjctx{k}")
 
@@ -852,12 +914,14 @@ def estimate(
     ngrams: dict[int, int] = {}
     for k in higher:  # order k needs all of INTERP[k-1]; MODEL[k-1] is written on the way
         sizes = map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
+        store.drop_receipts()
         ngrams[k - 1] = sum(sizes)
         for name in (f"uninterp{k}", f"interp{k - 1}", f"gamma{k - 1}"):
             store.drop(name)
 
     logger.info("--- 5/5 Backoffs of order %d ---", n_order)
     ngrams[n_order] = sum(map_fn(_backoff_task, [(store, n_order, q) for q in range(p)], "backoff"))
+    store.drop_receipts()
     store.drop(f"interp{n_order}")
     for k in orders:
         logger.info("%d-grams: %d", k, ngrams[k])

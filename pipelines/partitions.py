@@ -13,14 +13,16 @@ name and renamed, so a retried task never leaves a half piece behind.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from lmpipe.pipelines.core.files import read_table, write_table
+from lmpipe.pipelines.core.files import atomic_path, read_table, write_table
 from lmpipe.pipelines.core.keyed import partition_by
 
 
@@ -59,6 +61,10 @@ def read_partition(dataset: Path, p: int, schema: pa.Schema | None = None) -> pa
     return pa.concat_tables([read_table(path) for path in pieces]).combine_chunks()
 
 
+#: Where a :class:`DirectoryStore` keeps task receipts (``lm.kneser_ney.consuming``).
+_RECEIPTS = "_receipts"
+
+
 class DirectoryStore:
     """``lm.kneser_ney.PartitionStore`` on disk: dataset ``name`` is the folder ``root/name`` (layout above).
 
@@ -88,6 +94,22 @@ class DirectoryStore:
 
     def drop(self, name: str) -> None:
         shutil.rmtree(self.path(name), ignore_errors=True)
+
+    def release(self, name: str, p: int) -> None:
+        shutil.rmtree(part_dir(self.path(name), p), ignore_errors=True)
+
+    def record(self, key: str, value: Any) -> None:
+        with atomic_path(self.root / _RECEIPTS / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps({"value": value}), encoding="utf-8")
+
+    def recorded(self, key: str) -> tuple[Any] | None:
+        try:
+            return (json.loads((self.root / _RECEIPTS / f"{key}.json").read_text(encoding="utf-8"))["value"],)
+        except FileNotFoundError:
+            return None
+
+    def drop_receipts(self) -> None:
+        shutil.rmtree(self.root / _RECEIPTS, ignore_errors=True)
 
     def pieces(self, name: str) -> list[Path]:
         """Every piece file of a dataset, in partition then piece order (for streaming it out in order)."""

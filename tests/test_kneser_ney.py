@@ -295,6 +295,48 @@ def test_folder_store_and_counted_map_give_the_memory_model(tmp_path):
     assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [f"{d}{k}" for d in ("counts", "model") for k in range(1, 5)]
 
 
+@pytest.mark.parametrize("store_kind", ["memory", "folder"])
+def test_retried_tasks_return_their_receipts_after_releasing_their_inputs(tmp_path, store_kind):
+    """Ray reruns a task whose worker died, also one that had finished its work: every task of every step
+    is run twice here.  A task that released its inputs (``consuming``) must return its recorded result
+    the second time and leave the outputs as they were, so the model is the one of a clean run; and each
+    step's consumed inputs are gone by the time the step ends, before the driver drops them."""
+    from lmpipe.lm.kneser_ney import MemoryStore
+    from lmpipe.lm.ngram_counts import key_columns
+    from lmpipe.pipelines.partitions import DirectoryStore
+
+    config = KneserNeyConfig(order=4, prune=(0, 0, 1))
+    memory, _ = ours(tmp_path, SYN, 4, config, partitions=3)
+    vocab, table = encode(SYN)
+    store = MemoryStore() if store_kind == "memory" else DirectoryStore(tmp_path / "store")
+    for k, counts in count_ngrams(table, 4).items():
+        store.write(f"counts{k}", counts, key_columns(k), 3, "0")
+    consumed = {"adjust": ["suffix2", "suffix3", "suffix4"], "probabilities": ["adjctx2", "adjctx3", "adjctx4"],
+                "interpolate 3": ["interp2", "uninterp3", "gamma2"], "backoff": ["interp4"]}  # fmt: skip
+    released: dict[str, list[bool]] = {}
+
+    def twice(fn, calls, desc):
+        assert all(store.read(name, q) is not None for name in consumed.get(desc, []) for q in range(3)), desc
+        first = [fn(*args) for args in calls]
+        assert [fn(*args) for args in calls] == first, desc
+        released[desc] = [store.read(name, q) is None for name in consumed.get(desc, []) for q in range(3)]
+        return first
+
+    got = estimate(
+        None, vocab, config, word_rank=first_occurrence_rank(table), num_partitions=3, map_fn=twice, store=store,
+        counts_by_suffix=False,
+    )  # fmt: skip
+    for desc in consumed:
+        assert released[desc] and all(released[desc]), desc
+    for k in range(1, 5):
+        parts = [store.read(f"model{k}", q) for q in range(3)]
+        model = pa.concat_tables([t for t in parts if t is not None]).sort_by([(f"w{i}", "ascending") for i in range(k)])
+        assert model.equals(memory.tables[k]) and got.ngrams[k] == memory.tables[k].num_rows
+    assert got.discounts == memory.discounts and got.stats == memory.stats
+    if store_kind == "folder":  # receipts are dropped after each step
+        assert not (tmp_path / "store" / "_receipts").exists()
+
+
 def test_empty_corpus_fails_fast():
     empty = pa.table({"ids": pa.array([], pa.list_(pa.uint32()))})
     with pytest.raises(ValueError, match="no sentences"):

@@ -165,11 +165,15 @@ def _merge_task(store: DirectoryStore, order: int, p: int, parts: int) -> int:
     and (order >= 2) split the merged table by its suffix into ``suffix{order}``, the adjust step's other
     input, while it is in hand (``kn.estimate(counts_by_suffix=True)``: no step re-reads the counts for it)."""
     inject("ngram.merge")
-    merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
-    store.put(f"counts{order}", p, merged)
-    if order >= 2:
-        store.write(f"suffix{order}", merged, key_columns(order, 1), parts, f"{p:04d}")
-    return merged.num_rows
+
+    def compute() -> int:
+        merged = merge_counts([store.read(f"raw{order}", p, ngram_schema(order))])
+        store.put(f"counts{order}", p, merged)
+        if order >= 2:
+            store.write(f"suffix{order}", merged, key_columns(order, 1), parts, f"{p:04d}")
+        return merged.num_rows
+
+    return kn.consuming(store, f"merge-{order}-{p}", [(f"raw{order}", p)], compute)  # the raw pieces go as read
 
 
 def _file_sizes(*roots: Path) -> dict[str, int]:
@@ -187,6 +191,15 @@ def _file_sizes(*roots: Path) -> dict[str, int]:
     return sizes
 
 
+def _by_dataset(sizes: dict[str, int], work: Path, counts: Path) -> dict[str, int]:
+    """Bytes per dataset (``raw3``, ``adjctx5``, ...; the kept counts as ``counts``): where a step's disk is."""
+    totals: dict[str, int] = {}
+    for path, size in sizes.items():
+        name = "counts" if path.startswith(str(counts)) else Path(path).relative_to(work).parts[0]
+        totals[name] = totals.get(name, 0) + size
+    return dict(sorted(totals.items()))
+
+
 def _written(before: dict[str, int], after: dict[str, int]) -> int:
     """Bytes of the files that are new in ``after`` or changed size (a step writes new datasets)."""
     return sum(size for path, size in after.items() if before.get(path) != size)
@@ -196,17 +209,22 @@ def _arpa_task(store: DirectoryStore, k: int, p: int, top: int, work: str) -> tu
     """Format partition ``p`` of MODEL[k] as ARPA lines into a text piece (the driver concatenates them)."""
     from lmpipe.lm.arpa import write_arpa_lines
 
-    table = store.read(f"model{k}", p)
-    if table is None or table.num_rows == 0:
-        return "", 0
-    vocab = read_table(Path(work) / "vocab.arrow").column("token").combine_chunks()
-    piece = Path(work) / "arpa" / f"{k}-{p:05d}.txt"
-    piece.parent.mkdir(parents=True, exist_ok=True)
-    partial = piece.with_suffix(f".{os.getpid()}.tmp")  # a retried task never appends to a half piece
-    with open(partial, "wb") as out:
-        rows = write_arpa_lines(table, k, vocab, k < top, out)
-    os.replace(partial, piece)
-    return str(piece), rows
+    def compute() -> list[Any]:
+        table = store.read(f"model{k}", p)
+        if table is None or table.num_rows == 0:
+            return ["", 0]
+        vocab = read_table(Path(work) / "vocab.arrow").column("token").combine_chunks()
+        piece = Path(work) / "arpa" / f"{k}-{p:05d}.txt"
+        piece.parent.mkdir(parents=True, exist_ok=True)
+        partial = piece.with_suffix(f".{os.getpid()}.tmp")  # a retried task never appends to a half piece
+        with open(partial, "wb") as out:
+            rows = write_arpa_lines(table, k, vocab, k < top, out)
+        os.replace(partial, piece)
+        return [str(piece), rows]
+
+    # the model's partition goes once formatted: the scratch disk never holds the model and its text in full
+    piece, rows = kn.consuming(store, f"arpa-{k}-{p}", [(f"model{k}", p)], compute)
+    return piece, rows
 
 
 class _InOrder:
@@ -309,11 +327,12 @@ def _estimate(
     Ray tasks, or (``local``) threads of this process."""
     options = ray_options(parse_resources("ngram.resources", spec.resources))
 
-    peak_disk = [0]
+    peak_disk = [0, 0, {}]  # after any step: spills and kept counts; spills only (ngram.temp_dir); by dataset
     steps: list[dict[str, Any]] = []  # per map step: its tasks, seconds and bytes written (the scaling figures)
 
     def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
-        before = _file_sizes(work, tmp_dir / "counts")
+        counts = tmp_dir / "counts"
+        before = _file_sizes(work, counts)
         started = time.perf_counter()
         common = {"workers": workers, "desc": f"ngram: {desc}", "placement": placement, "on_result": on_result}
         if local:
@@ -321,10 +340,18 @@ def _estimate(
         else:
             out = map_tasks(fn, calls, options=options, **common)
         seconds = time.perf_counter() - started
-        after = _file_sizes(work, tmp_dir / "counts")
-        # a step's outputs exist before its inputs are dropped: the peak is after a step
-        peak_disk[0] = max(peak_disk[0], sum(after.values()))
-        steps.append({"step": desc, "tasks": len(calls), "seconds": round(seconds, 3), "bytes_written": _written(before, after)})
+        after = _file_sizes(work, counts)
+        # between steps (a step's tasks release their inputs as they finish, see kn.consuming; the running
+        # tasks' outputs in flight come on top: the bench samples the disk during the run)
+        datasets = _by_dataset(after, work, counts)
+        if sum(datasets.values()) > peak_disk[0]:
+            peak_disk[2] = datasets
+        peak_disk[0] = max(peak_disk[0], sum(datasets.values()))
+        peak_disk[1] = max(peak_disk[1], sum(datasets.values()) - datasets.get("counts", 0))
+        steps.append({
+            "step": desc, "tasks": len(calls), "seconds": round(seconds, 3), "bytes_written": _written(before, after),
+            "bytes_on_disk": sum(datasets.values()),
+        })  # fmt: skip
         return out
 
     n = spec.order
@@ -340,6 +367,7 @@ def _estimate(
     started = time.perf_counter()
     results = tasks(_count_task, _count_calls(shards, slices, n, store, parts), "count")
     rows = tasks(_merge_task, [(store, k, p, parts) for k in range(1, n + 1) for p in range(parts)], "merge")
+    store.drop_receipts()  # after a step: no task of it can be retried any more
     count_seconds = time.perf_counter() - started
     ngram_counts = {k: sum(rows[(k - 1) * parts : k * parts]) for k in range(1, n + 1)}
     for k in range(1, n + 1):
@@ -365,6 +393,7 @@ def _estimate(
     calls = [(store, k, q, n, str(work)) for k in range(1, n + 1) for q in range(parts)]
     with ArpaWriter(arpa, model.ngrams) as writer:
         tasks(_arpa_task, calls, "ARPA", on_result=_InOrder(writer, calls))
+    store.drop_receipts()
     for k in range(1, n + 1):  # formatted: the model's partitions are no longer needed
         store.drop(f"model{k}")
     arpa_seconds = time.perf_counter() - arpa_started
@@ -376,6 +405,8 @@ def _estimate(
         "arpa_seconds": round(arpa_seconds, 3),
         "spill_compression": store.compression or "none",
         "peak_work_bytes": peak_disk[0],  # spills and kept counts, after every step (the ARPA not included)
+        "peak_scratch_bytes": peak_disk[1],  # spills only: what ngram.temp_dir must hold
+        "peak_work_datasets": peak_disk[2],  # bytes per dataset after the step of the peak
         "steps": steps,
         "raw_ngrams": ngram_counts,
         "ngrams": model.ngrams,
