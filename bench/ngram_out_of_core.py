@@ -210,14 +210,15 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [
         "| corpus | order | text MB | counts MB | memory_mb | counts / budget | partitions | ARPA = unbounded run's lines (bytes) | "
         "same n-grams as lmplz | max Δ log10 p | lmpipe peak MB (all procs) | worker peak MB (task above floor) | "
-        "lmpipe scratch disk MB (÷ text) | lmplz peak MB | lmplz scratch disk MB (÷ text) | lmpipe s / lmplz s | load avg |",
+        "lmpipe scratch disk MB (÷ text) / with its kept counts | lmplz peak MB | lmplz scratch disk MB (÷ text) | lmpipe s / lmplz s | load avg |",
         "|" + "---|" * 17,
     ]
     for r in rows:
         lines.append(
             f"| {r['corpus']} | {r['order']} | {r['corpus_mb']:.1f} | {r['counts_mb']:.0f} | {r['memory_mb']} | "
             f"{r['factor']:.1f}× | {r['partitions']} | {r['same_lines']} ({r['identical']}) | {r['same']} | {r['dprob']:.1e} | {r['peak_mb']:.0f} | "
-            f"{r['worker_peak_mb']:.0f} ({r['task_mb']:.0f}) | {r['disk_mb']:.0f} ({r['disk_mb'] / r['corpus_mb']:.1f}×) | "
+            f"{r['worker_peak_mb']:.0f} ({r['task_mb']:.0f}) | {r['disk_mb']:.0f} ({r['disk_mb'] / r['corpus_mb']:.1f}×) / "
+            f"{r['work_mb']:.0f} ({r['work_mb'] / r['corpus_mb']:.1f}×) | "
             f"{r['lmplz_mb']:.0f} | {r['lmplz_disk_mb']:.0f} ({r['lmplz_disk_mb'] / r['corpus_mb']:.1f}×) | "
             f"{r['seconds']:.0f} / {r['lmplz_s']:.0f} | {' '.join(f'{x:.1f}' for x in r['load'])} |"
         )
@@ -230,7 +231,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"Machine: {machine()}; {versions('ray', 'numpy', 'pyarrow', 'numba')}; `ngram.executor: ray` (a process per "
         "task), 2 workers, `ngram.temp_dir` and lmplz's `-T` on the same local disk, lmplz `-S` = `memory_mb`.  \n"
         "Counts MB: Σ n-grams × (4 bytes per word id + 8 for the count), every order.  Scratch disk: the peak bytes "
-        "under each tool's scratch folder, sampled every 0.1 s (lmpipe's kept counts included, the ARPA not).  "
+        "under each tool's scratch folder, sampled every 0.1 s: lmpipe's spills under `ngram.temp_dir`; its kept "
+        "counts are an output in the run directory, added after the slash from the manifest's "
+        "`estimation.peak_work_bytes` (between steps); the ARPA is in neither.  "
         "A worker's floor is its RSS while it waited for its first task (above it: the task's imports, ~250 MB, and "
         "its data); lmplz's scratch includes its deleted-but-open temporary files; times are single runs under "
         "the load shown.\n\n"
