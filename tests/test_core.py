@@ -21,7 +21,7 @@ from lmpipe.pipelines.core.shards import (
     split_shards,
 )
 from lmpipe.pipelines.core.text import normalize_line, normalize_lines
-from lmpipe.pipelines.core.vocab import Vocab, string_array
+from lmpipe.pipelines.core.vocab import TokenCountAccumulator, Vocab, string_array
 from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 from lmpipe.pipelines.generate import prompt_ids
 from lmpipe.pipelines.ingest import find_sources, plan_chunks, read_chunk
@@ -167,3 +167,20 @@ def test_numpy_view_and_string_array_equal_pyarrows_own_conversions():
         numpy_view(pa.array([1, None]))
     words = ["<unk>", "été", "", "x" * 300]
     assert string_array(words).equals(pa.array(words, pa.string())) and string_array([]).to_pylist() == []
+
+
+def test_token_counts_accumulate_over_several_compactions():
+    """A large vocabulary compacts the running sum more than once: the merged table (non-nullable fields)
+    then meets workers' partial tables (nullable), which Arrow will not concatenate as they are (a 200M-token
+    corpus failed there).  The sum must equal a brute-force count."""
+    from collections import Counter
+
+    rng = np.random.default_rng(3)
+    acc, expected = TokenCountAccumulator(flush_rows=50), Counter()
+    for _ in range(12):
+        tokens = [f"w{i}" for i in rng.integers(0, 300, size=40)]
+        counts = Counter(tokens)
+        expected.update(counts)
+        acc.add(pa.table({"token": list(counts), "count": pa.array(list(counts.values()), pa.uint64())}))  # nullable
+    got = acc.result()
+    assert dict(zip(got["token"].to_pylist(), got["count"].to_pylist(), strict=True)) == dict(expected)

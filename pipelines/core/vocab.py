@@ -24,8 +24,12 @@ from lmpipe.pipelines.core.vocab_tsv import read_vocab_tsv, write_vocab_tsv
 
 
 def merge_token_counts(tables: Iterable[pa.Table]) -> pa.Table:
-    """Reduce side: sum partial counts by token (TOKEN_COUNTS schema, unsorted)."""
-    tables = [t for t in tables if t.num_rows]
+    """Reduce side: sum partial counts by token (TOKEN_COUNTS schema, unsorted).
+
+    Each table is cast to TOKEN_COUNTS first: a partial table from a worker has nullable fields, the result
+    of an earlier merge does not, and Arrow refuses to concatenate the two (a large vocabulary merges more
+    than once)."""
+    tables = [t.cast(TOKEN_COUNTS) for t in tables if t.num_rows]
     if not tables:
         return TOKEN_COUNTS.empty_table()
     merged = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum")])
