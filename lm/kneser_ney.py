@@ -706,12 +706,12 @@ def consuming(store: PartitionStore, key: str, inputs: Iterable[tuple[str, int]]
     ``compute`` writes its outputs atomically before it returns, so a receipt means they are complete; a
     task killed before its receipt still has all its inputs.  ``compute``'s result must be JSON-able."""
     seen = store.recorded(key)
-    result = seen[0] if seen is not None else compute()
     if seen is None:
-        store.record(key, result)
+        seen = (compute(),)
+        store.record(key, seen[0])
     for name, p in inputs:
         store.release(name, p)
-    return result
+    return seen[0]
 
 
 def _resplit_task(store: PartitionStore, src: str, p: int, dst: str, keys: list[str], parts: int) -> None:
@@ -800,7 +800,9 @@ def _interpolate_task(store: PartitionStore, k: int, p: int, parts: int) -> int:
 
 def _backoff_task(store: PartitionStore, k: int, p: int) -> int:
     """MODEL[k] of partition ``p`` for the highest order (no gammas); the lower orders' come with interpolation."""
-    compute = lambda: _put_model(store, k, p, store.read(f"interp{k}", p), None)  # noqa: E731
+    def compute() -> int:
+        return _put_model(store, k, p, store.read(f"interp{k}", p), None)
+
     return consuming(store, f"backoff-{k}-{p}", [(f"interp{k}", p)], compute)
 
 
@@ -831,6 +833,18 @@ def _check_counts(counts_by_order: Mapping[int, pa.Table], vocab: Sequence[str],
             raise ValueError(f"{k}-gram counts use ids >= the vocabulary size {len(vocab)}")
     if counts_by_order[1].num_rows == 0:
         raise ValueError("no unigrams to estimate from: the corpus has no sentences")
+
+
+def _forgetting_receipts(map_fn: MapFn, store: PartitionStore) -> MapFn:
+    """``map_fn`` that drops the store's receipts (:func:`consuming`) after each step: once a step has
+    returned, none of its tasks can be retried any more."""
+
+    def step(fn: Callable[..., Any], calls: Sequence[tuple], desc: str) -> list[Any]:
+        results = map_fn(fn, calls, desc)
+        store.drop_receipts()
+        return results
+
+    return step
 
 
 def estimate(
@@ -876,6 +890,7 @@ def estimate(
             store.write(f"counts{k}", counts_by_order[k], key_columns(k), p, "0")
     elif counts_by_order is not None:
         raise ValueError("with a store of its own, estimate reads the counts from it: pass counts_by_order=None")
+    map_fn = _forgetting_receipts(map_fn, store)
     thresholds = config.thresholds()
     orders, higher = range(1, n_order + 1), range(2, n_order + 1)
 
@@ -885,7 +900,6 @@ def estimate(
     prune_words = prune_words_mask(vocab, limit_vocab)
     calls = [(store, k, q, n_order, thresholds[k - 1], prune_words, p) for k in orders for q in range(p)]
     part_stats = map_fn(_adjust_task, calls, "adjust")
-    store.drop_receipts()  # after a step: no task of it can be retried any more
     for k in higher:
         store.drop(f"suffix{k}")
 
@@ -906,7 +920,6 @@ def estimate(
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
     store.drop("adj1")  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
     map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
-    store.drop_receipts()
     for k in orders:
         store.drop(f"adjctx{k}")
 
@@ -914,14 +927,12 @@ def estimate(
     ngrams: dict[int, int] = {}
     for k in higher:  # order k needs all of INTERP[k-1]; MODEL[k-1] is written on the way
         sizes = map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
-        store.drop_receipts()
         ngrams[k - 1] = sum(sizes)
         for name in (f"uninterp{k}", f"interp{k - 1}", f"gamma{k - 1}"):
             store.drop(name)
 
     logger.info("--- 5/5 Backoffs of order %d ---", n_order)
     ngrams[n_order] = sum(map_fn(_backoff_task, [(store, n_order, q) for q in range(p)], "backoff"))
-    store.drop_receipts()
     store.drop(f"interp{n_order}")
     for k in orders:
         logger.info("%d-grams: %d", k, ngrams[k])

@@ -327,7 +327,8 @@ def _estimate(
     Ray tasks, or (``local``) threads of this process."""
     options = ray_options(parse_resources("ngram.resources", spec.resources))
 
-    peak_disk = [0, 0, {}]  # after any step: spills and kept counts; spills only (ngram.temp_dir); by dataset
+    peak_datasets: dict[str, int] = {}  # bytes per dataset after the step with the most (spills and kept counts)
+    peak_scratch = [0]  # the most spills after any step: what ngram.temp_dir must hold
     steps: list[dict[str, Any]] = []  # per map step: its tasks, seconds and bytes written (the scaling figures)
 
     def tasks(fn: Callable[..., Any], calls: Sequence[tuple], desc: str, on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
@@ -344,13 +345,14 @@ def _estimate(
         # between steps (a step's tasks release their inputs as they finish, see kn.consuming; the running
         # tasks' outputs in flight come on top: the bench samples the disk during the run)
         datasets = _by_dataset(after, work, counts)
-        if sum(datasets.values()) > peak_disk[0]:
-            peak_disk[2] = datasets
-        peak_disk[0] = max(peak_disk[0], sum(datasets.values()))
-        peak_disk[1] = max(peak_disk[1], sum(datasets.values()) - datasets.get("counts", 0))
+        on_disk = sum(datasets.values())
+        if on_disk > sum(peak_datasets.values()):
+            peak_datasets.clear()
+            peak_datasets.update(datasets)
+        peak_scratch[0] = max(peak_scratch[0], on_disk - datasets.get("counts", 0))
         steps.append({
             "step": desc, "tasks": len(calls), "seconds": round(seconds, 3), "bytes_written": _written(before, after),
-            "bytes_on_disk": sum(datasets.values()),
+            "bytes_on_disk": on_disk,
         })  # fmt: skip
         return out
 
@@ -404,9 +406,9 @@ def _estimate(
         "estimate_seconds": round(arpa_started - started - count_seconds, 3),
         "arpa_seconds": round(arpa_seconds, 3),
         "spill_compression": store.compression or "none",
-        "peak_work_bytes": peak_disk[0],  # spills and kept counts, after every step (the ARPA not included)
-        "peak_scratch_bytes": peak_disk[1],  # spills only: what ngram.temp_dir must hold
-        "peak_work_datasets": peak_disk[2],  # bytes per dataset after the step of the peak
+        "peak_work_bytes": sum(peak_datasets.values()),  # spills and kept counts, between steps (not the ARPA)
+        "peak_scratch_bytes": peak_scratch[0],  # spills only: what ngram.temp_dir must hold
+        "peak_work_datasets": peak_datasets,  # bytes per dataset after the step of the peak
         "steps": steps,
         "raw_ngrams": ngram_counts,
         "ngrams": model.ngrams,
