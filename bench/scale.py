@@ -7,7 +7,7 @@ run through tokenize, ngram (``executor: ray``: every step's tasks on Ray worker
 every stage's ``workers: 1`` and once with ``workers: 2``, each a fresh ``lmpipe run`` on an embedded local Ray
 with 2 CPUs.  From the manifests:
 
-* per stage and per n-gram step (count, merge, adjust, probabilities, interpolate k, backoff, ARPA, the
+* per stage and per n-gram step (count, merge, adjust, probabilities k, interpolate k, backoff, ARPA, the
   re-partitioning ``split`` steps between them): seconds with 1 and 2 workers, the speed-up, tasks, and the
   bytes the step wrote (its shuffle: every byte a step writes is read by the next one, across nodes on a
   cluster);

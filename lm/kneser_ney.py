@@ -18,6 +18,8 @@ Pipeline (k = order, N = highest order; "by X" = the hash-partition key of the i
      (e) backoff_step            INTERP[k] by w0..w{k-1}, GAMMA[k] by w0..w{k-1}            -> MODEL[k]
                                  (for k < N inside order k+1's interpolate task, which holds INTERP[k])
 
+    (c) and (d) alternate order by order (c for k, then d for k), so only one order's float tables wait.
+
 The maths (Chen & Goodman 1998, as lmplz does it; a = adjusted count, c = raw count):
 
 * a(x) = c(x) for x of order N and for x beginning with ``<s>``; otherwise a(x) = N1+(. x), the number of
@@ -915,17 +917,20 @@ def estimate(
         d, s = discounts[k], stats[k]
         logger.info("%d %d/%d D1=%g D2=%g D3+=%g n1..n4=%s", k, s.count_pruned, s.count, d.d1, d.d2, d.d3, s.n)
 
-    logger.info("--- 3/5 Initial probabilities ---")
+    logger.info("--- 3/5 Unigram probabilities ---")
     unigram_call = (store, p, discounts[1], config.interpolate_unigrams, config.vocab_pad)
     (vocab_size,) = map_fn(_unigram_task, [unigram_call], "unigrams")
     store.drop("adj1")  # each dataset is dropped once its last reader has run: the scratch disk holds fewer copies
-    map_fn(_initial_task, [(store, k, q, discounts[k], p) for k in higher for q in range(p)], "probabilities")
-    for k in orders:
-        store.drop(f"adjctx{k}")
 
-    logger.info("--- 4/5 Interpolating, and backoffs of the order below ---")
+    logger.info("--- 4/5 Per order: initial probabilities, interpolation, and backoffs of the order below ---")
     ngrams: dict[int, int] = {}
-    for k in higher:  # order k needs all of INTERP[k-1]; MODEL[k-1] is written on the way
+    for k in higher:
+        # Order by order, not all orders' probabilities first: UNINTERP[k] and GAMMA[k-1] (float columns, which
+        # compress poorly) exist only while order k is interpolated, and the higher orders wait as ADJUSTED
+        # counts (integers, which compress well out of core), so the scratch peak holds one order's floats.
+        map_fn(_initial_task, [(store, k, q, discounts[k], p) for q in range(p)], f"probabilities {k}")
+        store.drop(f"adjctx{k}")
+        # order k needs all of INTERP[k-1]; MODEL[k-1] is written on the way
         sizes = map_fn(_interpolate_task, [(store, k, q, p) for q in range(p)], f"interpolate {k}")
         ngrams[k - 1] = sum(sizes)
         for name in (f"uninterp{k}", f"interp{k - 1}", f"gamma{k - 1}"):

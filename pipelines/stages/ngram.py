@@ -60,6 +60,13 @@ _GROUP_OVERHEAD = 3.0
 #: the workers' concurrent count tasks (each holds its slice's sort keys and n-grams of every order) stay
 #: below the estimation steps' peak, which is set by the partitions (so by the ARPA's byte order).
 _SLICES_PER_WORKER = 4
+#: The most tokens one count task takes, whatever the budget allows: counting sorts every position by its N
+#: words, packing word ids with the position into uint64 keys (``keyed.sort_rows``); up to 2^22 positions two
+#: 21-bit ids (a vocabulary of up to 2M words) fit one key beside the position, and the sort's and gathers'
+#: arrays stay small enough for the caches.  Measured on 200M generated tokens (RESULTS.md, 2026-12-08): a
+#: 12M-token slice counts 1.8x slower per token at order 3 (and a 6M one at order 5) than 4M-token slices,
+#: at twice the memory; smaller slices pre-aggregate less (more rows to shuffle), so not much smaller.
+_COUNT_SLICE_TOKENS = 1 << 22
 
 
 # ------------------------------------------------------------------------------------------ contract
@@ -253,8 +260,9 @@ def _bytes_per_token(order: int) -> float:
 
 
 def _slice_tokens(spec: NgramSpec) -> int:
-    """The most tokens one count task may take so that it fits ``memory_mb`` (shards are cut to this)."""
-    return max(1, int(spec.memory_mb * (1 << 20) / _bytes_per_token(spec.order)))
+    """The most tokens one count task may take: what fits ``memory_mb``, and at most ``_COUNT_SLICE_TOKENS``
+    (shards are cut to this)."""
+    return max(1, min(_COUNT_SLICE_TOKENS, int(spec.memory_mb * (1 << 20) / _bytes_per_token(spec.order))))
 
 
 def _partitions(spec: NgramSpec, train_tokens: int, shard_tokens: int) -> int:
