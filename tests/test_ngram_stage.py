@@ -168,7 +168,7 @@ def test_count_slices_stay_small_enough_to_sort_fast_whatever_the_budget():
         assert cap == _COUNT_SLICE_TOKENS
         pieces = _slices(shards, 2, cap)
         assert all(math.ceil(tokens / n) <= _COUNT_SLICE_TOKENS for tokens, n in zip(shards, pieces, strict=True))
-        assert pieces[2] == 1 and pieces[0] == 3
+        assert pieces[2] == 1 and pieces[0] >= 3
     small = _slice_tokens(spec(64, 5))
     assert small < _COUNT_SLICE_TOKENS
     assert all(math.ceil(t / n) <= small for t, n in zip(shards, _slices(shards, 2, small), strict=True))
