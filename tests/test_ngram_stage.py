@@ -154,7 +154,7 @@ def test_local_and_ray_executors_write_the_same_bytes(tmp_path):
 
 
 def test_count_slices_stay_small_enough_to_sort_fast_whatever_the_budget():
-    """A 2 GB budget would let one count task take a whole 12M-token shard; it counts 1.8x slower per token
+    """A 2 GB budget would let one count task take a whole 12M-token shard; it counts 1.5-1.7x slower per token
     than 4M-token slices (RESULTS.md), so shards are cut to at most ``_COUNT_SLICE_TOKENS`` tokens; a small
     budget still cuts them smaller, and small shards are not cut more than the workers need."""
     from lmpipe.pipelines.stages.ngram import _COUNT_SLICE_TOKENS, _slice_tokens, _slices

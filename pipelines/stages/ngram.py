@@ -64,7 +64,7 @@ _SLICES_PER_WORKER = 4
 #: words, packing word ids with the position into uint64 keys (``keyed.sort_rows``); up to 2^22 positions two
 #: 21-bit ids (a vocabulary of up to 2M words) fit one key beside the position, and the sort's and gathers'
 #: arrays stay small enough for the caches.  Measured on 200M generated tokens (RESULTS.md, 2026-12-08): a
-#: 12M-token slice counts 1.8x slower per token at order 3 (and a 6M one at order 5) than 4M-token slices,
+#: 12M-token slice counts 1.5-1.7x slower per token at order 3 (a 6M one 1.9-2.2x at order 5) than 3-4M ones,
 #: at twice the memory; smaller slices pre-aggregate less (more rows to shuffle), so not much smaller.
 _COUNT_SLICE_TOKENS = 1 << 22
 
