@@ -189,7 +189,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"\n## ngram whole run vs lmplz, text never repeated ({time.strftime('%Y-%m-%d')})\n\n"
         f"Command: `python bench/ngram_whole_run.py --generated {' '.join(f'{g:.0e}' for g in args.generated)} "
         f"--orders {' '.join(map(str, args.orders))} --rounds {args.rounds}"
-        f"{' --no-real' if args.no_real else ''}{'' if args.memory_mb == 2048 else f' --memory-mb {args.memory_mb}'}`  \n"
+        f"{' --no-real' if args.no_real else ''} --memory-mb {args.memory_mb}`  \n"
         f"Machine: {machine()}; {versions('ray', 'numpy', 'pyarrow', 'numba')}; lmplz `-S {args.memory_mb}M`, "
         f"lmpipe `ngram.memory_mb: {args.memory_mb}`, 2 workers, embedded local Ray with 2 CPUs.  \n"
         "Medians of alternating whole processes; lmpipe run s includes interpreter start, imports, Ray start and "
